@@ -1,0 +1,786 @@
+"""Job specs: the YAML a user writes, checked in full before any work starts.
+
+A job spec names the output and store roots, the metric settings, the datasets (format +
+root + reader options), the models (architecture, checkpoint, source dataset, layer,
+input normalisation), the targets, an optional ground-truth CSV and the Ray resources.
+:func:`validate` walks the raw mapping and returns **every** problem with its path in the
+spec (``models.tiny_bdd.checkpoint: file not found: /abs/ckpt/tiny_bdd.pt``);
+:func:`load_spec` reads a file, validates it and returns a :class:`JobSpec` with every
+path resolved (relative paths resolve against the spec's folder) and every default filled.
+
+Nothing in a spec is evaluated: YAML is read with ``safe_load`` semantics, and a model
+factory ``package.module:function`` is only checked for its shape here (it is imported, never
+eval'd, when the model is loaded).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DATASET_FORMATS", "KNOWN_METRICS", "DatasetEntry", "ExtractionSettings", "JobSpec",
+    "ModelEntry", "OTCESettings", "Resources", "Schedule", "SpecError", "SpecProblem",
+    "build_spec", "check_spec_file", "load_spec", "read_yaml", "validate",
+]
+
+DATASET_FORMATS = ("cityscapes", "bdd100k", "gta5", "folder")
+SOLVERS = ("sinkhorn", "emd")
+SAMPLINGS = ("uniform", "class_balanced")
+SCHEDULES = ("full", "adaptive")
+#: Every metric name a job may select (issue 7's peers next to SEG-OTCE).
+KNOWN_METRICS = ("otce", "nce", "leep", "nleep", "logme", "hscore", "hscore_shrinkage",
+                 "gbc", "transrate")
+#: Metrics that need the model's source-dataset pool (the others only need the target pool).
+SOURCE_METRICS = ("otce",)
+TORCHVISION_ARCHITECTURES = (
+    "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
+    "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large",
+)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One problem in a spec: where (dotted path, e.g. ``models.m1.checkpoint``) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(ValueError):
+    """A spec that does not validate; ``.problems`` lists every problem found."""
+
+    def __init__(self, problems: list[SpecProblem], source: str | Path | None = None) -> None:
+        self.problems = list(problems)
+        self.source = str(source) if source is not None else None
+        head = f"job spec {self.source}" if self.source else "job spec"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{head}: {len(self.problems)} problem(s)\n{lines}")
+
+
+# ---------------------------------------------------------------------------- dataclasses
+
+
+@dataclass
+class OTCESettings:
+    """SEG-OTCE settings: N pixels per side, K repetitions, entropic ε, solver, layer, sampling."""
+
+    n_pixels: int = 10_000
+    repetitions: int = 10
+    epsilon: float = 0.1
+    solver: str = "sinkhorn"
+    layer: str = "penultimate"
+    sampling: str = "uniform"
+
+
+@dataclass
+class ExtractionSettings:
+    """How pools are drawn: pixels kept per image, forward batch size, default image cap."""
+
+    pixels_per_image: int = 1000
+    batch_size: int = 8
+    max_images: int | None = None
+
+
+@dataclass
+class Resources:
+    """Ray resources: GPUs per extraction actor, number of actors, CPUs per actor/task."""
+
+    gpus_per_actor: float = 0.0
+    actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_task: float = 0.0
+
+
+@dataclass
+class Schedule:
+    """Repetition schedule: ``full`` (K for every pair) or ``adaptive`` (issue 8 pruning)."""
+
+    mode: str = "full"
+    min_repetitions: int = 2
+    top_k: int = 5
+    alpha: float = 0.05
+
+
+@dataclass
+class DatasetEntry:
+    """A declared dataset: its name plus the reader options handed to ``open_dataset``."""
+
+    name: str
+    format: str
+    root: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def reader_spec(self) -> dict[str, Any]:
+        """The mapping ``datasets.open_dataset(name, spec)`` takes (root absolute)."""
+        return {"format": self.format, "root": self.root, **self.options}
+
+
+@dataclass
+class ModelEntry:
+    """A declared model (mirrors ``models.ModelSpec``; ``layer`` falls back to ``otce.layer``)."""
+
+    name: str
+    architecture: str
+    checkpoint: str | None = None
+    num_classes: int | None = None
+    source: str | None = None
+    layer: str = "penultimate"
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    input_size: tuple[int, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobSpec:
+    """A validated job: every path absolute, every default filled."""
+
+    name: str
+    output: str
+    store: str
+    seed: int
+    otce: OTCESettings
+    datasets: dict[str, DatasetEntry]
+    models: dict[str, ModelEntry]
+    targets: list[str]
+    metrics: list[str] = field(default_factory=lambda: ["otce"])
+    ground_truth: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
+    schedule: Schedule = field(default_factory=Schedule)
+    base_dir: str = "."
+    path: str | None = None
+
+    @property
+    def job_dir(self) -> Path:
+        """``<output>/<name>``: where this job's run directories and ``latest`` live."""
+        return Path(self.output) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain YAML-able data (the run directory's ``spec.yaml``)."""
+        out: dict[str, Any] = {
+            "name": self.name, "output": self.output, "store": self.store, "seed": self.seed,
+            "otce": asdict(self.otce), "metrics": list(self.metrics),
+            "schedule": asdict(self.schedule), "extraction": asdict(self.extraction),
+            "resources": asdict(self.resources),
+            "datasets": {n: d.reader_spec() for n, d in self.datasets.items()},
+            "models": {},
+            "targets": list(self.targets),
+        }
+        for n, m in self.models.items():
+            md = {k: v for k, v in asdict(m).items() if k not in ("name", "extra") and v is not None}
+            for k in ("mean", "std", "input_size"):
+                if k in md:
+                    md[k] = list(md[k])
+            md.update(m.extra)
+            out["models"][n] = md
+        if self.ground_truth:
+            out["ground_truth"] = self.ground_truth
+        return out
+
+    def content_hash(self) -> str:
+        """sha256 of the resolved spec minus its output root: what determines the results."""
+        d = self.to_dict()
+        d.pop("output", None)
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def metric_needs_source(self, metric: str) -> bool:
+        return metric in SOURCE_METRICS
+
+
+# ---------------------------------------------------------------------------- YAML loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that records duplicate mapping keys instead of silently keeping the last."""
+
+    duplicates: list[tuple[str, int]]
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                loader.duplicates.append((str(key), key_node.start_mark.line + 1))
+            seen.add(key)
+        except TypeError:  # unhashable key: let the base constructor raise its error
+            pass
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: str | Path) -> tuple[Any, list[SpecProblem]]:
+    """Parse a YAML file safely; returns (data, problems) — duplicate keys are problems."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return None, [SpecProblem("", f"cannot read job spec {path}: {exc.strerror or exc}")]
+    loader = _UniqueKeyLoader(text)
+    loader.duplicates = []
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        return None, [SpecProblem("", f"{path}: not valid YAML: {exc}")]
+    finally:
+        loader.dispose()
+    problems = [SpecProblem("", f"duplicate key {k!r} at line {line} (the later value would win)")
+                for k, line in loader.duplicates]
+    return data, problems
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "mapping"}.get(type(v), type(v).__name__)
+
+
+def _show(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+class _Checker:
+    """Collects problems while walking the raw spec."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.problems: list[SpecProblem] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(SpecProblem(path, message))
+
+    # -- shapes
+    def keys(self, path: str, raw: dict, allowed: tuple[str, ...] | list[str],
+             required: tuple[str, ...] = ()) -> None:
+        for key in raw:
+            if not isinstance(key, str):
+                self.add(_join(path, key), f"keys must be strings, got {_type_name(key)} {key!r}")
+                continue
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+                msg = f"unknown key {key!r}"
+                msg += f" (did you mean {hint[0]!r}?)" if hint else f" (allowed: {', '.join(allowed)})"
+                self.add(_join(path, key), msg)
+        for key in required:
+            if key not in raw:
+                self.add(_join(path, key), "required key is missing")
+
+    def mapping(self, path: str, v: Any) -> bool:
+        if isinstance(v, dict):
+            return True
+        self.add(path, f"expected a mapping, got {_type_name(v)} {_show(v)}")
+        return False
+
+    def string(self, path: str, v: Any, choices: tuple[str, ...] | None = None) -> bool:
+        if not isinstance(v, str) or not v:
+            self.add(path, f"expected a non-empty string, got {_type_name(v)} {_show(v)}")
+            return False
+        if choices is not None and v not in choices:
+            hint = difflib.get_close_matches(v, list(choices), n=1, cutoff=0.6)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            self.add(path, f"must be one of {', '.join(choices)}; got {v!r}{extra}")
+            return False
+        return True
+
+    def integer(self, path: str, v: Any, lo: int | None = None, hi: int | None = None) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.add(path, f"expected an integer, got {_type_name(v)} {_show(v)}")
+            return False
+        if lo is not None and v < lo:
+            self.add(path, f"must be >= {lo}, got {v}")
+            return False
+        if hi is not None and v > hi:
+            self.add(path, f"must be <= {hi}, got {v}")
+            return False
+        return True
+
+    def number(self, path: str, v: Any, lo: float | None = None, *, strict: bool = False,
+               hi: float | None = None) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.add(path, f"expected a number, got {_type_name(v)} {_show(v)}")
+            return False
+        if v != v or v in (float("inf"), float("-inf")):
+            self.add(path, f"must be a finite number, got {v}")
+            return False
+        if lo is not None and (v <= lo if strict else v < lo):
+            self.add(path, f"must be {'>' if strict else '>='} {lo}, got {v}")
+            return False
+        if hi is not None and v > hi:
+            self.add(path, f"must be <= {hi}, got {v}")
+            return False
+        return True
+
+    def name(self, path: str, v: Any, what: str) -> bool:
+        if not isinstance(v, str) or not _NAME_RE.match(v):
+            self.add(path, f"{what} name {v!r} must match {_NAME_RE.pattern} "
+                           "(letters, digits, '_', '.', '-'; it names files and directories)")
+            return False
+        return True
+
+    def string_list(self, path: str, v: Any, *, allow_scalar: bool = False) -> list[str] | None:
+        if allow_scalar and isinstance(v, str):
+            return [v]
+        if not isinstance(v, list):
+            self.add(path, f"expected a list of strings, got {_type_name(v)} {_show(v)}")
+            return None
+        ok = True
+        for i, item in enumerate(v):
+            if not isinstance(item, str) or not item:
+                self.add(f"{path}[{i}]", f"expected a non-empty string, got {_type_name(item)} {_show(item)}")
+                ok = False
+        return list(v) if ok else None
+
+    def triple(self, path: str, v: Any, positive: bool) -> bool:
+        if not isinstance(v, list) or len(v) != 3:
+            self.add(path, f"expected a list of 3 numbers (one per RGB channel), got {_show(v)}")
+            return False
+        ok = True
+        for i, x in enumerate(v):
+            ok &= self.number(f"{path}[{i}]", x, 0.0 if positive else None, strict=positive)
+        return ok
+
+    # -- paths
+    def resolve(self, v: str) -> Path:
+        p = Path(v).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def input_path(self, path: str, v: Any, kind: str) -> str | None:
+        """A path the job reads (kind 'file' or 'dir'); must exist. Returns it absolute."""
+        if not self.string(path, v):
+            return None
+        if _URL_RE.match(v):
+            self.add(path, f"{v!r}: URLs are not readable here; mount the storage and give a path")
+            return None
+        p = self.resolve(v)
+        if kind == "dir" and not p.is_dir():
+            self.add(path, f"{'not a directory' if p.exists() else 'directory not found'}: {p}")
+        elif kind == "file" and not p.is_file():
+            self.add(path, f"{'not a file' if p.exists() else 'file not found'}: {p}")
+        return str(Path(p).absolute())
+
+    def output_root(self, path: str, v: Any) -> str | None:
+        """A root the job writes under: no ``..`` component, ever; relative to the spec."""
+        if not self.string(path, v):
+            return None
+        if _URL_RE.match(v):
+            self.add(path, f"{v!r}: URL roots are not supported; mount shared storage "
+                           "(NFS/EFS/FSx/GCS-fuse) and give its path")
+            return None
+        parts = PurePosixPath(v.replace("\\", "/")).parts
+        if ".." in parts:
+            self.add(path, f"{v!r} escapes via '..'; give a path inside the spec's folder "
+                           "or an absolute path without '..'")
+            return None
+        p = self.resolve(v)
+        if p.exists() and not p.is_dir():
+            self.add(path, f"exists and is not a directory: {p}")
+        return str(p.absolute())
+
+
+_TOP_KEYS = ("name", "output", "store", "seed", "otce", "metrics", "schedule", "extraction",
+             "datasets", "models", "targets", "ground_truth", "resources", "description")
+_OTCE_KEYS = ("n_pixels", "repetitions", "epsilon", "solver", "layer", "sampling")
+_EXTRACTION_KEYS = ("pixels_per_image", "batch_size", "max_images")
+_RESOURCE_KEYS = ("gpus_per_actor", "actors", "cpus_per_actor", "gpus_per_task")
+_SCHEDULE_KEYS = ("mode", "min_repetitions", "top_k", "alpha")
+_DATASET_KEYS = ("format", "root", "split", "cities", "max_images", "resize", "label_map",
+                 "ignore_index", "split_list", "class_names", "label_suffix")
+_MODEL_KEYS = ("architecture", "checkpoint", "num_classes", "source", "layer", "mean", "std",
+               "input_size", "class_names")
+
+
+def _check_layer(c: _Checker, path: str, v: Any) -> None:
+    if c.string(path, v) and not re.match(r"^[A-Za-z0-9_.]+$", v):
+        c.add(path, f"layer must be 'penultimate', 'logits' or a module name like "
+                    f"'backbone.layer4'; got {v!r}")
+
+
+def _check_otce(c: _Checker, raw: Any) -> None:
+    if not c.mapping("otce", raw):
+        return
+    c.keys("otce", raw, _OTCE_KEYS)
+    if "n_pixels" in raw:
+        c.integer("otce.n_pixels", raw["n_pixels"], lo=1)
+    if "repetitions" in raw:
+        c.integer("otce.repetitions", raw["repetitions"], lo=1)
+    if "epsilon" in raw:
+        c.number("otce.epsilon", raw["epsilon"], 0.0, strict=True)
+    if "solver" in raw:
+        c.string("otce.solver", raw["solver"], SOLVERS)
+    if "sampling" in raw:
+        c.string("otce.sampling", raw["sampling"], SAMPLINGS)
+    if "layer" in raw:
+        _check_layer(c, "otce.layer", raw["layer"])
+
+
+def _check_dataset(c: _Checker, path: str, raw: Any) -> None:
+    if not c.mapping(path, raw):
+        return
+    c.keys(path, raw, _DATASET_KEYS, required=("format", "root"))
+    fmt = raw.get("format")
+    if "format" in raw:
+        c.string(f"{path}.format", fmt, DATASET_FORMATS)
+    if "root" in raw:
+        c.input_path(f"{path}.root", raw["root"], "dir")
+    if "split" in raw:
+        c.string(f"{path}.split", raw["split"])
+    if "cities" in raw:
+        c.string_list(f"{path}.cities", raw["cities"], allow_scalar=True)
+        if fmt in ("bdd100k", "gta5", "folder"):
+            c.add(f"{path}.cities", f"'cities' applies to the cityscapes format, not {fmt!r}")
+    if "max_images" in raw:
+        c.integer(f"{path}.max_images", raw["max_images"], lo=1)
+    if "ignore_index" in raw:
+        c.integer(f"{path}.ignore_index", raw["ignore_index"], lo=0, hi=65535)
+    if "split_list" in raw:
+        c.input_path(f"{path}.split_list", raw["split_list"], "file")
+    if "class_names" in raw:
+        c.string_list(f"{path}.class_names", raw["class_names"])
+    if "label_suffix" in raw:
+        c.string(f"{path}.label_suffix", raw["label_suffix"])
+    if "resize" in raw:
+        _check_resize(c, f"{path}.resize", raw["resize"])
+    if "label_map" in raw:
+        lm = raw["label_map"]
+        if c.mapping(f"{path}.label_map", lm):
+            if not lm:
+                c.add(f"{path}.label_map", "must map at least one label id to a class name")
+            for k, v in lm.items():
+                kp = f"{path}.label_map.{k}"
+                if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                    c.add(kp, f"label ids must be non-negative integers, got {_type_name(k)} {k!r}")
+                if not isinstance(v, (str, int)) or isinstance(v, bool) or v == "":
+                    c.add(kp, f"expected a class name (or train id), got {_type_name(v)} {_show(v)}")
+    elif fmt == "folder":
+        c.add(f"{path}.label_map", "the folder format needs a label_map (label id -> class name)")
+
+
+def _check_resize(c: _Checker, path: str, v: Any) -> None:
+    """resize: null/none, an int (shorter side), [h, w], or {short_side: n} / {size: [h, w]}."""
+    if v is None or v == "none":
+        return
+    if isinstance(v, int) and not isinstance(v, bool):
+        c.integer(path, v, lo=1)
+        return
+    if isinstance(v, list):
+        if len(v) != 2:
+            c.add(path, f"expected [height, width], got {_show(v)}")
+            return
+        for i, x in enumerate(v):
+            c.integer(f"{path}[{i}]", x, lo=1)
+        return
+    if isinstance(v, dict):
+        # reader-specific policy mapping; checked by the dataset reader itself
+        return
+    c.add(path, f"expected an integer, [height, width], a mapping or null, got {_type_name(v)} {_show(v)}")
+
+
+def _check_architecture(c: _Checker, path: str, v: Any) -> str | None:
+    """Returns the architecture family: torchvision, torchscript or factory."""
+    if not c.string(path, v):
+        return None
+    if v == "torchscript":
+        return "torchscript"
+    if v.startswith("torchvision/"):
+        ctor = v.split("/", 1)[1]
+        if ctor not in TORCHVISION_ARCHITECTURES:
+            hint = difflib.get_close_matches(ctor, TORCHVISION_ARCHITECTURES, n=1, cutoff=0.6)
+            extra = f" (did you mean 'torchvision/{hint[0]}'?)" if hint else \
+                f" (known: {', '.join(TORCHVISION_ARCHITECTURES)})"
+            c.add(path, f"unknown torchvision architecture {ctor!r}{extra}")
+            return None
+        return "torchvision"
+    if _FACTORY_RE.match(v):
+        return "factory"
+    c.add(path, f"architecture must be 'torchvision/<constructor>', 'torchscript' or a factory "
+                f"'package.module:function'; got {v!r}")
+    return None
+
+
+def _check_model(c: _Checker, path: str, raw: Any, datasets: dict) -> None:
+    if not c.mapping(path, raw):
+        return
+    c.keys(path, raw, _MODEL_KEYS, required=("architecture",))
+    family = _check_architecture(c, f"{path}.architecture", raw["architecture"]) \
+        if "architecture" in raw else None
+    if "checkpoint" in raw and raw["checkpoint"] is not None:
+        c.input_path(f"{path}.checkpoint", raw["checkpoint"], "file")
+    elif family == "torchscript":
+        c.add(f"{path}.checkpoint", "a torchscript model needs its .pt file as checkpoint")
+    if "num_classes" in raw:
+        c.integer(f"{path}.num_classes", raw["num_classes"], lo=1)
+    elif family == "torchvision":
+        c.add(f"{path}.num_classes", "torchvision architectures need num_classes")
+    if "source" in raw and raw["source"] is not None:
+        src = raw["source"]
+        if c.string(f"{path}.source", src) and isinstance(datasets, dict) and src not in datasets:
+            hint = difflib.get_close_matches(src, [str(k) for k in datasets], n=1, cutoff=0.6)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else \
+                f" (declared: {', '.join(map(str, datasets)) or 'none'})"
+            c.add(f"{path}.source", f"source dataset {src!r} is not declared under datasets{extra}")
+    if "layer" in raw:
+        _check_layer(c, f"{path}.layer", raw["layer"])
+    if "mean" in raw:
+        c.triple(f"{path}.mean", raw["mean"], positive=False)
+    if "std" in raw:
+        c.triple(f"{path}.std", raw["std"], positive=True)
+    if "input_size" in raw:
+        v = raw["input_size"]
+        if isinstance(v, list):
+            if len(v) != 2:
+                c.add(f"{path}.input_size", f"expected an integer or [height, width], got {_show(v)}")
+            else:
+                for i, x in enumerate(v):
+                    c.integer(f"{path}.input_size[{i}]", x, lo=1)
+        else:
+            c.integer(f"{path}.input_size", v, lo=1)
+    if "class_names" in raw:
+        c.string_list(f"{path}.class_names", raw["class_names"])
+
+
+def _check_ground_truth(c: _Checker, raw: Any) -> None:
+    p = c.input_path("ground_truth", raw, "file")
+    if p is None or not Path(p).is_file():
+        return
+    try:
+        with open(p, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError) as exc:
+        c.add("ground_truth", f"cannot read {p}: {exc}")
+        return
+    missing = [k for k in ("model", "target", "value") if k not in [h.strip() for h in header]]
+    if missing:
+        c.add("ground_truth", f"{p}: CSV header must have columns model,target,value; "
+                              f"missing {', '.join(missing)} (header: {','.join(header)})")
+
+
+def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
+    """Every problem in a raw (parsed-YAML) job spec, each with its dotted path.
+
+    ``base_dir`` is the spec's folder: relative paths resolve against it. Files and roots
+    are checked for existence; nothing is opened beyond a ground-truth CSV's header.
+    """
+    c = _Checker(Path(base_dir).expanduser().absolute())
+    if not isinstance(raw, dict):
+        c.add("", f"a job spec is a YAML mapping, got {_type_name(raw)}")
+        return c.problems
+    c.keys("", raw, _TOP_KEYS, required=("name", "datasets", "models", "targets"))
+    if "name" in raw:
+        c.name("name", raw["name"], "job")
+    if "description" in raw:
+        c.string("description", raw["description"])
+    c.output_root("output", raw.get("output", "runs"))
+    c.output_root("store", raw.get("store", "store"))
+    if "seed" in raw:
+        c.integer("seed", raw["seed"], lo=0, hi=2**63 - 1)
+    if "otce" in raw:
+        _check_otce(c, raw["otce"])
+
+    if "metrics" in raw:
+        metrics = c.string_list("metrics", raw["metrics"], allow_scalar=True)
+        for i, m in enumerate(metrics or []):
+            if m not in KNOWN_METRICS:
+                hint = difflib.get_close_matches(m, KNOWN_METRICS, n=1, cutoff=0.6)
+                c.add(f"metrics[{i}]", f"unknown metric {m!r}" + (
+                    f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(KNOWN_METRICS)})"))
+        if metrics is not None and not metrics:
+            c.add("metrics", "select at least one metric")
+        if metrics and len(set(metrics)) != len(metrics):
+            c.add("metrics", "lists a metric twice")
+
+    if "schedule" in raw:
+        s = raw["schedule"]
+        if isinstance(s, str):
+            c.string("schedule", s, SCHEDULES)
+        elif c.mapping("schedule", s):
+            c.keys("schedule", s, _SCHEDULE_KEYS)
+            if "mode" in s:
+                c.string("schedule.mode", s["mode"], SCHEDULES)
+            if "min_repetitions" in s:
+                c.integer("schedule.min_repetitions", s["min_repetitions"], lo=1)
+            if "top_k" in s:
+                c.integer("schedule.top_k", s["top_k"], lo=1)
+            if "alpha" in s:
+                c.number("schedule.alpha", s["alpha"], 0.0, strict=True, hi=0.5)
+
+    if "extraction" in raw and c.mapping("extraction", raw["extraction"]):
+        e = raw["extraction"]
+        c.keys("extraction", e, _EXTRACTION_KEYS)
+        for k in _EXTRACTION_KEYS:
+            if k in e and not (k == "max_images" and e[k] is None):
+                c.integer(f"extraction.{k}", e[k], lo=1)
+
+    if "resources" in raw and c.mapping("resources", raw["resources"]):
+        r = raw["resources"]
+        c.keys("resources", r, _RESOURCE_KEYS)
+        if "gpus_per_actor" in r:
+            c.number("resources.gpus_per_actor", r["gpus_per_actor"], 0.0)
+        if "actors" in r:
+            c.integer("resources.actors", r["actors"], lo=1)
+        if "cpus_per_actor" in r:
+            c.number("resources.cpus_per_actor", r["cpus_per_actor"], 0.0, strict=True)
+        if "gpus_per_task" in r:
+            c.number("resources.gpus_per_task", r["gpus_per_task"], 0.0, hi=1.0)
+
+    datasets = raw.get("datasets")
+    if "datasets" in raw and c.mapping("datasets", datasets):
+        if not datasets:
+            c.add("datasets", "declare at least one dataset")
+        for name, ds in datasets.items():
+            if c.name(f"datasets.{name}", name, "dataset"):
+                _check_dataset(c, f"datasets.{name}", ds)
+    if not isinstance(datasets, dict):
+        datasets = {}
+
+    models = raw.get("models")
+    if "models" in raw and c.mapping("models", models):
+        if not models:
+            c.add("models", "declare at least one model")
+        for name, m in models.items():
+            if c.name(f"models.{name}", name, "model"):
+                _check_model(c, f"models.{name}", m, datasets)
+
+    if "targets" in raw:
+        targets = c.string_list("targets", raw["targets"], allow_scalar=True)
+        if targets is not None and not targets:
+            c.add("targets", "name at least one target dataset")
+        seen: set[str] = set()
+        for i, t in enumerate(targets or []):
+            if t in seen:
+                c.add(f"targets[{i}]", f"target {t!r} is listed twice")
+            seen.add(t)
+            if t not in datasets:
+                hint = difflib.get_close_matches(t, [str(k) for k in datasets], n=1, cutoff=0.6)
+                c.add(f"targets[{i}]", f"target {t!r} is not a declared dataset" + (
+                    f" (did you mean {hint[0]!r}?)" if hint else
+                    f" (declared: {', '.join(map(str, datasets)) or 'none'})"))
+
+    if raw.get("ground_truth") is not None:
+        _check_ground_truth(c, raw["ground_truth"])
+
+    # Cross-check: OTCE needs each model's source pool.
+    metrics_sel = raw.get("metrics", ["otce"])
+    if isinstance(metrics_sel, str):
+        metrics_sel = [metrics_sel]
+    if isinstance(models, dict) and isinstance(metrics_sel, list) and \
+            any(m in SOURCE_METRICS for m in metrics_sel) and \
+            all(m in SOURCE_METRICS for m in metrics_sel if isinstance(m, str)):
+        for name, m in models.items():
+            if isinstance(m, dict) and m.get("source") is None and _NAME_RE.match(str(name)):
+                c.add(f"models.{name}.source", "required: every selected metric "
+                      f"({', '.join(map(str, metrics_sel))}) needs the model's source dataset")
+    return c.problems
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def _tuple(v: Any) -> tuple | None:
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return (v, v)
+    return tuple(v)
+
+
+def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) -> JobSpec:
+    """A :class:`JobSpec` from a raw spec; raises :class:`SpecError` listing every problem."""
+    base = Path(base_dir).expanduser().absolute()
+    problems = validate(raw, base)
+    if problems:
+        raise SpecError(problems, path)
+    c = _Checker(base)
+    otce = OTCESettings(**raw.get("otce", {}))
+    otce.epsilon = float(otce.epsilon)
+    sched_raw = raw.get("schedule", "full")
+    schedule = Schedule(mode=sched_raw) if isinstance(sched_raw, str) else Schedule(**sched_raw)
+    extraction = ExtractionSettings(**raw.get("extraction", {}))
+    resources = Resources(**raw.get("resources", {}))
+
+    datasets: dict[str, DatasetEntry] = {}
+    for name, d in raw["datasets"].items():
+        opts = {k: v for k, v in d.items() if k not in ("format", "root")}
+        if "split_list" in opts:
+            opts["split_list"] = str(c.resolve(opts["split_list"]).absolute())
+        if "cities" in opts and isinstance(opts["cities"], str):
+            opts["cities"] = [opts["cities"]]
+        if "max_images" not in opts and extraction.max_images is not None:
+            opts["max_images"] = extraction.max_images
+        datasets[name] = DatasetEntry(name=name, format=d["format"],
+                                      root=str(c.resolve(d["root"]).absolute()), options=opts)
+
+    models: dict[str, ModelEntry] = {}
+    for name, m in raw["models"].items():
+        ckpt = m.get("checkpoint")
+        models[name] = ModelEntry(
+            name=name, architecture=m["architecture"],
+            checkpoint=str(c.resolve(ckpt).absolute()) if ckpt else None,
+            num_classes=m.get("num_classes"), source=m.get("source"),
+            layer=m.get("layer", otce.layer),
+            mean=_tuple(m.get("mean")), std=_tuple(m.get("std")),
+            input_size=_tuple(m.get("input_size")),
+            extra={k: m[k] for k in ("class_names",) if k in m},
+        )
+    targets = raw["targets"]
+    metrics = raw.get("metrics", ["otce"])
+    gt = raw.get("ground_truth")
+    return JobSpec(
+        name=raw["name"],
+        output=str(c.resolve(raw.get("output", "runs")).absolute()),
+        store=str(c.resolve(raw.get("store", "store")).absolute()),
+        seed=int(raw.get("seed", 0)), otce=otce, datasets=datasets, models=models,
+        targets=[targets] if isinstance(targets, str) else list(targets),
+        metrics=[metrics] if isinstance(metrics, str) else list(metrics),
+        ground_truth=str(c.resolve(gt).absolute()) if gt else None,
+        resources=resources, extraction=extraction, schedule=schedule,
+        base_dir=str(base), path=str(Path(path).absolute()) if path else None,
+    )
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read, validate and resolve a job spec file; :class:`SpecError` lists every problem."""
+    path = Path(path)
+    raw, problems = read_yaml(path)
+    if raw is not None:
+        problems += validate(raw, path.parent)
+    if problems:
+        raise SpecError(problems, path)
+    return build_spec(raw, path.parent, path)
+
+
+def check_spec_file(path: str | Path) -> list[SpecProblem]:
+    """Every problem in a spec file (YAML errors, duplicate keys, then :func:`validate`)."""
+    path = Path(path)
+    raw, problems = read_yaml(path)
+    if raw is not None:
+        problems += validate(raw, path.parent)
+    return problems
