@@ -412,8 +412,9 @@ _OTCE_KEYS = ("n_pixels", "repetitions", "epsilon", "solver", "layer", "sampling
 _EXTRACTION_KEYS = ("pixels_per_image", "batch_size", "max_images")
 _RESOURCE_KEYS = ("gpus_per_actor", "actors", "cpus_per_actor", "gpus_per_task")
 _SCHEDULE_KEYS = ("mode", "min_repetitions", "top_k", "alpha")
-_DATASET_KEYS = ("format", "root", "split", "cities", "max_images", "resize", "label_map",
-                 "ignore_index", "split_list", "class_names", "label_suffix")
+_DATASET_KEYS = ("format", "root", "split", "cities", "max_images", "subset", "resize",
+                 "label_map", "ignore_index", "split_list", "label_suffix", "unpaired",
+                 "fingerprint", "annotations", "label_kind", "images", "labels")
 _MODEL_KEYS = ("architecture", "checkpoint", "num_classes", "source", "layer", "mean", "std",
                "input_size", "class_names")
 
@@ -442,50 +443,70 @@ def _check_otce(c: _Checker, raw: Any) -> None:
         _check_layer(c, "otce.layer", raw["layer"])
 
 
+def _dataset_keys(fmt: Any) -> tuple[str, ...]:
+    """Keys the dataset reader accepts for ``fmt`` (all formats' keys when ``fmt`` is unknown)."""
+    try:
+        from segotce_ray.datasets import DATASET_SPEC_KEYS
+    except ImportError:  # reader not importable: fall back to the contract's keys
+        return _DATASET_KEYS
+    if fmt in DATASET_SPEC_KEYS:
+        return tuple(sorted(DATASET_SPEC_KEYS[fmt]))
+    return tuple(sorted(set().union(*DATASET_SPEC_KEYS.values())))
+
+
 def _check_dataset(c: _Checker, path: str, raw: Any) -> None:
     if not c.mapping(path, raw):
         return
-    c.keys(path, raw, _DATASET_KEYS, required=("format", "root"))
     fmt = raw.get("format")
     if "format" in raw:
         c.string(f"{path}.format", fmt, DATASET_FORMATS)
+    allowed = _dataset_keys(fmt)
+    c.keys(path, raw, allowed, required=("format", "root"))
     if "root" in raw:
         c.input_path(f"{path}.root", raw["root"], "dir")
-    if "split" in raw:
-        c.string(f"{path}.split", raw["split"])
-    if "cities" in raw:
+    for key in ("split", "annotations", "label_kind", "images", "labels", "label_suffix"):
+        if key in raw and key in allowed:
+            c.string(f"{path}.{key}", raw[key])
+    if "cities" in raw and "cities" in allowed:
         c.string_list(f"{path}.cities", raw["cities"], allow_scalar=True)
-        if fmt in ("bdd100k", "gta5", "folder"):
-            c.add(f"{path}.cities", f"'cities' applies to the cityscapes format, not {fmt!r}")
-    if "max_images" in raw:
+    if "max_images" in raw and raw["max_images"] is not None:
         c.integer(f"{path}.max_images", raw["max_images"], lo=1)
-    if "ignore_index" in raw:
-        c.integer(f"{path}.ignore_index", raw["ignore_index"], lo=0, hi=65535)
+    if "subset" in raw:
+        c.string(f"{path}.subset", raw["subset"], ("spread", "first"))
+    if "unpaired" in raw:
+        c.string(f"{path}.unpaired", raw["unpaired"], ("error", "skip"))
+    if "fingerprint" in raw:
+        c.string(f"{path}.fingerprint", raw["fingerprint"], ("stat", "content"))
+    if "ignore_index" in raw and "ignore_index" in allowed:
+        ii = raw["ignore_index"]
+        for i, x in enumerate(ii if isinstance(ii, list) else [ii]):
+            c.integer(f"{path}.ignore_index" + (f"[{i}]" if isinstance(ii, list) else ""), x,
+                      lo=0, hi=65535)
     if "split_list" in raw:
         c.input_path(f"{path}.split_list", raw["split_list"], "file")
-    if "class_names" in raw:
-        c.string_list(f"{path}.class_names", raw["class_names"])
-    if "label_suffix" in raw:
-        c.string(f"{path}.label_suffix", raw["label_suffix"])
     if "resize" in raw:
         _check_resize(c, f"{path}.resize", raw["resize"])
-    if "label_map" in raw:
+    if "label_map" in raw and "label_map" in allowed:
         lm = raw["label_map"]
-        if c.mapping(f"{path}.label_map", lm):
+        if isinstance(lm, list):
+            c.string_list(f"{path}.label_map", lm)
+            if not lm:
+                c.add(f"{path}.label_map", "must name at least one class")
+        elif c.mapping(f"{path}.label_map", lm):
             if not lm:
                 c.add(f"{path}.label_map", "must map at least one label id to a class name")
             for k, v in lm.items():
                 kp = f"{path}.label_map.{k}"
                 if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                     c.add(kp, f"label ids must be non-negative integers, got {_type_name(k)} {k!r}")
-                if not isinstance(v, (str, int)) or isinstance(v, bool) or v == "":
-                    c.add(kp, f"expected a class name (or train id), got {_type_name(v)} {_show(v)}")
+                if not isinstance(v, str) or v == "":
+                    c.add(kp, f"expected a class name, got {_type_name(v)} {_show(v)}")
     elif fmt == "folder":
         c.add(f"{path}.label_map", "the folder format needs a label_map (label id -> class name)")
 
 
 def _check_resize(c: _Checker, path: str, v: Any) -> None:
-    """resize: null/none, an int (shorter side), [h, w], or {short_side: n} / {size: [h, w]}."""
+    """resize: null/'none', an int (the short side) or [height, width]."""
     if v is None or v == "none":
         return
     if isinstance(v, int) and not isinstance(v, bool):
@@ -498,10 +519,8 @@ def _check_resize(c: _Checker, path: str, v: Any) -> None:
         for i, x in enumerate(v):
             c.integer(f"{path}[{i}]", x, lo=1)
         return
-    if isinstance(v, dict):
-        # reader-specific policy mapping; checked by the dataset reader itself
-        return
-    c.add(path, f"expected an integer, [height, width], a mapping or null, got {_type_name(v)} {_show(v)}")
+    c.add(path, f"expected 'none', a short-side integer or [height, width], got "
+                f"{_type_name(v)} {_show(v)}")
 
 
 def _check_architecture(c: _Checker, path: str, v: Any) -> str | None:

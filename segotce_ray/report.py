@@ -1,0 +1,297 @@
+"""``report.md`` for a run directory: rankings, correlation, failures, changes, timings.
+
+A report is a pure function of the files in a run directory (``matrix.parquet``,
+``correlation.csv``, ``run.json``) and, for the "changes" section, of the previous run's
+directory; ``segotce-ray report RUN_DIR`` re-renders it at any time.
+
+Rankings: per (metric, target), models ordered by the mean score over the repetitions that
+finished (higher = more transferable; rank 1 = best; ties broken by model name so the order
+is deterministic). Changes against the previous run: models new to a target, models gone,
+and rank moves ``prev → now`` (``▲`` up, ``▼`` down).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_long", "rank_changes", "rankings_from_long", "render_report", "write_report"]
+
+#: SEG-OTCE first, then the peers in this order (issue 7), then anything else by name.
+METRIC_ORDER = ("otce", "logme", "hscore", "hscore_shrinkage", "gbc", "transrate", "nleep",
+                "leep", "nce")
+
+
+def metric_sort_key(metric: str) -> tuple[int, str]:
+    return (METRIC_ORDER.index(metric) if metric in METRIC_ORDER else len(METRIC_ORDER), metric)
+
+
+def load_long(run_dir: str | Path) -> pd.DataFrame:
+    """The run's long table (``matrix.parquet``); empty frame with the columns if absent."""
+    path = Path(run_dir) / "matrix.parquet"
+    if not path.exists():
+        return pd.DataFrame(columns=["model", "target", "metric", "k", "score", "status", "error"])
+    df = pd.read_parquet(path)
+    if "metric" not in df.columns:
+        df["metric"] = "otce"
+    return df
+
+
+def rankings_from_long(long: pd.DataFrame) -> pd.DataFrame:
+    """Per (metric, target): mean/std/count of ``ok`` scores per model and its rank.
+
+    Returns columns metric, target, model, mean, std, n, rank (1 = most transferable).
+    """
+    cols = ["metric", "target", "model", "mean", "std", "n", "rank"]
+    if long.empty:
+        return pd.DataFrame(columns=cols)
+    ok = long[(long.get("status", "ok") == "ok") & np.isfinite(long["score"].astype(float))]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    g = ok.groupby(["metric", "target", "model"], sort=True)["score"]
+    red = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n": g.size()}).reset_index()
+    red = red.sort_values(["metric", "target", "mean", "model"], ascending=[True, True, False, True],
+                          kind="mergesort")
+    red["rank"] = red.groupby(["metric", "target"]).cumcount() + 1
+    return red[cols].reset_index(drop=True)
+
+
+def rank_changes(current: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
+    """Rank moves between two rankings frames (columns metric, target, model, rank).
+
+    Returns metric, target, model, prev_rank, rank, move (prev - now; > 0 moved up),
+    change in {new, gone, up, down, same}.
+    """
+    cols = ["metric", "target", "model", "prev_rank", "rank", "move", "change"]
+    if previous is None or previous.empty:
+        return pd.DataFrame(columns=cols)
+    keys = ["metric", "target", "model"]
+    cur = current[keys + ["rank"]]
+    prev = previous[keys + ["rank"]].rename(columns={"rank": "prev_rank"})
+    # only (metric, target) groups that exist in both runs are compared
+    both = set(map(tuple, cur[["metric", "target"]].drop_duplicates().values)) & \
+        set(map(tuple, prev[["metric", "target"]].drop_duplicates().values))
+    m = cur.merge(prev, on=keys, how="outer")
+    m = m[[(a, b) in both for a, b in zip(m["metric"], m["target"])]].copy()
+    if m.empty:
+        return pd.DataFrame(columns=cols)
+
+    def change(row: pd.Series) -> str:
+        if pd.isna(row["prev_rank"]):
+            return "new"
+        if pd.isna(row["rank"]):
+            return "gone"
+        d = row["prev_rank"] - row["rank"]
+        return "up" if d > 0 else "down" if d < 0 else "same"
+
+    m["move"] = m["prev_rank"] - m["rank"]
+    m["change"] = m.apply(change, axis=1)
+    m = m.sort_values(["metric", "target", "rank", "model"], key=None, kind="mergesort",
+                      na_position="last")
+    return m[cols].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, (float, np.floating)):
+        if math.isnan(x):
+            return "–"
+        return f"{x:.{digits}g}" if abs(x) >= 1e4 or (abs(x) < 1e-3 and x != 0) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|").replace("\n", " ") for v in r) + " |")
+    return "\n".join(lines)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = None) -> str:
+    """Markdown report of a run directory (see the module docstring)."""
+    run_dir = Path(run_dir)
+    info = _read_json(run_dir / "run.json")
+    long = load_long(run_dir)
+    ranks = rankings_from_long(long)
+    out: list[str] = []
+    job = info.get("job", run_dir.parent.name)
+    out.append(f"# Transferability report — {job} / {info.get('run_id', run_dir.name)}")
+    out.append("")
+    status = info.get("status", "unknown")
+    counts = info.get("counts", {})
+    facts = [f"status: **{status}**"]
+    if info.get("started"):
+        facts.append(f"started {info['started']}")
+    if info.get("finished"):
+        facts.append(f"finished {info['finished']}")
+    out.append(" · ".join(facts))
+    if counts:
+        out.append("")
+        out.append(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()))
+    settings = info.get("settings")
+    if settings:
+        out.append("")
+        out.append("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    out.append("")
+    out.append("Higher score = more transferable; rank 1 = the model to try first. "
+               "Scores of different metrics are on different scales: compare ranks, not values.")
+
+    # -- rankings per target, metrics side by side (SEG-OTCE first)
+    out.append("")
+    out.append("## Rankings per target")
+    if ranks.empty:
+        out.append("")
+        out.append("No pair finished: there is nothing to rank.")
+    metrics = sorted(ranks["metric"].unique(), key=metric_sort_key) if not ranks.empty else []
+    for target in sorted(ranks["target"].unique()) if not ranks.empty else []:
+        out.append("")
+        out.append(f"### {target}")
+        out.append("")
+        sub = ranks[ranks["target"] == target]
+        primary = metrics[0]
+        order = sub[sub["metric"] == primary].sort_values("rank")["model"].tolist()
+        order += sorted(set(sub["model"]) - set(order))
+        header = ["model"]
+        for m in metrics:
+            header += [f"{m} rank", f"{m} mean ± std"]
+        rows = []
+        for model in order:
+            row: list[Any] = [model]
+            for m in metrics:
+                hit = sub[(sub["metric"] == m) & (sub["model"] == model)]
+                if hit.empty:
+                    row += ["–", "–"]
+                else:
+                    h = hit.iloc[0]
+                    row += [int(h["rank"]), f"{_fmt(float(h['mean']))} ± {_fmt(float(h['std']), 2)}"
+                            + (f" (k={int(h['n'])})" if m == "otce" else "")]
+            rows.append(row)
+        out.append(_table(header, rows))
+
+    # -- correlation with ground truth
+    corr_path = run_dir / "correlation.csv"
+    if corr_path.exists():
+        corr = pd.read_csv(corr_path)
+        out.append("")
+        out.append("## Agreement with ground truth")
+        out.append("")
+        out.append("Per target: Pearson/Spearman/Kendall τ_b/weighted τ between scores and the "
+                   "ground-truth transfer results (1 = perfect), regret = ground truth of the best "
+                   "model minus that of the model ranked first (0 = the top pick is the best).")
+        out.append("")
+        out.append(_table(list(corr.columns), corr.itertuples(index=False)))
+
+    # -- failures
+    failed = long[long.get("status", "ok") != "ok"] if not long.empty else long
+    errors = info.get("errors", {})
+    out.append("")
+    out.append("## Failures")
+    out.append("")
+    if failed.empty and not errors:
+        out.append("None: every pair finished.")
+    else:
+        for what, msg in sorted(errors.items()):
+            out.append(f"- **{what}**: {msg}")
+        if not failed.empty:
+            by_pair = failed.groupby(["model", "target", "metric"], sort=True)
+            rows = []
+            for (model, target, metric), grp in by_pair:
+                err = str(grp["error"].dropna().iloc[0]) if grp["error"].notna().any() else ""
+                rows.append([model, target, metric, len(grp), err[:200]])
+            out.append("")
+            out.append(_table(["model", "target", "metric", "failed rows", "error"], rows))
+
+    # -- changes vs previous run
+    out.append("")
+    out.append("## Changes since the previous run")
+    out.append("")
+    prev_dir = Path(previous_run_dir) if previous_run_dir else None
+    if prev_dir is None and info.get("previous_run"):
+        cand = run_dir.parent / info["previous_run"]
+        prev_dir = cand if cand.is_dir() else None
+    if prev_dir is None:
+        out.append("First run of this job: nothing to compare with.")
+    else:
+        prev_ranks = rankings_from_long(load_long(prev_dir))
+        ch = rank_changes(ranks, prev_ranks)
+        prev_models = set(prev_ranks["model"]) if not prev_ranks.empty else set()
+        cur_models = set(ranks["model"]) if not ranks.empty else set()
+        new_models = sorted(cur_models - prev_models)
+        gone_models = sorted(prev_models - cur_models)
+        out.append(f"Compared with run `{prev_dir.name}`.")
+        out.append("")
+        out.append(f"- new models: {', '.join(new_models) if new_models else 'none'}")
+        out.append(f"- models no longer ranked: {', '.join(gone_models) if gone_models else 'none'}")
+        moved = ch[ch["change"].isin(["up", "down", "new", "gone"])] if not ch.empty else ch
+        if moved.empty:
+            out.append("- rankings: unchanged")
+        else:
+            out.append("")
+            rows = []
+            for r in moved.itertuples(index=False):
+                prev = "–" if pd.isna(r.prev_rank) else int(r.prev_rank)
+                now = "–" if pd.isna(r.rank) else int(r.rank)
+                arrow = {"up": f"▲{int(r.move)}", "down": f"▼{int(-r.move)}", "new": "new",
+                         "gone": "gone"}[r.change]
+                rows.append([r.metric, r.target, r.model, prev, now, arrow])
+            out.append(_table(["metric", "target", "model", "previous rank", "rank", "move"], rows))
+        if not ch.empty:
+            tops = []
+            for (metric, target), grp in ch.groupby(["metric", "target"], sort=True):
+                now1 = grp[grp["rank"] == 1]["model"].tolist()
+                was1 = grp[grp["prev_rank"] == 1]["model"].tolist()
+                if now1 != was1:
+                    tops.append(f"- top-1 for {target} ({metric}): "
+                                f"{was1[0] if was1 else '–'} → {now1[0] if now1 else '–'}")
+            if tops:
+                out.append("")
+                out.extend(tops)
+
+    # -- timings
+    timings = info.get("timings", {})
+    if timings:
+        out.append("")
+        out.append("## Timings")
+        out.append("")
+        out.append(_table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in timings.items()]))
+    versions = info.get("versions", {})
+    if versions:
+        out.append("")
+        out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    out.append("")
+    out.append("Files: `matrix.parquet` (long table, one row per repetition), `scores.csv` "
+               "(models × targets, mean), `rankings.csv`, `heatmap.png`"
+               + (", `correlation.csv`" if corr_path.exists() else "")
+               + ", `spec.yaml` (resolved), `run.json` (versions, timings, counts).")
+    return "\n".join(out) + "\n"
+
+
+def write_report(run_dir: str | Path, previous_run_dir: str | Path | None = None) -> Path:
+    """Render and write ``run_dir/report.md`` (atomically); returns its path."""
+    run_dir = Path(run_dir)
+    text = render_report(run_dir, previous_run_dir)
+    path = run_dir / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
