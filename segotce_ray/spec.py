@@ -143,7 +143,12 @@ class ModelEntry:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     input_size: tuple[int, int] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def constructor(self) -> str:
+        """The architecture as ``models.ModelSpec`` spells it (``torchvision/`` prefix dropped)."""
+        return self.architecture.removeprefix("torchvision/")
 
 
 @dataclass
@@ -183,11 +188,12 @@ class JobSpec:
             "targets": list(self.targets),
         }
         for n, m in self.models.items():
-            md = {k: v for k, v in asdict(m).items() if k not in ("name", "extra") and v is not None}
+            md = {k: v for k, v in asdict(m).items() if k != "name" and v is not None}
+            if not md.get("kwargs"):
+                md.pop("kwargs", None)
             for k in ("mean", "std", "input_size"):
                 if k in md:
                     md[k] = list(md[k])
-            md.update(m.extra)
             out["models"][n] = md
         if self.ground_truth:
             out["ground_truth"] = self.ground_truth
@@ -416,7 +422,7 @@ _DATASET_KEYS = ("format", "root", "split", "cities", "max_images", "subset", "r
                  "label_map", "ignore_index", "split_list", "label_suffix", "unpaired",
                  "fingerprint", "annotations", "label_kind", "images", "labels")
 _MODEL_KEYS = ("architecture", "checkpoint", "num_classes", "source", "layer", "mean", "std",
-               "input_size", "class_names")
+               "input_size", "kwargs")
 
 
 def _check_layer(c: _Checker, path: str, v: Any) -> None:
@@ -529,6 +535,8 @@ def _check_architecture(c: _Checker, path: str, v: Any) -> str | None:
         return None
     if v == "torchscript":
         return "torchscript"
+    if v in TORCHVISION_ARCHITECTURES:
+        return "torchvision"
     if v.startswith("torchvision/"):
         ctor = v.split("/", 1)[1]
         if ctor not in TORCHVISION_ARCHITECTURES:
@@ -540,7 +548,8 @@ def _check_architecture(c: _Checker, path: str, v: Any) -> str | None:
         return "torchvision"
     if _FACTORY_RE.match(v):
         return "factory"
-    c.add(path, f"architecture must be 'torchvision/<constructor>', 'torchscript' or a factory "
+    c.add(path, f"architecture must be 'torchvision/<constructor>' (or the bare constructor "
+                f"name), 'torchscript' or a factory "
                 f"'package.module:function'; got {v!r}")
     return None
 
@@ -582,8 +591,10 @@ def _check_model(c: _Checker, path: str, raw: Any, datasets: dict) -> None:
                     c.integer(f"{path}.input_size[{i}]", x, lo=1)
         else:
             c.integer(f"{path}.input_size", v, lo=1)
-    if "class_names" in raw:
-        c.string_list(f"{path}.class_names", raw["class_names"])
+    if "kwargs" in raw and c.mapping(f"{path}.kwargs", raw["kwargs"]):
+        for k in raw["kwargs"]:
+            if not isinstance(k, str) or not k.isidentifier():
+                c.add(f"{path}.kwargs.{k}", "keyword argument names must be identifiers")
 
 
 def _check_ground_truth(c: _Checker, raw: Any) -> None:
@@ -767,7 +778,7 @@ def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) 
             layer=m.get("layer", otce.layer),
             mean=_tuple(m.get("mean")), std=_tuple(m.get("std")),
             input_size=_tuple(m.get("input_size")),
-            extra={k: m[k] for k in ("class_names",) if k in m},
+            kwargs=dict(m.get("kwargs") or {}),
         )
     targets = raw["targets"]
     metrics = raw.get("metrics", ["otce"])
