@@ -37,9 +37,11 @@ Keys shared by every format:
 
 - ``root`` (required): dataset root; relative paths (``root``, ``split_list``) are resolved
   against ``base_dir`` (the job spec's folder), ``~`` is expanded.
-- ``split_list``: text file of image ids to keep, one per line (``#`` comments and blank
-  lines skipped; a file name such as ``00001.png`` or a path counts by its stem). An id that
-  is not in the dataset is an error.
+- ``split_list``: text file naming the images to keep, one per line (``#`` comments and
+  blank lines skipped; only the first whitespace-separated token counts, so two-column
+  ``image label`` lists work). An entry is an image id, or a file name / path whose stem is
+  one (``00001.png``, ``images/00001.png``, ``.../frankfurt_000000_000294_leftImg8bit.png``).
+  An entry that matches no image is an error.
 - ``max_images``: keep at most this many samples; ``subset`` picks which: ``spread``
   (default) takes ``max_images`` samples evenly spaced over the sorted list, so a capped
   Cityscapes run still covers every city; ``first`` takes the head of the sorted list.
@@ -208,21 +210,32 @@ def _visible(name: str) -> bool:
 
 
 def _read_split_list(path: Path, name: str) -> list[str]:
+    """Entries of a split list: first whitespace token of each line, comments/blanks skipped."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise DatasetError(f"cannot read split list: {exc.strerror or exc}", name, path) from exc
-    ids = []
+    entries = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            entry = line.replace("\\", "/").split("/")[-1]
-            stem = entry.rsplit(".", 1)[0] if entry.lower().endswith(
-                (*IMAGE_SUFFIXES, ".txt")) else entry
-            ids.append(stem)
-    if not ids:
+            entries.append(line.split()[0].replace("\\", "/"))
+    if not entries:
         raise DatasetError("split list is empty", name, path)
-    return ids
+    return entries
+
+
+def _match_list_entry(entry: str, ids: Mapping[str, Any]) -> str | None:
+    """The image id a split-list entry names: the entry itself, its path without an image
+    suffix, its file stem, or that stem without Cityscapes' ``_leftImg8bit``."""
+    stripped = entry[2:] if entry.startswith("./") else entry
+    if stripped.lower().endswith(IMAGE_SUFFIXES):
+        stripped = stripped.rsplit(".", 1)[0]
+    stem = stripped.rsplit("/", 1)[-1]
+    for candidate in (entry, stripped, stem, stem.removesuffix("_leftImg8bit")):
+        if candidate in ids:
+            return candidate
+    return None
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -276,14 +289,15 @@ class SegmentationDataset:
         split_list = spec.get("split_list")
         if split_list is not None:
             list_path = self._path(split_list, base)
-            wanted = _read_split_list(list_path, name)
+            entries = _read_split_list(list_path, name)
             by_id = {s.image_id: s for s in samples}
-            missing = [i for i in wanted if i not in by_id]
+            matched = [_match_list_entry(e, by_id) for e in entries]
+            missing = [e for e, m in zip(entries, matched) if m is None]
             if missing:
                 raise DatasetError(f"split list names {len(missing)} image(s) not in the dataset, "
                                    f"first: {missing[:3]}", name, list_path)
-            samples = [by_id[i] for i in dict.fromkeys(wanted)]
-            self.options["split_list"] = sorted(by_id.keys() & set(wanted))
+            samples = [by_id[i] for i in dict.fromkeys(matched)]
+            self.options["split_list"] = sorted(s.image_id for s in samples)
         samples.sort()
         if not samples:
             raise DatasetError(f"no samples found for {self.format} layout "
@@ -383,6 +397,12 @@ class SegmentationDataset:
             raw = _nearest(raw, shape)
         pixels = np.asarray(image, dtype=np.uint8)
         return pixels, self._map_label(raw, sample)
+
+    def load_label(self, sample: Sample) -> np.ndarray:
+        """Only the label: ``(H, W) int64`` train ids, resize applied (the image is not read,
+        so its size is not checked against the label's; use ``load`` for that)."""
+        raw = self._open_label(sample.label_path)
+        return self._map_label(_nearest(raw, self.output_shape(*raw.shape)), sample)
 
     def _open_image(self, path: Path) -> Image.Image:
         try:
