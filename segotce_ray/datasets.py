@@ -395,7 +395,7 @@ class SegmentationDataset:
         if shape != (image.height, image.width):
             image = image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
             raw = _nearest(raw, shape)
-        pixels = np.asarray(image, dtype=np.uint8)
+        pixels = np.array(image, dtype=np.uint8)  # a writable copy (asarray is read-only)
         return pixels, self._map_label(raw, sample)
 
     def load_label(self, sample: Sample) -> np.ndarray:

@@ -42,6 +42,7 @@ def test_cityscapes_label_ids_map_to_the_19_train_ids(tmp_path):
     for image_id, (image, label) in _load_all(ds).items():
         assert image.dtype == np.uint8 and image.shape == (32, 64, 3)
         assert label.dtype == np.int64 and label.shape == (32, 64)
+        assert image.flags.writeable and label.flags.writeable  # torch.from_numpy-safe
         np.testing.assert_array_equal(label, layout.train_labels[image_id])
         assert (label == 255).any() and (label < 19).any()
 
