@@ -285,7 +285,9 @@ class SegmentationDataset:
                                         "subset": subset}
         self._configure(spec)  # format-specific keys -> self.options, class names, tables
 
+        self._listings: dict[Path, frozenset[str]] = {}
         samples = self._discover()
+        del self._listings
         split_list = spec.get("split_list")
         if split_list is not None:
             list_path = self._path(split_list, base)
@@ -346,11 +348,23 @@ class SegmentationDataset:
             raise self._error(f"{what} directory not found", path)
         return path
 
+    def _files_in(self, directory: Path) -> frozenset[str]:
+        """Names of the files in ``directory``, listed once per directory during discovery."""
+        listing = self._listings.get(directory)
+        if listing is None:
+            try:
+                with os.scandir(directory) as entries:
+                    listing = frozenset(e.name for e in entries if e.is_file())
+            except OSError:
+                listing = frozenset()
+            self._listings[directory] = listing
+        return listing
+
     def _pair(self, image_id: str, image_path: Path, candidates: Sequence[Path],
               out: list[Sample]) -> None:
         """Append the sample with the first existing label candidate, or handle the unpaired image."""
         for label_path in candidates:
-            if label_path.is_file():
+            if label_path.name in self._files_in(label_path.parent):
                 out.append(Sample(image_id, image_path, label_path))
                 return
         expected = " or ".join(str(c) for c in candidates)
@@ -517,13 +531,18 @@ class SegmentationDataset:
 # ----------------------------------------------------------------------------- formats
 
 def _image_files(directory: Path) -> list[Path]:
-    """Visible image files directly in ``directory`` (png/jpg/jpeg, any case)."""
-    return [p for p in directory.iterdir()
-            if _visible(p.name) and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    """Visible image files directly in ``directory`` (png/jpg/jpeg, any case).
+
+    ``os.scandir`` reads the file type with the listing: no stat per file (network disks)."""
+    with os.scandir(directory) as entries:
+        return [directory / e.name for e in entries
+                if _visible(e.name) and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                and e.is_file()]
 
 
 def _subdirs(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.is_dir() and _visible(p.name))
+    with os.scandir(directory) as entries:
+        return sorted(e.name for e in entries if _visible(e.name) and e.is_dir())
 
 
 class CityscapesDataset(SegmentationDataset):
