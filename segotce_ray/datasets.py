@@ -3,7 +3,9 @@
 ``open_dataset(name, spec, base_dir)`` reads one dataset entry of a job spec and returns a
 :class:`SegmentationDataset`: a sorted list of :class:`Sample` (image + label file) and a
 ``load(sample)`` that gives ``image: (H, W, 3) uint8`` and ``label: (H, W) int64`` in train
-ids, with ``dataset.ignore_index`` (255) on void/ignored pixels.
+ids, with ``dataset.ignore_index`` (255) on void/ignored pixels (``load_label`` reads only
+the label). ``fingerprint()`` is the dataset's cache key. Datasets and their errors pickle,
+so they can be shipped to Ray workers.
 
 Formats (``spec["format"]``) and their native layouts under ``root``:
 
@@ -57,8 +59,9 @@ Keys shared by every format:
   without ``-t``, re-extracted archives, object-store mounts): the key then depends on the
   data only, at the price of reading every file once.
 
-Samples are sorted by ``image_id`` (code-point order), so the order never depends on the
-filesystem. Files whose names start with ``.`` (e.g. macOS ``._x.png``) are skipped. Image
+Label files are single-channel PNGs (``L``, ``P`` — the palette index is the id — or 16-bit);
+a colour label is an error. Samples are sorted by ``image_id`` (code-point order), so the
+order never depends on the filesystem. Files whose names start with ``.`` (e.g. macOS ``._x.png``) are skipped. Image
 EXIF orientation is ignored: labels are aligned with the stored pixels.
 
 Errors: layout problems (missing root / split / city / split-list entry, no samples, an
