@@ -421,35 +421,30 @@ class SegmentationDataset:
         raw = self._open_label(sample.label_path)
         return self._map_label(_nearest(raw, self.output_shape(*raw.shape)), sample)
 
-    def _open_image(self, path: Path) -> Image.Image:
-        try:
-            with Image.open(path) as img:
-                img.load()  # force full decode: truncated / corrupt files fail here
-                return img if img.mode == "RGB" else img.convert("RGB")
-        except FileNotFoundError as exc:
-            raise self._error("image file not found", path) from exc
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise self._error(f"cannot read image ({type(exc).__name__}: {exc})", path) from exc
-
-    def _open_label(self, path: Path) -> np.ndarray:
+    def _decode(self, path: Path, what: str) -> Image.Image:
+        """Open and fully decode ``path`` (truncated / corrupt files fail here, not later)."""
         try:
             with Image.open(path) as img:
                 img.load()
-                mode = img.mode
-                if mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-                    arr = np.asarray(img)
-                elif mode in ("LA", "PA"):
-                    arr = np.asarray(img)[..., 0]
-                else:
-                    raise self._error(f"label image must be single-channel (L, P or 16-bit), got "
-                                      f"mode {mode}", path)
-        except DatasetError:
-            raise
+                return img
         except FileNotFoundError as exc:
-            raise self._error("label file not found", path) from exc
+            raise self._error(f"{what} file not found", path) from exc
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise self._error(f"cannot read label ({type(exc).__name__}: {exc})", path) from exc
-        return arr
+            raise self._error(f"cannot read {what} ({type(exc).__name__}: {exc})", path) from exc
+
+    def _open_image(self, path: Path) -> Image.Image:
+        img = self._decode(path, "image")
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+    def _open_label(self, path: Path) -> np.ndarray:
+        """Raw label values (H, W): uint8 for L/P (palette index), uint16/int32 for 16-bit."""
+        img = self._decode(path, "label")
+        if img.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+            return np.asarray(img)
+        if img.mode in ("LA", "PA"):
+            return np.asarray(img)[..., 0]
+        raise self._error(f"label image must be single-channel (L, P or 16-bit), got mode "
+                          f"{img.mode}", path)
 
     def _map_label(self, raw: np.ndarray, sample: Sample) -> np.ndarray:
         """train = lut[raw] (vectorised); unknown values -> error (strict) or ignore."""
