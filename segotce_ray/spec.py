@@ -89,21 +89,31 @@ class OTCESettings:
 
 @dataclass
 class ExtractionSettings:
-    """How pools are drawn: pixels kept per image, forward batch size, default image cap."""
+    """How pools are drawn: pixels kept per image (uniformly or class-balanced among the
+    valid pixels), images per forward batch, a default image cap for every dataset, and what
+    a bad image file does to its pool (``fail`` it, or ``skip`` the image)."""
 
     pixels_per_image: int = 1000
     batch_size: int = 8
     max_images: int | None = None
+    sampling: str = "uniform"
+    bad_images: str = "fail"
 
 
 @dataclass
 class Resources:
-    """Ray resources: GPUs per extraction actor, number of actors, CPUs per actor/task."""
+    """Ray resources. ``None`` = decided from the cluster.
 
-    gpus_per_actor: float = 0.0
-    actors: int = 1
-    cpus_per_actor: float = 1.0
-    gpus_per_task: float = 0.0
+    gpus_per_actor: 1 pins each extraction actor to a GPU, 0 runs on CPU (default: 1 when
+    the cluster has GPUs); actors: extraction actors per model (default: the number of GPUs,
+    or 1 on CPU); cpu_threads: torch threads per CPU actor; gpus_per_task: GPU share of one
+    scoring task (default 0.25 on a GPU cluster, else 0).
+    """
+
+    gpus_per_actor: float | None = None
+    actors: int | None = None
+    cpu_threads: int | None = None
+    gpus_per_task: float | None = None
 
 
 @dataclass
@@ -415,8 +425,8 @@ class _Checker:
 _TOP_KEYS = ("name", "output", "store", "seed", "otce", "metrics", "schedule", "extraction",
              "datasets", "models", "targets", "ground_truth", "resources", "description")
 _OTCE_KEYS = ("n_pixels", "repetitions", "epsilon", "solver", "layer", "sampling")
-_EXTRACTION_KEYS = ("pixels_per_image", "batch_size", "max_images")
-_RESOURCE_KEYS = ("gpus_per_actor", "actors", "cpus_per_actor", "gpus_per_task")
+_EXTRACTION_KEYS = ("pixels_per_image", "batch_size", "max_images", "sampling", "bad_images")
+_RESOURCE_KEYS = ("gpus_per_actor", "actors", "cpu_threads", "gpus_per_task")
 _SCHEDULE_KEYS = ("mode", "min_repetitions", "top_k", "alpha")
 _DATASET_KEYS = ("format", "root", "split", "cities", "max_images", "subset", "resize",
                  "label_map", "ignore_index", "split_list", "label_suffix", "unpaired",
@@ -665,20 +675,27 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
     if "extraction" in raw and c.mapping("extraction", raw["extraction"]):
         e = raw["extraction"]
         c.keys("extraction", e, _EXTRACTION_KEYS)
-        for k in _EXTRACTION_KEYS:
+        for k in ("pixels_per_image", "batch_size", "max_images"):
             if k in e and not (k == "max_images" and e[k] is None):
                 c.integer(f"extraction.{k}", e[k], lo=1)
+        if "sampling" in e:
+            c.string("extraction.sampling", e["sampling"], SAMPLINGS)
+        if "bad_images" in e:
+            c.string("extraction.bad_images", e["bad_images"], ("fail", "skip"))
 
     if "resources" in raw and c.mapping("resources", raw["resources"]):
         r = raw["resources"]
         c.keys("resources", r, _RESOURCE_KEYS)
-        if "gpus_per_actor" in r:
-            c.number("resources.gpus_per_actor", r["gpus_per_actor"], 0.0)
-        if "actors" in r:
+        if r.get("gpus_per_actor") is not None and \
+                c.number("resources.gpus_per_actor", r["gpus_per_actor"], 0.0) and \
+                r["gpus_per_actor"] not in (0, 1):
+            c.add("resources.gpus_per_actor", f"must be 0 (CPU) or 1 (one GPU per extraction "
+                                              f"actor), got {r['gpus_per_actor']}")
+        if r.get("actors") is not None:
             c.integer("resources.actors", r["actors"], lo=1)
-        if "cpus_per_actor" in r:
-            c.number("resources.cpus_per_actor", r["cpus_per_actor"], 0.0, strict=True)
-        if "gpus_per_task" in r:
+        if r.get("cpu_threads") is not None:
+            c.integer("resources.cpu_threads", r["cpu_threads"], lo=1)
+        if r.get("gpus_per_task") is not None:
             c.number("resources.gpus_per_task", r["gpus_per_task"], 0.0, hi=1.0)
 
     datasets = raw.get("datasets")

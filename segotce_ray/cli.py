@@ -1,0 +1,253 @@
+"""``segotce-ray``: validate, run and report transferability jobs; run the demo.
+
+::
+
+    segotce-ray validate JOB                 # every problem in the spec, with its path
+    segotce-ray run JOB [--address auto] [--dry-run] [--store DIR] [--output DIR]
+    segotce-ray report RUN_DIR               # re-render RUN_DIR/report.md and print it
+    segotce-ray demo [--workdir DIR]         # build the demo world + zoo, run it, print results
+
+Exit status: 0 all done; 1 some pairs failed (the run still wrote everything that finished,
+and a summary is printed); 2 the spec or the command line is invalid; 3 an unexpected error.
+``run`` starts an embedded local Ray unless ``--address`` or ``RAY_ADDRESS`` names a cluster.
+Progress bars (tqdm) show extraction and scoring when stderr is a terminal; otherwise plain
+log lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED_PAIRS, EXIT_INVALID, EXIT_ERROR = 0, 1, 2, 3
+
+log = logging.getLogger("segotce_ray")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    """INFO lines when stderr is not a terminal (logs, cron, CI); bars + warnings on a tty."""
+    if quiet:
+        level = logging.WARNING
+    elif verbose:
+        level = logging.DEBUG if verbose > 1 else logging.INFO
+    else:
+        level = logging.WARNING if sys.stderr.isatty() else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def _load(path: str, store: str | None = None, output: str | None = None):
+    """Load + validate a spec (with CLI root overrides); prints problems, returns spec or None."""
+    from segotce_ray.spec import SpecError, build_spec, read_yaml, validate
+
+    p = Path(path)
+    raw, problems = read_yaml(p)
+    if raw is not None and isinstance(raw, dict):
+        raw = dict(raw)
+        if store:
+            raw["store"] = str(Path(store).expanduser().absolute())
+        if output:
+            raw["output"] = str(Path(output).expanduser().absolute())
+    if raw is not None:
+        problems += validate(raw, p.parent)
+    if problems:
+        print(f"{p}: {len(problems)} problem(s):", file=sys.stderr)
+        for prob in problems:
+            print(f"  - {prob}", file=sys.stderr)
+        return None
+    try:
+        return build_spec(raw, p.parent, p)
+    except SpecError as exc:  # pragma: no cover - validate() already listed these
+        print(str(exc), file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load(args.job)
+    if spec is None:
+        return EXIT_INVALID
+    if not args.shallow:
+        from segotce_ray.job import input_problems
+
+        problems = input_problems(spec)
+        if problems:
+            print(f"{args.job}: {len(problems)} problem(s) found opening the inputs:", file=sys.stderr)
+            for prob in problems:
+                print(f"  - {prob}", file=sys.stderr)
+            return EXIT_INVALID
+    n_pairs = len(spec.models) * len(spec.targets) * len(spec.metrics)
+    print(f"{args.job}: ok — job {spec.name!r}: {len(spec.datasets)} dataset(s), "
+          f"{len(spec.models)} model(s), {len(spec.targets)} target(s), metrics "
+          f"{', '.join(spec.metrics)} → {n_pairs} pair(s) × K={spec.otce.repetitions}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = _load(args.job, args.store, args.output)
+    if spec is None:
+        return EXIT_INVALID
+    from segotce_ray.job import run_job
+
+    progress = None if args.progress == "auto" else args.progress == "on"
+    result = run_job(spec, address=args.address, dry_run=args.dry_run, run_id=args.run_id,
+                     progress=progress, num_cpus=args.num_cpus)
+    if args.dry_run:
+        print(result.plan.render())
+        return EXIT_OK
+    print(result.summary())
+    if result.run_dir is not None:
+        print(f"report: {result.run_dir / 'report.md'}")
+    return result.exit_code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from segotce_ray.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if run_dir.name != "latest" and (run_dir / "latest").exists():
+        from segotce_ray.job import latest_run
+
+        run_dir = latest_run(run_dir) or run_dir  # a job folder: its latest run
+    elif run_dir.name == "latest":
+        from segotce_ray.job import latest_run
+
+        run_dir = latest_run(run_dir.parent) or run_dir
+    if not (run_dir / "matrix.parquet").is_file() and not (run_dir / "run.json").is_file():
+        print(f"{run_dir}: not a run directory (no matrix.parquet / run.json)", file=sys.stderr)
+        return EXIT_INVALID
+    path = write_report(run_dir, args.previous)
+    if args.quiet:
+        print(path)
+    else:
+        print(path.read_text(encoding="utf-8"))
+    return EXIT_OK
+
+
+def _print_demo_results(result) -> None:
+    """Per-target rankings, the correlation table and where the files are."""
+    import pandas as pd
+
+    from segotce_ray.report import rankings_from_long
+
+    ranks = rankings_from_long(result.table)
+    for (metric, target), grp in ranks.groupby(["metric", "target"], sort=True):
+        if metric != "otce":
+            continue
+        print(f"\nSEG-OTCE ranking for target {target!r} (1 = transfer this one first):")
+        for r in grp.sort_values("rank").itertuples(index=False):
+            print(f"  {int(r.rank):>2}. {r.model:<28} {r.mean:10.4f} ± {r.std:.4f}")
+    corr = result.run_dir / "correlation.csv"
+    if corr.is_file():
+        table = pd.read_csv(corr)
+        print("\nAgreement with fine-tuning ground truth (correlation.csv):")
+        with pd.option_context("display.width", 160, "display.max_columns", 30,
+                               "display.float_format", "{:.3f}".format):
+            print(table.to_string(index=False))
+    print(f"\nheatmap: {result.run_dir / 'heatmap.png'}")
+    print(f"report:  {result.run_dir / 'report.md'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from segotce_ray.demo import build_demo
+    from segotce_ray.job import run_job
+    from segotce_ray.spec import load_spec
+
+    workdir = Path(args.workdir).expanduser().absolute()
+    print(f"building the demo world and model zoo under {workdir} (cached after the first run)")
+    job_path = build_demo(workdir)
+    spec = load_spec(job_path)
+    progress = None if args.progress == "auto" else args.progress == "on"
+    result = run_job(spec, address=args.address, progress=progress, num_cpus=args.num_cpus)
+    _print_demo_results(result)
+    if result.status != "ok":
+        print("\n" + result.summary())
+    return result.exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segotce-ray",
+        description="Rank semantic-segmentation model zoos by SEG-OTCE transferability on Ray.",
+        epilog="Exit status: 0 ok, 1 some pairs failed, 2 invalid spec/arguments, 3 error.")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("validate", help="check a job spec and its inputs; list every problem",
+                       description="Check a job spec: unknown keys, types, ranges, missing files "
+                                   "and roots, undeclared targets/sources, output roots that "
+                                   "escape via '..'; then open every dataset and build every "
+                                   "model spec. Every problem is printed with its path in the spec.")
+    p.add_argument("job", metavar="JOB", help="job spec (YAML)")
+    p.add_argument("--shallow", action="store_true",
+                   help="check the spec only; do not open the datasets")
+    p.set_defaults(func=cmd_validate)
+
+    def ray_opts(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--address", default=None,
+                       help="Ray cluster to join ('auto', 'ray://host:10001', 'host:6379'); "
+                            "default: RAY_ADDRESS, else an embedded local Ray")
+        q.add_argument("--num-cpus", type=int, default=None,
+                       help="CPUs of the embedded local Ray (default: all)")
+        q.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                       help="progress bars (auto: when stderr is a terminal)")
+
+    p = sub.add_parser("run", help="plan and run a job (only missing work is computed)",
+                       description="Plan the job against the store, extract the missing pixel "
+                                   "pools, score the missing (model, target) repetitions, and "
+                                   "write runs/<name>/<run-id>/ (matrix, rankings, heatmap, "
+                                   "report) and runs/<name>/latest. Safe to rerun after a kill.")
+    p.add_argument("job", metavar="JOB", help="job spec (YAML)")
+    ray_opts(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what is cached and what would be computed; run nothing")
+    p.add_argument("--store", default=None, help="override the spec's store root")
+    p.add_argument("--output", default=None, help="override the spec's output root")
+    p.add_argument("--run-id", default=None, help="name of the run directory (default: UTC time)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="re-render a run's report.md and print it",
+                       description="Re-render RUN_DIR/report.md from the run's files (a job "
+                                   "folder or a 'latest' link means its latest run) and print it.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="runs/<name>/<run-id> (or runs/<name>)")
+    p.add_argument("--previous", default=None,
+                   help="run directory to compare with (default: the one recorded in run.json)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="build the demo world and zoo, rank it, compare with ground truth",
+                       description="Generate a small multi-domain street-scene world and a zoo "
+                                   "of segmentation models trained on it (cached in WORKDIR), "
+                                   "run the demo job on Ray, and print the per-target rankings, "
+                                   "the correlation with fine-tuning ground truth, and where the "
+                                   "heatmap and report are.")
+    p.add_argument("--workdir", default="segotce-demo",
+                   help="where the demo world, zoo, store and runs live (default: ./segotce-demo)")
+    ray_opts(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; rerun the same command to continue",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for users, traceback with -v
+        if args.verbose:
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
