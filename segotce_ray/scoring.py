@@ -1,0 +1,625 @@
+"""Fan-out scoring on Ray: (model, target) pairs × K repetitions → one long results table.
+
+For each pair (model m with source dataset s, target t) the metric compares the pool of
+(m, s) with the pool of (m, t). Every repetition k of every pair is one unit of work with
+its own seed ``repetition_seed(job_seed, m, t, k)`` (SHA-256 of the names fed to NumPy's
+``SeedSequence``; never Python's ``hash()``), so the table is exactly the same whatever the
+number of workers, the completion order, or the retries.
+
+Tasks
+-----
+One Ray task per (pair, k) by default (``reps_per_task=1``); ``reps_per_task=K`` groups a
+pair's repetitions in one task. Per-(pair, k) tasks were kept because the grouped form was
+not measurably faster (``benchmarks/bench_fanout.py``: a task costs ~1–3 ms of Ray overhead
+against ~1–10 s per repetition at N = 10⁴), while single repetitions give the scheduler
+K× more units to balance over workers, lose at most one repetition when a worker dies, and
+are what resumption and adaptive schedules need.
+
+Pools go into the object store once (``ray.put``) and every task of every pair that needs
+them gets the same reference; they are loaded lazily in submission order (pairs sorted by
+model, so a model's source pool is loaded once) and released when their last task is done,
+so the object store never holds the whole zoo.
+
+Each task declares ``num_cpus`` (1), ``memory`` from :func:`task_memory_bytes` (the N×N
+float32 cost, coupling and kernel, ≈ 3·N²·4 bytes, plus the sampled features and a working
+copy of the pools), and ``num_gpus`` (a fraction, :data:`DEFAULT_GPU_FRACTION`, when the
+cluster has GPUs and ``num_gpus`` is not given). ``max_retries`` covers system failures (a
+worker that dies is retried with the same seed); an error inside a repetition (a failed solve)
+is recorded as ``status="failed"`` with its error text and is not retried. A pair whose pool
+is missing, unreadable or invalid gets failed rows for each of its repetitions; every other
+pair completes.
+
+Results
+-------
+A pandas DataFrame with :data:`RESULT_COLUMNS` (one row per (model, target, metric, k)),
+sorted by those keys. ``done=`` takes rows finished earlier (e.g. read back from disk) and
+skips their ok repetitions; ``on_result`` is called in the driver with each finished row the
+moment it arrives, so a job can persist it before anything else happens.
+
+Adding a metric
+---------------
+A :class:`MetricSpec` names a module-level function ``repetition(source, target, seed,
+**params) -> Mapping`` that scores one repetition of two :class:`PixelPool` objects and
+returns at least ``score`` (higher = more transferable); optional keys are ``w_t``, ``w_d``,
+``iterations``, ``converged``, ``n_source``, ``n_target``. Pass several specs in
+``metrics=``; each gets its own rows under its ``metric`` name, with the same per-k seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from segotce_ray.metrics.otce import otce_score
+from segotce_ray.pools import PixelPool
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_GPU_FRACTION",
+    "feature_memory_bytes",
+    "RESULT_COLUMNS",
+    "MetricSpec",
+    "OTCESettings",
+    "PairScorer",
+    "ScorePair",
+    "otce_metric",
+    "otce_repetition",
+    "peer_metric",
+    "peer_repetition",
+    "repetition_seed",
+    "score_pairs",
+    "task_memory_bytes",
+]
+
+#: Columns of the long results table, in order.
+RESULT_COLUMNS = ["model", "target", "metric", "k", "score", "w_t", "w_d", "iterations",
+                  "converged", "n_source", "n_target", "seconds", "status", "error",
+                  "source", "seed"]
+#: GPU share per task when the cluster has GPUs and ``num_gpus`` is not given.
+DEFAULT_GPU_FRACTION = 0.25
+_KEY = ["model", "target", "metric", "k"]
+_WORKER_BASE_BYTES = 128 * 1024**2
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, order=True)
+class ScorePair:
+    """One (model, target) pair: the model's pools on its ``source`` and on ``target``."""
+
+    model: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class OTCESettings:
+    """SEG-OTCE settings for :func:`otce_score` (one repetition per task).
+
+    ``options`` is passed through to :func:`otce_score` as extra keyword arguments.
+    """
+
+    n_pixels: int = 10_000
+    repetitions: int = 10
+    epsilon: float = 0.1
+    solver: str = "sinkhorn"
+    sampling: str = "uniform"
+    ignore_index: int = 255
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_pixels < 1:
+            raise ValueError(f"otce n_pixels must be >= 1, got {self.n_pixels}")
+        if self.repetitions < 1:
+            raise ValueError(f"otce repetitions must be >= 1, got {self.repetitions}")
+        if not self.epsilon > 0:
+            raise ValueError(f"otce epsilon must be > 0, got {self.epsilon}")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric as the fan-out runs it.
+
+    repetition: module-level ``fn(source: PixelPool | None, target: PixelPool, seed: int,
+    **params) -> Mapping`` (picklable by reference); repetitions: K; n_pixels: pixels drawn
+    per side; memory_bytes: ``(n_pixels, dim, pool_rows) -> bytes`` for Ray's ``memory=``
+    (default :func:`task_memory_bytes`); needs_source: False for metrics that only read the
+    target pool (``source`` is then None and the source pool is never loaded);
+    higher_is_better: orientation for rankings.
+    """
+
+    name: str
+    repetition: Callable[..., Mapping[str, Any]]
+    repetitions: int
+    n_pixels: int
+    params: Mapping[str, Any] = field(default_factory=dict)
+    memory_bytes: Callable[[int, int, int], int] | None = None
+    needs_source: bool = True
+    higher_is_better: bool = True
+
+
+def otce_repetition(source: PixelPool, target: PixelPool, seed: int, *, n_pixels: int,
+                    epsilon: float, solver: str, sampling: str, ignore_index: int,
+                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One SEG-OTCE repetition: ``otce_score(..., repetitions=1, seed=seed)`` as a row dict."""
+    res = otce_score(source.features, source.labels, target.features, target.labels,
+                     n_pixels=n_pixels, repetitions=1, epsilon=epsilon, seed=seed,
+                     ignore_index=ignore_index, solver=solver, sampling=sampling,
+                     **dict(options or {}))
+    return {"score": float(np.asarray(res.scores).reshape(-1)[0]),
+            "w_t": float(np.asarray(res.w_t).reshape(-1)[0]),
+            "w_d": float(np.asarray(res.w_d).reshape(-1)[0]),
+            "iterations": int(np.asarray(res.iterations).reshape(-1)[0]),
+            "converged": bool(np.asarray(res.converged).reshape(-1)[0]),
+            "n_source": int(res.n_source), "n_target": int(res.n_target)}
+
+
+def otce_metric(settings: OTCESettings | None = None) -> MetricSpec:
+    """The :class:`MetricSpec` of SEG-OTCE under ``settings``."""
+    s = settings or OTCESettings()
+    params = {"n_pixels": s.n_pixels, "epsilon": s.epsilon, "solver": s.solver,
+              "sampling": s.sampling, "ignore_index": s.ignore_index,
+              "options": dict(s.options)}
+    return MetricSpec("otce", otce_repetition, s.repetitions, s.n_pixels, params)
+
+
+def peer_repetition(source: PixelPool | None, target: PixelPool, seed: int, *, name: str,
+                    n_pixels: int, ignore_index: int = 255,
+                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One repetition of peer metric ``name`` on ``n_pixels`` target pixels drawn with ``seed``.
+
+    Draws min(n_pixels, labelled pixels) pixels of the target pool uniformly without
+    replacement and calls :func:`segotce_ray.metrics.peers.compute_metric` on their features
+    (or source-head probabilities) and labels.
+    """
+    from segotce_ray.metrics.peers import compute_metric
+
+    labelled = np.flatnonzero(np.asarray(target.labels) != ignore_index)
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(labelled, size=min(n_pixels, labelled.size), replace=False))
+    probs = None if target.probs is None else target.probs[take]
+    score = compute_metric(name, labels=target.labels[take], features=target.features[take],
+                           probs=probs, ignore_index=ignore_index, **dict(options or {}))
+    return {"score": float(score), "n_target": int(take.size)}
+
+
+def feature_memory_bytes(n_pixels: int, dim: int, pool_rows: int) -> int:
+    """Heap of a metric linear in N: 16·N·D·8 (float64 work arrays) + P·D·4 + 128 MiB."""
+    return int(16 * n_pixels * max(dim, 1) * 8 + pool_rows * dim * 4 + _WORKER_BASE_BYTES)
+
+
+def peer_metric(name: str, n_pixels: int = 10_000, repetitions: int = 10,
+                ignore_index: int = 255, **options: Any) -> MetricSpec:
+    """The :class:`MetricSpec` of a peer metric from :data:`segotce_ray.metrics.peers.PEER_METRICS`."""
+    from segotce_ray.metrics.peers import PEER_METRICS
+
+    if name not in PEER_METRICS:
+        raise KeyError(f"unknown peer metric {name!r}; known: {sorted(PEER_METRICS)}")
+    params = {"name": name, "n_pixels": n_pixels, "ignore_index": ignore_index,
+              "options": options}
+    return MetricSpec(name, peer_repetition, repetitions, n_pixels, params,
+                      memory_bytes=feature_memory_bytes, needs_source=False,
+                      higher_is_better=PEER_METRICS[name].higher_is_better)
+
+
+def repetition_seed(job_seed: int, model: str, target: str, k: int) -> int:
+    """Seed of repetition k of (model, target): stable across processes, platforms, runs.
+
+    SeedSequence(entropy = [job_seed, sha256(model ␀ target) as 8 uint32 words, k]) → the
+    first 64-bit word of its state, shifted to 63 bits (fits any RNG's seed argument).
+    """
+    if job_seed < 0 or k < 0:
+        raise ValueError(f"seeds need job_seed >= 0 and k >= 0, got {job_seed}, {k}")
+    digest = hashlib.sha256(f"{model}\x00{target}".encode()).digest()
+    words = [int(w) for w in np.frombuffer(digest, dtype="<u4")]
+    state = np.random.SeedSequence([int(job_seed), *words, int(k)]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def task_memory_bytes(n_pixels: int, dim: int, pool_rows: int) -> int:
+    """Heap a repetition task may use, for Ray's ``memory=`` resource.
+
+    3·N²·4 (cost, coupling, kernel as float32) + 2·N·D·8 (sampled features as float64)
+    + P·D·4 (a float32 working copy of both pools, P = rows of source + target pool)
+    + 128 MiB for the worker itself.
+    """
+    n = int(n_pixels)
+    return int(3 * n * n * 4 + 2 * n * dim * 8 + pool_rows * dim * 4 + _WORKER_BASE_BYTES)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"model": pair.model, "target": pair.target, "metric": metric,
+                           "k": int(k), "score": math.nan, "w_t": math.nan, "w_d": math.nan,
+                           "iterations": None, "converged": None, "n_source": None,
+                           "n_target": None, "seconds": math.nan, "status": "ok",
+                           "error": None, "source": pair.source, "seed": int(seed)}
+    row.update(values)
+    return row
+
+
+def _failed(pair: ScorePair, metric: str, k: int, seed: int, error: str) -> dict[str, Any]:
+    return _row(pair, metric, k, seed, status="failed", error=error)
+
+
+def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows → the long results table (:data:`RESULT_COLUMNS`, typed, sorted by key)."""
+    df = pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
+    for col in ("model", "target", "metric", "status", "source"):
+        df[col] = df[col].astype(object)
+    df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
+    df["k"] = df["k"].astype("int64")
+    for col in ("score", "w_t", "w_d", "seconds"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for col in ("iterations", "n_source", "n_target", "seed"):
+        df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
+    df["converged"] = pd.array(df["converged"].tolist(), dtype="boolean")
+    return df.sort_values(_KEY, kind="stable").reset_index(drop=True)
+
+
+def _run_repetitions(source: PixelPool, target: PixelPool, spec: MetricSpec, pair: ScorePair,
+                     ks: Sequence[int], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Task body: repetitions ``ks`` of one pair; an error fails that repetition only."""
+    rows = []
+    for k, seed in zip(ks, seeds):
+        t0 = time.perf_counter()
+        try:
+            values = dict(spec.repetition(source, target, seed, **spec.params))
+            score = float(values.get("score", math.nan))
+            if not math.isfinite(score):
+                raise FloatingPointError(f"non-finite score {score}")
+        except Exception as exc:  # noqa: BLE001 - recorded, the other pairs go on
+            row = _failed(pair, spec.name, k, seed, f"{spec.name} repetition {k} of "
+                          f"{pair.model!r} → {pair.target!r}: {type(exc).__name__}: {exc}")
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            continue
+        rows.append(_row(pair, spec.name, k, seed, seconds=time.perf_counter() - t0,
+                         **{key: values[key] for key in ("score", "w_t", "w_d", "iterations",
+                                                         "converged", "n_source", "n_target")
+                            if key in values}))
+    return rows
+
+
+# --------------------------------------------------------------------------- pools
+
+
+PoolSource = PixelPool | str | BaseException
+
+
+class _PoolRefs:
+    """Loads each pool at most once, puts it in the object store, releases it when unused."""
+
+    def __init__(self, pools: Mapping[tuple[str, str], PoolSource] | None, store: Any,
+                 ignore_index: int) -> None:
+        self.pools = dict(pools or {})
+        self.store = store
+        self.ignore_index = ignore_index
+        self.refs: dict[tuple[str, str], Any] = {}
+        self.info: dict[tuple[str, str], tuple[int, int]] = {}  # rows, dim
+        self.errors: dict[tuple[str, str], str] = {}
+        self.users: dict[tuple[str, str], int] = {}
+
+    def describe(self, key: tuple[str, str]) -> str:
+        src = self.pools.get(key)
+        where = f" (store key {src})" if isinstance(src, str) else ""
+        return f"pool of model {key[0]!r} on dataset {key[1]!r}{where}"
+
+    def _load(self, key: tuple[str, str]) -> PixelPool:
+        if key not in self.pools:
+            raise LookupError("no pool was given for it")
+        src = self.pools[key]
+        if isinstance(src, BaseException):
+            raise RuntimeError(f"extraction failed: {type(src).__name__}: {src}")
+        if isinstance(src, PixelPool):
+            return src
+        if isinstance(src, str):
+            if self.store is None:
+                raise LookupError("a store key was given but no store")
+            if hasattr(self.store, "has") and not self.store.has(src):
+                raise LookupError("missing from the store")
+            pool = self.store.load(src)
+            if not isinstance(pool, PixelPool):
+                raise TypeError(f"store returned {type(pool).__name__}, not a PixelPool")
+            return pool
+        raise TypeError(f"expected a PixelPool, a store key or an error, got {type(src).__name__}")
+
+    def _check(self, pool: PixelPool) -> None:
+        if len(pool) == 0:
+            raise ValueError("pool is empty")
+        if not np.any(pool.labels != self.ignore_index):
+            raise ValueError(f"pool has no labelled pixel (all labels are {self.ignore_index})")
+        bad = int(np.size(pool.features) - np.count_nonzero(np.isfinite(pool.features)))
+        if bad:
+            raise ValueError(f"pool has {bad} non-finite feature values")
+
+    def acquire(self, key: tuple[str, str]) -> Any:
+        """ObjectRef of the pool (loading it now if needed); raises with the reason if bad."""
+        if key in self.errors:
+            raise RuntimeError(self.errors[key])
+        if key not in self.refs:
+            import ray
+
+            try:
+                pool = self._load(key)
+                self._check(pool)
+            except Exception as exc:  # noqa: BLE001 - recorded per pool
+                self.errors[key] = f"{self.describe(key)}: {type(exc).__name__}: {exc}"
+                log.warning("%s", self.errors[key])
+                raise RuntimeError(self.errors[key]) from exc
+            self.info[key] = (len(pool), pool.dim)
+            self.refs[key] = ray.put(_shareable(pool))
+        return self.refs[key]
+
+    def add_users(self, key: tuple[str, str], n: int) -> None:
+        self.users[key] = self.users.get(key, 0) + n
+
+    def release(self, key: tuple[str, str], n: int = 1) -> None:
+        self.users[key] = self.users.get(key, 0) - n
+        if self.users[key] <= 0:
+            self.refs.pop(key, None)  # the object store may now evict it
+
+
+def _shareable(pool: PixelPool) -> PixelPool:
+    """The pool with image ids as a fixed-width array: all columns travel zero-copy."""
+    ids = pool.image_ids
+    if ids is not None and ids.dtype == object:
+        ids = np.asarray(ids, dtype=str)
+    return PixelPool(features=pool.features, labels=pool.labels, image_ids=ids, rows=pool.rows,
+                     cols=pool.cols, probs=pool.probs, meta=dict(pool.meta))
+
+
+# --------------------------------------------------------------------------- fan-out
+
+
+@dataclass
+class _Unit:
+    pair: ScorePair
+    spec: MetricSpec
+    ks: list[int]
+    seeds: list[int]
+
+
+class PairScorer:
+    """Submits repetition tasks for pairs; holds the shared pool references.
+
+    The scheduling loop is the caller's (:func:`score_pairs` runs all repetitions; an adaptive
+    schedule can call :meth:`submit` for the repetitions it still wants and :meth:`collect`
+    each finished reference from ``ray.wait``).
+    """
+
+    def __init__(self, pools: Mapping[tuple[str, str], PoolSource] | None = None, store: Any = None,
+                 *, seed: int = 0, ignore_index: int = 255, num_cpus: float = 1,
+                 num_gpus: float | None = None, max_retries: int = 3,
+                 fail_infeasible: bool = True) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("Ray is not initialised: call segotce_ray.runtime.init_ray() first")
+        # A task asking more memory than any node has would wait forever on a fixed cluster.
+        self.max_node_memory = max((n.get("Resources", {}).get("memory", 0)
+                                    for n in ray.nodes() if n.get("Alive")), default=0)
+        self.fail_infeasible = fail_infeasible and self.max_node_memory > 0
+        if num_gpus is None:
+            num_gpus = DEFAULT_GPU_FRACTION if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        self.seed = int(seed)
+        self.num_cpus = num_cpus
+        self.num_gpus = float(num_gpus)
+        self.max_retries = int(max_retries)
+        self.pool_refs = _PoolRefs(pools, store, ignore_index)
+        self._remote = ray.remote(_run_repetitions)
+        self._pending: dict[Any, _Unit] = {}
+
+    def seeds(self, pair: ScorePair, ks: Sequence[int]) -> list[int]:
+        return [repetition_seed(self.seed, pair.model, pair.target, k) for k in ks]
+
+    @staticmethod
+    def _keys(pair: ScorePair, spec: MetricSpec) -> list[tuple[str, str]]:
+        keys = [(pair.model, pair.target)]
+        if spec.needs_source:
+            keys.insert(0, (pair.model, pair.source))
+        return keys
+
+    def reserve(self, pair: ScorePair, spec: MetricSpec, n_tasks: int = 1) -> None:
+        """Declare that ``n_tasks`` tasks of (pair, spec) will be submitted (keeps pools alive)."""
+        for key in self._keys(pair, spec):
+            self.pool_refs.add_users(key, n_tasks)
+
+    def submit(self, pair: ScorePair, spec: MetricSpec, ks: Sequence[int]) -> Any:
+        """Submit repetitions ``ks`` of ``pair`` as one task.
+
+        Returns the task's ObjectRef, or the list of failed rows when the pair cannot run
+        (bad pool, feature dimensions that differ); either way the reservation is consumed.
+        """
+        ks = [int(k) for k in ks]
+        seeds = self.seeds(pair, ks)
+        skey, tkey = (pair.model, pair.source), (pair.model, pair.target)
+        try:
+            tgt = self.pool_refs.acquire(tkey)
+            t_rows, dim = self.pool_refs.info[tkey]
+            src, s_rows = None, 0
+            if spec.needs_source:
+                src = self.pool_refs.acquire(skey)
+                s_rows, s_dim = self.pool_refs.info[skey]
+                if s_dim != dim:
+                    raise ValueError(f"{self.pool_refs.describe(skey)} has {s_dim}-dim features "
+                                     f"but {self.pool_refs.describe(tkey)} has {dim}")
+        except Exception as exc:  # noqa: BLE001 - the pair fails, the job goes on
+            self._release(pair, spec)
+            return [_failed(pair, spec.name, k, s, str(exc)) for k, s in zip(ks, seeds)]
+        memory = (spec.memory_bytes or task_memory_bytes)(spec.n_pixels, dim, s_rows + t_rows)
+        if self.fail_infeasible and memory > self.max_node_memory:
+            self._release(pair, spec)
+            msg = (f"{spec.name} for {pair.model!r} → {pair.target!r} needs "
+                   f"{memory / 2**30:.1f} GiB per task (n_pixels={spec.n_pixels}), more than "
+                   f"the largest node offers ({self.max_node_memory / 2**30:.1f} GiB): "
+                   f"lower n_pixels or add bigger nodes")
+            return [_failed(pair, spec.name, k, s, msg) for k, s in zip(ks, seeds)]
+        ref = self._remote.options(
+            num_cpus=self.num_cpus, num_gpus=self.num_gpus, memory=memory,
+            max_retries=self.max_retries, retry_exceptions=False,
+            name=f"{spec.name}:{pair.model}->{pair.target}:k{ks[0]}",
+        ).remote(src, tgt, spec, pair, ks, seeds)
+        self._pending[ref] = _Unit(pair, spec, ks, seeds)
+        return ref
+
+    def collect(self, ref: Any) -> list[dict[str, Any]]:
+        """Rows of a finished task; a task lost for good (retries spent) gives failed rows."""
+        import ray
+
+        unit = self._pending.pop(ref)
+        try:
+            rows = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - worker crash after retries, OOM, lost object
+            msg = f"task for {unit.pair.model!r} → {unit.pair.target!r} lost: {type(exc).__name__}: {exc}"
+            rows = [_failed(unit.pair, unit.spec.name, k, s, msg[:2000])
+                    for k, s in zip(unit.ks, unit.seeds)]
+        self._release(unit.pair, unit.spec)
+        return rows
+
+    def _release(self, pair: ScorePair, spec: MetricSpec) -> None:
+        for key in self._keys(pair, spec):
+            self.pool_refs.release(key)
+
+
+def _as_pair(p: ScorePair | Sequence[str]) -> ScorePair:
+    if isinstance(p, ScorePair):
+        return p
+    if len(p) != 3:
+        raise ValueError(f"a pair is (model, source dataset, target), got {p!r}")
+    return ScorePair(str(p[0]), str(p[1]), str(p[2]))
+
+
+def _done_keys(done: pd.DataFrame | Iterable[Mapping[str, Any]] | None) -> tuple[list[dict], set]:
+    if done is None:
+        return [], set()
+    frame = done if isinstance(done, pd.DataFrame) else pd.DataFrame(list(done))
+    if frame.empty:
+        return [], set()
+    if missing := set(_KEY + ["status"]) - set(frame.columns):
+        raise ValueError(f"finished rows lack column(s) {sorted(missing)}")
+    ok = frame[frame["status"] == "ok"].drop_duplicates(_KEY, keep="last")
+    rows = ok.reindex(columns=RESULT_COLUMNS).to_dict("records")
+    keys = {(str(r["model"]), str(r["target"]), str(r["metric"]), int(r["k"])) for r in rows}
+    return rows, keys
+
+
+def _chunks(ks: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(ks), size):
+        yield ks[i:i + size]
+
+
+def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
+                pools: Mapping[tuple[str, str], PoolSource] | None = None,
+                settings: OTCESettings | None = None, *, store: Any = None, seed: int = 0,
+                metrics: Sequence[MetricSpec] | None = None,
+                done: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None,
+                on_result: Callable[[dict[str, Any]], None] | None = None,
+                max_in_flight: int | None = None, reps_per_task: int = 1,
+                num_gpus: float | None = None, max_retries: int = 3,
+                fail_infeasible: bool = True, progress: bool | None = None) -> pd.DataFrame:
+    """Score every pair K times on Ray and return the long results table.
+
+    pairs: (model, source dataset, target) triples or :class:`ScorePair`.
+    pools: ``{(model, dataset): PixelPool | store key | exception}`` (an exception, e.g. from
+    extraction, fails the pairs that need that pool); store keys are read with
+    ``store.load(key)``. settings: OTCE settings (ignored when ``metrics`` is given).
+    seed: the job seed. done: rows finished earlier; their ok (model, target, metric, k) are
+    skipped and returned as they are. on_result: called with each newly finished row (dict
+    with :data:`RESULT_COLUMNS`). max_in_flight: tasks submitted at once (default 4 × cluster
+    CPUs, at least 16); 1 runs one task at a time. reps_per_task: repetitions per task.
+    num_gpus: GPU share per task (default: :data:`DEFAULT_GPU_FRACTION` on a cluster with
+    GPUs, else 0). max_retries: retries of a task whose worker died. fail_infeasible: fail a
+    pair at once when its task needs more memory than the largest node has (set False on an
+    autoscaling cluster that can add bigger nodes). progress: tqdm bar over repetitions (default: when stderr is a terminal).
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    specs = list(metrics) if metrics is not None else [otce_metric(settings)]
+    if not specs:
+        raise ValueError("no metric to score")
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"metric names repeat: {[s.name for s in specs]}")
+    if reps_per_task < 1:
+        raise ValueError(f"reps_per_task must be >= 1, got {reps_per_task}")
+    pair_list = sorted({_as_pair(p) for p in pairs})
+    clash = pd.Series([(p.model, p.target) for p in pair_list]).duplicated()
+    if clash.any():
+        m, t = [(p.model, p.target) for p in pair_list][int(np.argmax(clash.to_numpy()))]
+        raise ValueError(f"model {m!r} → target {t!r} is listed with two source datasets")
+    ignore_index = int(specs[0].params.get("ignore_index", 255))
+    scorer = PairScorer(pools, store, seed=seed, ignore_index=ignore_index, num_gpus=num_gpus,
+                        max_retries=max_retries, fail_infeasible=fail_infeasible)
+    if max_in_flight is None:
+        max_in_flight = max(16, 4 * int(ray.cluster_resources().get("CPU", 1)))
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+
+    old_rows, finished = _done_keys(done)
+    units: list[tuple[ScorePair, MetricSpec, list[int]]] = []
+    for pair in pair_list:
+        for spec in specs:
+            todo = [k for k in range(spec.repetitions)
+                    if (pair.model, pair.target, spec.name, k) not in finished]
+            for ks in _chunks(todo, reps_per_task):
+                units.append((pair, spec, ks))
+                scorer.reserve(pair, spec)
+    total = sum(len(ks) for _, _, ks in units)
+    log.info("scoring %d pair(s) × %s: %d repetition(s) to run, %d already done",
+             len(pair_list), ", ".join(f"{s.name}(K={s.repetitions})" for s in specs),
+             total, len(old_rows))
+
+    new_rows: list[dict[str, Any]] = []
+    bar = tqdm(total=total, desc="scoring", unit="rep", dynamic_ncols=True,
+               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+
+    def finish(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            new_rows.append(row)
+            if on_result is not None:
+                on_result(row)
+        bar.update(len(rows))
+
+    in_flight: list[Any] = []
+    queue = iter(units)
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(in_flight) < max_in_flight:
+                nxt = next(queue, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                out = scorer.submit(*nxt)
+                if isinstance(out, list):
+                    finish(out)
+                else:
+                    in_flight.append(out)
+            if not in_flight:
+                break
+            ready, in_flight = ray.wait(in_flight, num_returns=1)
+            for ref in ready:
+                finish(scorer.collect(ref))
+    finally:
+        bar.close()
+        for ref in in_flight:  # interrupted: do not leave work running for nobody
+            ray.cancel(ref)
+    table = results_frame([*old_rows, *new_rows])
+    failed = int((table["status"] != "ok").sum())
+    if failed:
+        log.warning("%d of %d repetition(s) failed", failed, len(table))
+    return table
