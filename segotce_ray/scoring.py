@@ -77,6 +77,7 @@ __all__ = [
     "peer_metric",
     "peer_repetition",
     "repetition_seed",
+    "results_frame",
     "score_pairs",
     "task_memory_bytes",
 ]
@@ -255,9 +256,17 @@ def _failed(pair: ScorePair, metric: str, k: int, seed: int, error: str) -> dict
     return _row(pair, metric, k, seed, status="failed", error=error)
 
 
-def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows → the long results table (:data:`RESULT_COLUMNS`, typed, sorted by key)."""
-    df = pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
+def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Rows (or a frame, e.g. read from Parquet) → the long results table.
+
+    Columns :data:`RESULT_COLUMNS` (missing ones filled with nulls, others dropped), typed
+    (str columns as object, ``Int64``/``boolean`` for nullable ints/bools), sorted by
+    (model, target, metric, k).
+    """
+    if isinstance(rows, pd.DataFrame):
+        df = rows.reindex(columns=RESULT_COLUMNS).copy()
+    else:
+        df = pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
     for col in ("model", "target", "metric", "status", "source"):
         df[col] = df[col].astype(object)
     df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
@@ -266,7 +275,8 @@ def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for col in ("iterations", "n_source", "n_target", "seed"):
         df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
-    df["converged"] = pd.array(df["converged"].tolist(), dtype="boolean")
+    df["converged"] = pd.array([None if pd.isna(v) else bool(v) for v in df["converged"]],
+                               dtype="boolean")
     return df.sort_values(_KEY, kind="stable").reset_index(drop=True)
 
 
