@@ -153,17 +153,37 @@ class MetricSpec:
 def otce_repetition(source: PixelPool, target: PixelPool, seed: int, *, n_pixels: int,
                     epsilon: float, solver: str, sampling: str, ignore_index: int,
                     options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One SEG-OTCE repetition: ``otce_score(..., repetitions=1, seed=seed)`` as a row dict."""
+    """One SEG-OTCE repetition: ``otce_score(..., repetitions=1, seed=seed)`` as a row dict.
+
+    When the task was given a GPU (Ray sets ``CUDA_VISIBLE_DEVICES``; torch sees CUDA) and
+    ``options`` names no ``device``, the solve runs on ``cuda``.
+    """
+    opts = dict(options or {})
+    if "device" not in opts and _task_has_gpu():
+        opts["device"] = "cuda"
     res = otce_score(source.features, source.labels, target.features, target.labels,
                      n_pixels=n_pixels, repetitions=1, epsilon=epsilon, seed=seed,
-                     ignore_index=ignore_index, solver=solver, sampling=sampling,
-                     **dict(options or {}))
+                     ignore_index=ignore_index, solver=solver, sampling=sampling, **opts)
     return {"score": float(np.asarray(res.scores).reshape(-1)[0]),
             "w_t": float(np.asarray(res.w_t).reshape(-1)[0]),
             "w_d": float(np.asarray(res.w_d).reshape(-1)[0]),
             "iterations": int(np.asarray(res.iterations).reshape(-1)[0]),
             "converged": bool(np.asarray(res.converged).reshape(-1)[0]),
             "n_source": int(res.n_source), "n_target": int(res.n_target)}
+
+
+def _task_has_gpu() -> bool:
+    """True inside a Ray task that holds a GPU (share) that torch can use."""
+    try:
+        import ray
+
+        if not ray.is_initialized() or not ray.get_gpu_ids():
+            return False
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no Ray context, no torch: CPU
+        return False
 
 
 def otce_metric(settings: OTCESettings | None = None) -> MetricSpec:

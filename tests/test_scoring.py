@@ -18,6 +18,7 @@ from segotce_ray.scoring import (
     ScorePair,
     otce_metric,
     otce_repetition,
+    peer_metric,
     repetition_seed,
     score_pairs,
     task_memory_bytes,
@@ -250,3 +251,17 @@ def test_bad_arguments(zoo, ray_local):
         score_pairs([("a", "t")], pools, SETTINGS, progress=False)
     with pytest.raises(ValueError, match="repetitions"):
         OTCESettings(repetitions=0)
+
+
+def test_peer_metric_rows_share_the_table(reference, zoo, ray_local):
+    pairs, pools = zoo
+    no_source = {k: v for k, v in pools.items() if k[1] != SOURCE}   # peers read the target only
+    out = score_pairs(pairs, no_source, seed=5, progress=False,
+                      metrics=[peer_metric("logme", n_pixels=64, repetitions=2)])
+    assert (out["status"] == "ok").all() and set(out["metric"]) == {"logme"}
+    assert len(out) == 2 * len(pairs) and (out["n_target"] == 64).all()
+    assert out.groupby(["model", "target"])["score"].nunique().min() == 2   # fresh draws per k
+    assert out["seed"].tolist() == [repetition_seed(5, m, t, k) for m, t, k in
+                                    zip(out["model"], out["target"], out["k"])]
+    with pytest.raises(KeyError, match="unknown peer metric"):
+        peer_metric("nope")
