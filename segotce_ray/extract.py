@@ -1,0 +1,562 @@
+"""Pixel-pool extraction on Ray: (model, dataset) requests → Parquet pools in a PoolStore.
+
+Plan (per call of :func:`extract_pools`)::
+
+    weights hash per model (Ray task, no forward) ─► pool key per request ─► cached? done
+    missing pools, per model:
+      probe (Ray task: load checkpoint strictly, tap the layer, one tiny forward)
+      Ray Data:  from_items(chunks) ─► map_batches(load_chunk)          CPU tasks: read +
+                                                                         resize images, draw pixels
+                                   ─► map_batches(ChunkFeatureExtractor) actor pool, one model
+                                                                         per actor, num_gpus=1 each
+                                                                         on a GPU cluster
+                                   ─► driver: iter_batches ─► PoolWriter per request (streaming)
+
+Why chunks: the driver cuts every dataset's sorted sample list into fixed chunks of
+``batch_size`` images and each chunk is one forward batch, so the batches — and hence the
+floating-point results — are the same whatever the number of actors or the scheduling;
+``preserve_order`` keeps the output in chunk order, so shards are written in image order.
+The driver only holds one chunk's rows at a time (Ray Data streams with backpressure).
+
+Pixel draws are seeded from ``(seed, model, dataset, image_id)`` (see
+:mod:`segotce_ray.sampling`), features are bilinearly sampled at the label coordinates
+from the native-resolution map, and the source head's softmax at the same points is kept
+(``probs``) when ``keep_probs``.
+
+Failures: a model that cannot be built/loaded/tapped fails its own requests only; a
+dataset whose fingerprint cannot be taken fails its own requests only. A bad image file
+(unreadable, truncated, label/image size mismatch, unknown label id) fails its pool by
+default (``bad_images="fail"``: a pool keyed as complete must hold every image); with
+``bad_images="skip"`` it is logged, skipped and listed in the pool's manifest under
+``skipped``. NaN/inf in a feature map always fails the pool (the model is at fault).
+Results: ``{(model, dataset): key}`` for pools that exist, ``ExtractionError`` otherwise.
+Pools already in the store cost zero forward passes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import pickle
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from segotce_ray.models import ModelError, ModelSpec, load_model, model_weights_hash
+from segotce_ray.pools import POOL_SCHEMA_VERSION, pool_schema
+from segotce_ray.sampling import SAMPLING_MODES, sample_feature_map, sample_pixels, stable_seed
+from segotce_ray.store import PoolStore, pool_key
+
+log = logging.getLogger(__name__)
+
+BadImagePolicy = Literal["fail", "skip"]
+TARGET_DRAWS = 10_000   # SEG-OTCE draws N = 10^4 pixels per side
+LOADER_CPUS = 0.25      # logical CPUs per read task (image decode + pixel draw)
+
+
+class ExtractionError(RuntimeError):
+    """Why a (model, dataset) pool was not produced; names both."""
+
+    def __init__(self, model: str, dataset: str, message: str) -> None:
+        super().__init__(f"pool {model}@{dataset}: {message}")
+        self.model, self.dataset, self.reason = model, dataset, message
+
+    def __reduce__(self):
+        return (ExtractionError, (self.model, self.dataset, self.reason))
+
+
+@dataclass
+class ExtractionRequest:
+    """One pool to produce: ``model`` run on ``dataset`` (a ``SegmentationDataset``).
+
+    pixels_per_image: pixels drawn per image (all valid ones if fewer); pool size ≈
+    ``pixels_per_image × images`` (≥ 10⁴ for SEG-OTCE's N); sampling: ``"uniform"`` |
+    ``"balanced"``; seed: job seed; keep_probs: store the source head's softmax.
+    """
+
+    model: ModelSpec
+    dataset: Any
+    pixels_per_image: int = 1000
+    sampling: str = "uniform"
+    seed: int = 0
+    keep_probs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling {self.sampling!r}: expected one of {SAMPLING_MODES}")
+        if int(self.pixels_per_image) < 1:
+            raise ValueError(f"pixels_per_image must be >= 1, got {self.pixels_per_image}")
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return (self.model.name, self.dataset.name)
+
+    def sampling_params(self) -> dict[str, Any]:
+        return {"pixels_per_image": int(self.pixels_per_image), "mode": self.sampling,
+                "probs": bool(self.keep_probs), "ignore_index": int(self.dataset.ignore_index)}
+
+
+def request_key(req: ExtractionRequest, weights_hash: str, fingerprint: str | None = None) -> str:
+    """The store key of a request (see :func:`segotce_ray.store.pool_key`)."""
+    spec = req.model
+    return pool_key(
+        model=spec.name, architecture=spec.architecture, weights_hash=weights_hash,
+        dataset=req.dataset.name, fingerprint=fingerprint or req.dataset.fingerprint(),
+        layer=spec.layer, sampling=req.sampling_params(), seed=req.seed,
+        preprocessing={"mean": list(spec.mean), "std": list(spec.std),
+                       "input_size": list(spec.input_size) if spec.input_size else None,
+                       "num_classes": spec.num_classes},
+    )
+
+
+# --------------------------------------------------------------------------- Ray stages
+
+def load_chunk(batch: dict[str, np.ndarray], *, jobs: dict[int, dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Read step (Ray Data task): load each chunk's images, draw their pixels.
+
+    In: rows ``{request, chunk, start, stop}``. Out: the same rows plus ``payload`` —
+    a pickled list of per-image dicts ``{image_id, image (H,W,3) uint8, rows, cols, labels,
+    height, width}`` or ``{image_id, error}`` for a file that cannot be used.
+    """
+    payloads = []
+    for req_i, start, stop in zip(batch["request"], batch["start"], batch["stop"]):
+        job = jobs[int(req_i)]
+        ds = job["dataset"]
+        items = []
+        for sample in ds.samples[int(start):int(stop)]:
+            try:
+                image, label = ds.load(sample)
+                if image.shape[:2] != label.shape:
+                    raise ValueError(f"image {sample.image_path} is {image.shape[:2]} but its label "
+                                     f"{sample.label_path} is {label.shape}")
+                seed = stable_seed(job["seed"], job["model"], ds.name, sample.image_id)
+                rows, cols, labels = sample_pixels(label, job["pixels_per_image"], seed=seed,
+                                                   ignore_index=ds.ignore_index, mode=job["sampling"])
+                items.append({"image_id": sample.image_id, "image": np.ascontiguousarray(image, np.uint8),
+                              "rows": rows, "cols": cols, "labels": labels,
+                              "height": int(label.shape[0]), "width": int(label.shape[1])})
+            except Exception as exc:  # noqa: BLE001 - recorded per file, policy decided in the driver
+                items.append({"image_id": sample.image_id, "error": f"{type(exc).__name__}: {exc}",
+                              "kind": "image"})
+        payloads.append(pickle.dumps(items, protocol=5))
+    out = {k: batch[k] for k in ("request", "chunk", "start", "stop")}
+    out["payload"] = np.array(payloads, dtype=object)
+    return out
+
+
+class ChunkFeatureExtractor:
+    """Actor-side callable: holds one model, turns a loaded chunk into a pixel table.
+
+    Out rows: ``{request, chunk, table (Arrow IPC bytes of the pool rows), errors (JSON)}``.
+    """
+
+    def __init__(self, spec: ModelSpec, weights_hash: str, metas: dict[int, dict[str, str]],
+                 keep_probs: dict[int, bool], device: str = "cpu", threads: int | None = None,
+                 amp: bool = True) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.torch = torch
+        self.device = device
+        self.amp = amp and device.startswith("cuda")
+        self.model = load_model(spec, device=device, weights_hash=weights_hash)
+        self.metas, self.keep_probs = metas, keep_probs
+        self.forward_images = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tables, errors, counts = [], [], []
+        for req_i, payload in zip(batch["request"], batch["payload"]):
+            items = pickle.loads(payload)
+            t, e = self._chunk(int(req_i), items)
+            tables.append(t)
+            errors.append(json.dumps(e))
+            counts.append(len(items))
+        return {"request": batch["request"], "chunk": batch["chunk"], "images": np.array(counts),
+                "table": np.array(tables, dtype=object), "errors": np.array(errors, dtype=object)}
+
+    def _chunk(self, req_i: int, items: list[dict[str, Any]]) -> tuple[bytes, list[dict[str, str]]]:
+        torch = self.torch
+        errors = [{"image_id": it["image_id"], "error": it["error"], "kind": it["kind"]}
+                  for it in items if "error" in it]
+        good = [it for it in items if "error" not in it]
+        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, it in enumerate(good):
+            by_shape[it["image"].shape[:2]].append(i)
+        results: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        for idx in by_shape.values():
+            x = torch.from_numpy(np.stack([good[i]["image"] for i in idx])).permute(0, 3, 1, 2)
+            x = x.to(self.device).float().div_(255.0)
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+                feat, logits = self.model.features(x)
+            for b, i in enumerate(idx):
+                it = good[i]
+                fmap = feat[b].float()
+                if not torch.isfinite(fmap).all():
+                    errors.append({"image_id": it["image_id"], "kind": "model",
+                                   "error": f"{str(ModelError(self.model.name, 'NaN/inf in the feature map'))}"
+                                            f" of image {it['image_id']!r}"})
+                    continue
+                f = sample_feature_map(fmap, it["rows"], it["cols"], it["height"], it["width"])
+                p = None
+                if self.keep_probs[req_i]:
+                    lg = sample_feature_map(logits[b].float(), it["rows"], it["cols"], it["height"], it["width"])
+                    p = torch.softmax(lg, dim=1).cpu().numpy()
+                f16 = f.cpu().numpy().astype(np.float16)
+                if not np.isfinite(f16).all():
+                    errors.append({"image_id": it["image_id"], "kind": "model",
+                                   "error": f"model {self.model.name!r}: feature values overflow float16 "
+                                            f"in image {it['image_id']!r}"})
+                    continue
+                results[i] = (f16, p)
+        self.forward_images += len(good)
+        order = [i for i in range(len(good)) if i in results]
+        return _pixel_table_ipc([good[i] for i in order], [results[i] for i in order],
+                                self.metas[req_i]), errors
+
+
+def _pixel_table_ipc(items: list[dict[str, Any]], results: list[tuple[np.ndarray, np.ndarray | None]],
+                     meta: dict[str, str]) -> bytes:
+    """Pool rows of a chunk as Arrow IPC bytes (pool schema; empty bytes when no rows)."""
+    if not items:
+        return b""
+    counts = [len(it["rows"]) for it in items]
+    feats = np.concatenate([r[0] for r in results]) if items else np.zeros((0, 0), np.float16)
+    dim = feats.shape[1]
+    probs = None
+    if results[0][1] is not None:
+        probs = np.concatenate([r[1] for r in results]).astype(np.float16)
+    cols = [
+        pa.array(np.repeat(np.array([it["image_id"] for it in items], dtype=object), counts).tolist(),
+                 type=pa.string()),
+        pa.array(np.concatenate([it["labels"] for it in items]).astype(np.int16), type=pa.int16()),
+        pa.array(np.concatenate([it["rows"] for it in items]).astype(np.int32), type=pa.int32()),
+        pa.array(np.concatenate([it["cols"] for it in items]).astype(np.int32), type=pa.int32()),
+        pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1), type=pa.float16()), dim),
+    ]
+    if probs is not None:
+        cols.append(pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1), type=pa.float16()),
+                                                      probs.shape[1]))
+    md = dict(meta, dim=str(dim))
+    if probs is not None:
+        md["num_probs"] = str(probs.shape[1])
+    table = pa.Table.from_arrays(cols, schema=pool_schema(dim, probs.shape[1] if probs is not None else None, md))
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+def _read_ipc(blob: bytes) -> pa.Table | None:
+    if not blob:
+        return None
+    return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
+
+
+def _weights_hash_task(spec: ModelSpec) -> dict[str, str]:
+    """``{"hash": ...}`` or ``{"error": ...}`` (errors travel as text, not as Ray exceptions)."""
+    try:
+        return {"hash": model_weights_hash(spec)}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": str(exc) if isinstance(exc, ModelError) else
+                str(ModelError(spec.name, f"{type(exc).__name__}: {exc}"))}
+
+
+def _probe_task(spec: ModelSpec, weights_hash: str) -> dict[str, Any]:
+    """Load strictly and run one tiny forward: catches bad keys/shapes/layers before the fleet
+    starts. ``{"dim", "num_logits"}`` or ``{"error"}``."""
+    import torch
+
+    try:
+        model = load_model(spec, weights_hash=weights_hash)
+        size = spec.input_size or (64, 64)
+        with torch.inference_mode():
+            feat, logits = model.features(torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)))
+        return {"dim": int(feat.shape[1]), "num_logits": int(logits.shape[1])}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": str(exc) if isinstance(exc, ModelError) else
+                str(ModelError(spec.name, f"{type(exc).__name__}: {exc}"))}
+
+
+# --------------------------------------------------------------------------- driver
+
+@dataclass
+class _PendingPool:
+    index: int
+    request: ExtractionRequest
+    key: str
+    fingerprint: str
+    chunks: int
+    received: int = 0
+    writer: Any = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    images: int = 0
+    failed: ExtractionError | None = None
+    started: float = field(default_factory=time.time)
+
+
+def _cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_size: int = 8,
+                  num_actors: int | None = None, use_gpu: bool | None = None,
+                  cpu_threads: int | None = None, bad_images: BadImagePolicy = "fail",
+                  rows_per_shard: int = 262_144, progress: bool | None = None,
+                  address: str | None = None) -> dict[tuple[str, str], str | ExtractionError]:
+    """Produce every requested pool that is not in ``store`` yet, on Ray.
+
+    batch_size: images per forward pass (one chunk); num_actors: actors per model (default:
+    the cluster's GPUs, or 1 on CPU — one actor using all cores' threads is the fastest CPU
+    setup); use_gpu: default = the cluster has GPUs (``num_gpus=1`` per actor, autocast
+    float16); cpu_threads: torch threads per CPU actor (default: cluster CPUs // actors);
+    bad_images: ``"fail"`` | ``"skip"`` (module docstring); progress: tqdm bar (default: when
+    stderr is a tty; otherwise log lines).
+
+    Returns ``{(model name, dataset name): pool key | ExtractionError}``, one entry per
+    request; pools finished before a failure are kept.
+    """
+    import ray
+
+    from segotce_ray.runtime import init_ray
+
+    if bad_images not in ("fail", "skip"):
+        raise ValueError(f"bad_images must be 'fail' or 'skip', got {bad_images!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pairs = [r.pair for r in requests]
+    dup = sorted({p for p in pairs if pairs.count(p) > 1})
+    if dup:
+        raise ValueError(f"duplicate (model, dataset) requests: {dup}")
+    results: dict[tuple[str, str], str | ExtractionError] = {}
+    if not requests:
+        return results
+    init_ray(address)
+
+    # 1. weights hashes (no forward pass), one task per model
+    specs: dict[str, ModelSpec] = {}
+    for r in requests:
+        if r.model.name in specs and specs[r.model.name] != r.model:
+            raise ValueError(f"two different model specs share the name {r.model.name!r}")
+        specs[r.model.name] = r.model
+    hash_task = ray.remote(num_cpus=1, max_retries=0)(_weights_hash_task)
+    hash_refs = {name: hash_task.remote(spec) for name, spec in specs.items()}
+    hashes: dict[str, str | Exception] = {}
+    for name, ref in hash_refs.items():
+        try:
+            got = ray.get(ref)
+            hashes[name] = got["hash"] if "hash" in got else RuntimeError(got["error"])
+        except Exception as exc:  # noqa: BLE001 - the task itself died
+            hashes[name] = _unwrap(exc)
+
+    # 2. keys and cache
+    pending: dict[str, list[_PendingPool]] = defaultdict(list)
+    for i, r in enumerate(requests):
+        m, d = r.pair
+        wh = hashes[m]
+        if isinstance(wh, Exception):
+            results[r.pair] = ExtractionError(m, d, str(wh))
+            continue
+        try:
+            fp = r.dataset.fingerprint()
+            key = request_key(r, wh, fp)
+        except Exception as exc:  # noqa: BLE001 - a dataset that cannot be fingerprinted
+            results[r.pair] = ExtractionError(m, d, f"dataset {d!r}: {exc}")
+            continue
+        if store.has(key):
+            log.info("pool %s@%s: cached (%s)", m, d, key[:12])
+            results[r.pair] = key
+            continue
+        n = len(r.dataset.samples)
+        if n == 0:
+            results[r.pair] = ExtractionError(m, d, f"dataset {d!r} has no samples")
+            continue
+        pending[m].append(_PendingPool(i, r, key, fp, math.ceil(n / batch_size)))
+
+    if pending:
+        gpus = _cluster_gpus()
+        gpu = bool(gpus) if use_gpu is None else bool(use_gpu)
+        if gpu and not gpus:
+            raise ValueError("use_gpu=True but the Ray cluster has no GPUs")
+        actors = num_actors or (max(1, gpus) if gpu else 1)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        threads = None if gpu else (cpu_threads or max(1, cpus // actors))
+        probe = ray.remote(num_cpus=1, max_retries=0)(_probe_task)
+        probes = {m: probe.remote(specs[m], hashes[m]) for m in pending}
+        for m, pools in pending.items():
+            try:
+                got = ray.get(probes[m])
+                err = got.get("error")
+            except Exception as exc:  # noqa: BLE001 - the task itself died
+                err = str(_unwrap(exc))
+            if err:                                       # bad checkpoint/keys/layer/num_classes
+                for p in pools:
+                    results[p.request.pair] = ExtractionError(m, p.request.dataset.name, err)
+                log.error("model %r failed to load: %s", m, err)
+                continue
+            _run_model(specs[m], str(hashes[m]), pools, store, batch_size=batch_size, actors=actors,
+                       gpu=gpu, threads=threads, bad_images=bad_images, rows_per_shard=rows_per_shard,
+                       progress=progress)
+            for p in pools:
+                results[p.request.pair] = p.failed if p.failed is not None else p.key
+    return {r.pair: results[r.pair] for r in requests}
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user-facing cause of a Ray task error (ModelError etc.), else the error itself."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _pool_meta(req: ExtractionRequest, key: str, fingerprint: str, weights_hash: str) -> dict[str, str]:
+    from segotce_ray import __version__
+
+    ds = req.dataset
+    return {
+        "model": req.model.name, "dataset": ds.name, "layer": req.model.layer,
+        "architecture": req.model.architecture, "source": req.model.source or "",
+        "fingerprint": fingerprint, "schema_version": str(POOL_SCHEMA_VERSION),
+        "package_version": __version__, "num_classes": str(ds.num_classes),
+        "class_names": json.dumps(list(ds.class_names)), "ignore_index": str(ds.ignore_index),
+        "source_num_classes": str(req.model.num_classes), "pool_key": key, "weights_hash": weights_hash,
+        "sampling": json.dumps(req.sampling_params(), sort_keys=True), "seed": str(req.seed),
+    }
+
+
+def _run_model(spec: ModelSpec, weights_hash: str, pools: list[_PendingPool], store: PoolStore, *,
+               batch_size: int, actors: int, gpu: bool, threads: int | None, bad_images: str,
+               rows_per_shard: int, progress: bool | None) -> None:
+    """One Ray Data pipeline for all missing pools of one model; fills ``p.failed`` on error."""
+    import ray
+
+    items, jobs, metas, probs = [], {}, {}, {}
+    for p in pools:
+        ds, r = p.request.dataset, p.request
+        jobs[p.index] = {"dataset": ds, "model": spec.name, "seed": r.seed,
+                         "pixels_per_image": int(r.pixels_per_image), "sampling": r.sampling}
+        metas[p.index] = _pool_meta(r, p.key, p.fingerprint, weights_hash)
+        probs[p.index] = bool(r.keep_probs)
+        n = len(ds.samples)
+        for c in range(p.chunks):
+            items.append({"request": p.index, "chunk": c, "start": c * batch_size,
+                          "stop": min(n, (c + 1) * batch_size)})
+    by_index = {p.index: p for p in pools}
+    total_images = sum(len(p.request.dataset.samples) for p in pools)
+
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    bar = _Progress(total_images, f"extract {spec.name}", progress)
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(load_chunk, batch_size=1, fn_kwargs={"jobs": jobs}, num_cpus=LOADER_CPUS)
+        # CPU actors leave room for the read tasks (else N actors on N CPUs would starve them)
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        actor_opts: dict[str, Any] = ({"num_gpus": 1} if gpu else
+                                      {"num_cpus": max(0.1, min(1.0, (cpus - LOADER_CPUS) / actors))})
+        ds = ds.map_batches(
+            ChunkFeatureExtractor, batch_size=1,
+            fn_constructor_kwargs={"spec": spec, "weights_hash": weights_hash, "metas": metas,
+                                   "keep_probs": probs, "device": "cuda" if gpu else "cpu",
+                                   "threads": threads},
+            compute=ray.data.ActorPoolStrategy(size=actors), **actor_opts)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for req_i, blob, errs, n in zip(batch["request"], batch["table"], batch["errors"], batch["images"]):
+                _consume_chunk(by_index[int(req_i)], _read_ipc(blob), json.loads(errs), store, bad_images,
+                               rows_per_shard)
+                bar.update(int(n))
+    except Exception as exc:  # noqa: BLE001 - the whole pipeline broke: fail what is unfinished
+        err = _unwrap(exc)
+        log.error("extraction of model %r failed: %s", spec.name, err)
+        for p in pools:
+            if p.failed is None and not (p.writer is not None and p.writer.committed):
+                p.failed = ExtractionError(spec.name, p.request.dataset.name, f"{type(err).__name__}: {err}")
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        bar.close()
+        for p in pools:
+            if p.writer is not None and not p.writer.committed:
+                p.writer.abort()
+            if p.failed is None and (p.writer is None or not p.writer.committed):
+                p.failed = ExtractionError(spec.name, p.request.dataset.name, "extraction did not complete")
+
+
+def _consume_chunk(p: _PendingPool, table: pa.Table | None, errors: list[dict[str, str]],
+                   store: PoolStore, bad_images: str, rows_per_shard: int) -> None:
+    """Route one chunk's rows to its pool's writer; commit after the last chunk."""
+    p.received += 1
+    if p.failed is not None:
+        return
+    m, d = p.request.pair
+    for e in errors:
+        if e.get("kind") == "model" or bad_images == "fail":
+            p.failed = ExtractionError(m, d, f"dataset {d!r}, image {e['image_id']!r}: {e['error']}")
+            log.error("%s", p.failed)
+            if p.writer is not None:
+                p.writer.abort()
+            return
+        log.warning("pool %s@%s: skipping image %r: %s", m, d, e["image_id"], e["error"])
+        p.skipped.append(e)
+    try:
+        if table is not None and table.num_rows:
+            if p.writer is None:
+                p.writer = store.writer(p.key, rows_per_shard)
+            p.writer.write(table)
+            p.images += len(set(table.column("image_id").to_pylist()))
+        if p.received < p.chunks:
+            return
+        if p.writer is None:
+            p.failed = ExtractionError(m, d, "no valid pixels in any image (everything ignored or skipped)")
+            return
+        r = p.request
+        if p.writer.rows < TARGET_DRAWS:
+            log.warning("pool %s@%s has %d pixels, fewer than the N=%d draws of SEG-OTCE; raise "
+                        "pixels_per_image or the number of images", m, d, p.writer.rows, TARGET_DRAWS)
+        p.writer.commit({"model": r.model.to_dict(), "dataset": d,
+                         "dataset_format": getattr(r.dataset, "format", ""), "fingerprint": p.fingerprint,
+                         "layer": r.model.layer, "sampling": r.sampling_params(), "seed": r.seed,
+                         "images": p.images, "images_requested": len(r.dataset.samples),
+                         "skipped": p.skipped, "seconds": round(time.time() - p.started, 3)})
+        log.info("pool %s@%s: %d pixels from %d images -> %s", m, d, p.writer.rows, p.images, p.key[:12])
+    except Exception as exc:  # noqa: BLE001 - a store failure (disk full...) fails this pool only
+        p.failed = ExtractionError(m, d, f"writing the pool failed: {type(exc).__name__}: {exc}")
+        log.error("%s", p.failed)
+        if p.writer is not None:
+            p.writer.abort()
+
+
+class _Progress:
+    """tqdm bar on a tty, otherwise a log line at most every 30 s."""
+
+    def __init__(self, total: int, desc: str, enabled: bool | None) -> None:
+        self.total, self.desc, self.done, self.last = total, desc, 0, time.time()
+        tty = sys.stderr.isatty()
+        self.bar = None
+        if enabled if enabled is not None else tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="img")
+
+    def update(self, n: int) -> None:
+        self.done = min(self.total, self.done + max(0, n))
+        if self.bar is not None:
+            self.bar.update(n)
+        elif time.time() - self.last > 30:
+            self.last = time.time()
+            log.info("%s: %d/%d images", self.desc, self.done, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            log.info("%s: %d/%d images", self.desc, self.done, self.total)

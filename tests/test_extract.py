@@ -1,0 +1,202 @@
+"""Extraction on Ray into the pool store: contents, cache, determinism, failures.
+
+Ray pipelines are the slow part here, so a few module-scoped runs are shared by the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segotce_ray.datasets import open_dataset
+from segotce_ray.extract import ExtractionError, ExtractionRequest, extract_pools
+from segotce_ray.models import ModelSpec, load_model
+from segotce_ray.sampling import sample_pixels, stable_seed
+from segotce_ray.store import PoolStore, PoolWriter
+from tests.fixtures_layouts import make_folder
+from tests.tiny_segmodels import forward_count
+
+TINY = "tests.tiny_segmodels:tiny_segnet"
+K = 20
+
+
+class World:
+    """Datasets, model specs and the shared first run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layout_a = make_folder(root / "a", n=5, size=(32, 48), seed=0)
+        self.layout_b = make_folder(root / "b", n=4, size=(32, 48), seed=1)
+        bad = self.layout_b.image_paths["img_002"]
+        bad.write_bytes(bad.read_bytes()[:60])                          # truncated PNG
+        self.ds_a = open_dataset("set-a", self.layout_a.spec)
+        self.ds_b = open_dataset("set-b", self.layout_b.spec)
+        self.counter = root / "forwards.bin"
+        self.tiny = ModelSpec(name="tiny", architecture=TINY, num_classes=3, kwargs={"counter": str(self.counter)})
+        src = load_model(ModelSpec(name="src", architecture=TINY, num_classes=3)).module.state_dict()
+        broken = OrderedDict(src)
+        broken.pop("classifier.bias")
+        torch.save(broken, root / "broken.pt")
+        torch.save(src, root / "ok3.pt")
+        self.bad_specs = {
+            "bad-keys": ModelSpec(name="bad-keys", architecture=TINY, num_classes=3, checkpoint=root / "broken.pt"),
+            "no-ckpt": ModelSpec(name="no-ckpt", architecture=TINY, num_classes=3, checkpoint=root / "nope.pt"),
+            "bad-layer": ModelSpec(name="bad-layer", architecture=TINY, num_classes=3, layer="body.9"),
+            "bad-classes": ModelSpec(name="bad-classes", architecture=TINY, num_classes=4, checkpoint=root / "ok3.pt"),
+            "nan": ModelSpec(name="nan", architecture=TINY, num_classes=3, kwargs={"nan": True}),
+        }
+        self.store = PoolStore(root / "store1")
+        reqs = [ExtractionRequest(self.tiny, self.ds_a, pixels_per_image=K),
+                ExtractionRequest(self.tiny, self.ds_b, pixels_per_image=K)]
+        reqs += [ExtractionRequest(s, self.ds_a, pixels_per_image=K) for s in self.bad_specs.values()]
+        self.first = extract_pools(reqs, self.store, batch_size=2, num_actors=1)
+        self.first_forwards = forward_count(self.counter)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, ray_local):
+    return World(tmp_path_factory.mktemp("extract"))
+
+
+def expected_features(spec: ModelSpec, ds, pool):
+    """In-process reference: full-resolution upsampled map indexed at the pool's pixels."""
+    model = load_model(spec)
+    by_id = {s.image_id: s for s in ds.samples}
+    feats, probs = [], []
+    for image_id in dict.fromkeys(pool.image_ids):
+        sel = pool.image_ids == image_id
+        image, label = ds.load(by_id[image_id])
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+        with torch.inference_mode():
+            feat, logits = model.features(x)
+        up = F.interpolate(feat, size=label.shape, mode="bilinear", align_corners=False)[0]
+        lg = F.interpolate(logits, size=label.shape, mode="bilinear", align_corners=False)[0]
+        r, c = pool.rows[sel], pool.cols[sel]
+        feats.append(up[:, r, c].T.numpy())
+        probs.append(torch.softmax(lg[:, r, c].T, dim=1).numpy())
+    return np.concatenate(feats), np.concatenate(probs), model.weights_hash
+
+
+def test_pool_holds_sampled_valid_pixels_with_their_labels(world):
+    key = world.first[("tiny", "set-a")]
+    assert isinstance(key, str) and world.store.has(key)
+    pool = world.store.load(key)
+    layout = world.layout_a
+    assert list(dict.fromkeys(pool.image_ids)) == layout.image_ids           # image order kept
+    for image_id, train in layout.train_labels.items():
+        sel = pool.image_ids == image_id
+        assert sel.sum() == min(K, int((train != 255).sum()))
+        rows, cols, labels = sample_pixels(train, K, seed=stable_seed(0, "tiny", "set-a", image_id))
+        assert np.array_equal(pool.rows[sel], rows) and np.array_equal(pool.cols[sel], cols)
+        assert np.array_equal(pool.labels[sel], train[pool.rows[sel], pool.cols[sel]])
+    assert (pool.labels != 255).all()
+    assert pool.meta["model"] == "tiny" and pool.meta["dataset"] == "set-a" and pool.meta["dim"] == "16"
+    assert pool.class_names == ["road", "car", "person"]
+
+
+def test_sampled_features_equal_full_resolution_upsampled_map(world):
+    key = world.first[("tiny", "set-a")]
+    pool = world.store.load(key)
+    feats, probs, weights_hash = expected_features(world.tiny, world.ds_a, pool)
+    assert world.store.manifest(key)["model"]["name"] == "tiny"
+    np.testing.assert_allclose(pool.features.astype(np.float32), feats, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(pool.probs.astype(np.float32), probs, rtol=2e-3, atol=2e-3)
+    assert np.allclose(pool.probs.astype(np.float32).sum(1), 1, atol=5e-3)
+
+
+def test_each_bad_model_fails_alone_with_a_named_error(world):
+    errs = {m: world.first[(m, "set-a")] for m in world.bad_specs}
+    assert all(isinstance(e, ExtractionError) for e in errs.values())
+    assert "model 'bad-keys'" in str(errs["bad-keys"]) and "classifier.bias" in str(errs["bad-keys"])
+    assert "model 'no-ckpt'" in str(errs["no-ckpt"]) and "checkpoint not found" in str(errs["no-ckpt"])
+    assert "model 'bad-layer'" in str(errs["bad-layer"]) and "'body.9' does not exist" in str(errs["bad-layer"])
+    assert "shape mismatch" in str(errs["bad-classes"]) and "num_classes=4" in str(errs["bad-classes"])
+    assert "model 'nan'" in str(errs["nan"]) and "NaN" in str(errs["nan"]) and "img_000" in str(errs["nan"])
+    assert all(e.dataset == "set-a" for e in errs.values())
+    assert isinstance(world.first[("tiny", "set-a")], str)                  # the good one still ran
+    assert len(world.store.keys()) == 1
+
+
+def test_bad_image_fails_its_pool_and_names_the_file(world):
+    err = world.first[("tiny", "set-b")]
+    assert isinstance(err, ExtractionError)
+    assert "set-b" in str(err) and "img_002" in str(err)
+
+
+def test_cached_pools_cost_zero_forward_passes(world):
+    assert world.first_forwards > 0
+    before = forward_count(world.counter)
+    again = extract_pools([ExtractionRequest(world.tiny, world.ds_a, pixels_per_image=K)],
+                          world.store, batch_size=2, num_actors=1)
+    assert again[("tiny", "set-a")] == world.first[("tiny", "set-a")]
+    assert forward_count(world.counter) == before
+
+
+class CrashingWriter(PoolWriter):
+    """Dies between writing the shards and publishing them, like a killed process."""
+
+    def commit(self, manifest):
+        self._close_shard()
+        raise RuntimeError("simulated crash")
+
+    def abort(self):                       # a dead process cleans nothing up
+        pass
+
+
+class CrashOnceStore(PoolStore):
+    def __init__(self, root, crash_dataset):
+        super().__init__(root)
+        self.crash_key = crash_dataset
+
+    def writer(self, key, rows_per_shard=262_144):
+        cls = CrashingWriter if key == self.crash_key else PoolWriter
+        return cls(self, key, rows_per_shard)
+
+
+def test_two_actors_interrupted_write_skip_policy_and_determinism(world):
+    root = world.root / "store2"
+    key_a = world.first[("tiny", "set-a")]
+    crash = CrashOnceStore(root, key_a)
+    reqs = [ExtractionRequest(world.tiny, world.ds_a, pixels_per_image=K),
+            ExtractionRequest(world.tiny, world.ds_b, pixels_per_image=K)]
+    run = extract_pools(reqs, crash, batch_size=2, num_actors=2, bad_images="skip")
+    assert isinstance(run[("tiny", "set-a")], ExtractionError) and "simulated crash" in str(run[("tiny", "set-a")])
+    store = PoolStore(root)
+    assert not store.has(key_a) and any((root / "tmp").iterdir())           # leftovers stay invisible
+    # skip policy: set-b's pool exists without the truncated image, and says so
+    key_b = run[("tiny", "set-b")]
+    assert isinstance(key_b, str)
+    man = store.manifest(key_b)
+    assert [s["image_id"] for s in man["skipped"]] == ["img_002"] and man["images"] == 3
+    assert "img_002" not in set(store.load(key_b).image_ids)
+    # the next run redoes the interrupted pool; 2 actors give the same bytes as 1 actor did
+    before = forward_count(world.counter)
+    redo = extract_pools(reqs[:1], store, batch_size=2, num_actors=2)
+    assert redo[("tiny", "set-a")] == key_a and store.has(key_a)
+    assert forward_count(world.counter) > before
+    one, two = world.store.read_table(key_a), store.read_table(key_a)
+    assert one.equals(two) and one.schema.metadata == two.schema.metadata
+
+
+def test_lraspp_from_checkpoint_on_ray(world, tmp_path):
+    ck = tmp_path / "lraspp.pth"
+    src = load_model(ModelSpec(name="x", architecture="lraspp_mobilenet_v3_large", num_classes=3))
+    torch.save({"model": src.module.state_dict()}, ck)
+    layout = make_folder(tmp_path / "c", n=2, size=(64, 64), seed=3)
+    ds = open_dataset("set-c", layout.spec)
+    spec = ModelSpec(name="lr", architecture="lraspp_mobilenet_v3_large", num_classes=3, checkpoint=ck)
+    store = PoolStore(tmp_path / "s")
+    res = extract_pools([ExtractionRequest(spec, ds, pixels_per_image=30, sampling="balanced")], store,
+                        batch_size=2)
+    pool = store.load(res[("lr", "set-c")])
+    assert pool.dim == 168 and pool.probs.shape == (len(pool), 3) and len(pool) == 60
+    feats, probs, weights_hash = expected_features(spec, ds, pool)
+    np.testing.assert_allclose(pool.features.astype(np.float32), feats, rtol=5e-3, atol=5e-3)
+    np.testing.assert_allclose(pool.probs.astype(np.float32), probs, atol=5e-3)
+    assert pool.meta["weights_hash"] == weights_hash == hashlib.sha256(ck.read_bytes()).hexdigest()
