@@ -533,7 +533,9 @@ def _as_pair(p: ScorePair | Sequence[str]) -> ScorePair:
     return ScorePair(str(p[0]), str(p[1]), str(p[2]))
 
 
-def _done_keys(done: pd.DataFrame | Iterable[Mapping[str, Any]] | None) -> tuple[list[dict], set]:
+def _done_keys(done: pd.DataFrame | Iterable[Mapping[str, Any]] | None,
+               wanted: set[tuple[str, str, str, int]]) -> tuple[list[dict], set]:
+    """The ok rows of ``done`` that belong to this request, and their keys."""
     if done is None:
         return [], set()
     frame = done if isinstance(done, pd.DataFrame) else pd.DataFrame(list(done))
@@ -542,8 +544,12 @@ def _done_keys(done: pd.DataFrame | Iterable[Mapping[str, Any]] | None) -> tuple
     if missing := set(_KEY + ["status"]) - set(frame.columns):
         raise ValueError(f"finished rows lack column(s) {sorted(missing)}")
     ok = frame[frame["status"] == "ok"].drop_duplicates(_KEY, keep="last")
-    rows = ok.reindex(columns=RESULT_COLUMNS).to_dict("records")
-    keys = {(str(r["model"]), str(r["target"]), str(r["metric"]), int(r["k"])) for r in rows}
+    rows, keys = [], set()
+    for r in ok.reindex(columns=RESULT_COLUMNS).to_dict("records"):
+        key = (str(r["model"]), str(r["target"]), str(r["metric"]), int(r["k"]))
+        if key in wanted:
+            rows.append(r)
+            keys.add(key)
     return rows, keys
 
 
@@ -568,7 +574,7 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
     extraction, fails the pairs that need that pool); store keys are read with
     ``store.load(key)``. settings: OTCE settings (ignored when ``metrics`` is given).
     seed: the job seed. done: rows finished earlier; their ok (model, target, metric, k) are
-    skipped and returned as they are. on_result: called with each newly finished row (dict
+    skipped and returned as they are (rows of other pairs, metrics or k ≥ K are ignored). on_result: called with each newly finished row (dict
     with :data:`RESULT_COLUMNS`). max_in_flight: tasks submitted at once (default 4 × cluster
     CPUs, at least 16); 1 runs one task at a time. reps_per_task: repetitions per task.
     num_gpus: GPU share per task (default: :data:`DEFAULT_GPU_FRACTION` on a cluster with
@@ -599,7 +605,9 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
 
-    old_rows, finished = _done_keys(done)
+    wanted = {(p.model, p.target, spec.name, k) for p in pair_list for spec in specs
+              for k in range(spec.repetitions)}
+    old_rows, finished = _done_keys(done, wanted)
     units: list[tuple[ScorePair, MetricSpec, list[int]]] = []
     for pair in pair_list:
         for spec in specs:

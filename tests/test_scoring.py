@@ -227,8 +227,9 @@ def test_resume_skips_finished_rows(reference, zoo, ray_local):
         zip(reference["model"][1::2], reference["target"][1::2], reference["k"][1::2]))
     pd.testing.assert_frame_equal(comparable(out), comparable(reference), check_exact=True)
     nothing: list[dict] = []
-    again = score_pairs(pairs, pools, SETTINGS, seed=5, done=out, on_result=nothing.append,
-                        progress=False)
+    stray = out.iloc[:2].assign(model="not_requested")       # rows of other pairs are ignored
+    again = score_pairs(pairs, pools, SETTINGS, seed=5, done=pd.concat([out, stray]),
+                        on_result=nothing.append, progress=False)
     assert nothing == []
     pd.testing.assert_frame_equal(comparable(again), comparable(reference), check_exact=True)
 
