@@ -242,7 +242,7 @@ def _model_spec(entry) -> Any:
     return ModelSpec(**kw)
 
 
-def _weights_hash(spec: JobSpec, model_spec: Any) -> str:
+def _weights_hash(spec: JobSpec, model_spec: Any, memoise: bool = True) -> str:
     """The checkpoint's content hash, memoised under the store by (path, size, mtime)."""
     from segotce_ray.models import model_weights_hash
 
@@ -257,6 +257,8 @@ def _weights_hash(spec: JobSpec, model_spec: Any) -> str:
     except OSError:
         pass
     digest = model_weights_hash(model_spec)
+    if not memoise:
+        return digest
     memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(digest)
@@ -330,13 +332,17 @@ def _metric_params(spec: JobSpec, metric: str) -> dict[str, Any]:
     return {"n_pixels": spec.otce.n_pixels}
 
 
-def make_plan(spec: JobSpec, *, inputs: tuple | None = None) -> Plan:
-    """The job's plan against what is in the store now (opens datasets, hashes checkpoints)."""
+def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True) -> Plan:
+    """The job's plan against what is in the store now (opens datasets, hashes checkpoints).
+
+    ``write=False`` (dry runs) leaves the store untouched: no folder is created and the
+    checkpoint hashes are not memoised.
+    """
     from segotce_ray import extract as extraction
     from segotce_ray.store import PoolStore
 
     datasets, model_specs, errors = inputs if inputs is not None else check_inputs(spec)
-    store = PoolStore(spec.store)
+    store = PoolStore(spec.store) if write or (Path(spec.store) / "pools").is_dir() else None
     scores = ScoreLog(spec.store)
     fingerprints: dict[str, str] = {}
     for name, ds in datasets.items():
@@ -347,7 +353,7 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None) -> Plan:
     hashes: dict[str, str] = {}
     for name, ms in model_specs.items():
         try:
-            hashes[name] = _weights_hash(spec, ms)
+            hashes[name] = _weights_hash(spec, ms, memoise=write)
         except Exception as exc:  # noqa: BLE001
             errors[f"models.{name}"] = str(exc)
 
@@ -364,7 +370,8 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None) -> Plan:
                 key = extraction.request_key(req, hashes[model], fingerprints[dataset])
             except Exception as exc:  # noqa: BLE001 - e.g. a bad sampling mode for this pool
                 err = f"pool {model}@{dataset}: {exc}"
-        p = PoolPlan(model, dataset, key, cached=bool(key) and store.has(key), error=err)
+        cached = bool(key) and store is not None and store.has(key)  # type: ignore[arg-type]
+        p = PoolPlan(model, dataset, key, cached=cached, error=err)
         pools[(model, dataset)] = p
         return p
 
@@ -574,7 +581,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    plan = make_plan(spec)
+    plan = make_plan(spec, write=not dry_run)
     timings["plan"] = time.perf_counter() - t0
     log.info("plan:\n%s", plan.render())
     if dry_run:
@@ -601,7 +608,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     _write_json(run_dir / "plan.json", plan.to_dict())
     _write_json(run_dir / "run.json", info)
 
+    t0 = time.perf_counter()
     init_ray(address=address, num_cpus=num_cpus)
+    timings["ray_init"] = time.perf_counter() - t0
     store = PoolStore(spec.store)
     scores = ScoreLog(spec.store)
     errors = dict(plan.errors)

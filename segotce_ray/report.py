@@ -47,22 +47,21 @@ def load_long(run_dir: str | Path) -> pd.DataFrame:
 
 
 def rankings_from_long(long: pd.DataFrame) -> pd.DataFrame:
-    """Per (metric, target): mean/std/count of ``ok`` scores per model and its rank.
+    """Per (metric, target): mean/std/n of ``ok`` scores per model and its rank.
 
-    Returns columns metric, target, model, mean, std, n, rank (1 = most transferable).
+    The ranking of :meth:`segotce_ray.matrix.TransferabilityMatrix.rankings` (rank 1 = most
+    transferable; equal means ordered by model name); pairs without an ok repetition are
+    left out. Returns columns metric, target, model, mean, std, n, rank.
     """
     cols = ["metric", "target", "model", "mean", "std", "n", "rank"]
     if long.empty:
         return pd.DataFrame(columns=cols)
-    ok = long[(long.get("status", "ok") == "ok") & np.isfinite(long["score"].astype(float))]
-    if ok.empty:
-        return pd.DataFrame(columns=cols)
-    g = ok.groupby(["metric", "target", "model"], sort=True)["score"]
-    red = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n": g.size()}).reset_index()
-    red = red.sort_values(["metric", "target", "mean", "model"], ascending=[True, True, False, True],
-                          kind="mergesort")
-    red["rank"] = red.groupby(["metric", "target"]).cumcount() + 1
-    return red[cols].reset_index(drop=True)
+    from segotce_ray.matrix import TransferabilityMatrix
+
+    ranks = TransferabilityMatrix(long).rankings()
+    ranks = ranks[ranks["rank"].notna()].copy()
+    ranks["rank"] = ranks["rank"].astype("int64")
+    return ranks[cols].reset_index(drop=True)
 
 
 def rank_changes(current: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
@@ -133,6 +132,10 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     info = _read_json(run_dir / "run.json")
     long = load_long(run_dir)
     ranks = rankings_from_long(long)
+    truth: dict[tuple[str, str], float] = {}
+    if (run_dir / "ground_truth.csv").is_file():
+        gt = pd.read_csv(run_dir / "ground_truth.csv", dtype={"model": str, "target": str})
+        truth = {(str(m), str(t)): float(v) for m, t, v in gt[["model", "target", "value"]].itertuples(index=False)}
     out: list[str] = []
     job = info.get("job", run_dir.parent.name)
     out.append(f"# Transferability report — {job} / {info.get('run_id', run_dir.name)}")
@@ -174,6 +177,9 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         header = ["model"]
         for m in metrics:
             header += [f"{m} rank", f"{m} mean ± std"]
+        has_truth = any((model, target) in truth for model in order)
+        if has_truth:
+            header.append("ground truth")
         rows = []
         for model in order:
             row: list[Any] = [model]
@@ -183,8 +189,10 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
                     row += ["–", "–"]
                 else:
                     h = hit.iloc[0]
-                    row += [int(h["rank"]), f"{_fmt(float(h['mean']))} ± {_fmt(float(h['std']), 2)}"
+                    row += [int(h["rank"]), f"{_fmt(float(h['mean']))} ± {float(h['std']):.2g}"
                             + (f" (k={int(h['n'])})" if m == "otce" else "")]
+            if has_truth:
+                row.append(truth.get((model, target), math.nan))
             rows.append(row)
         out.append(_table(header, rows))
 
@@ -195,11 +203,23 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         out.append("")
         out.append("## Agreement with ground truth")
         out.append("")
-        out.append("Per target: Pearson/Spearman/Kendall τ_b/weighted τ between scores and the "
-                   "ground-truth transfer results (1 = perfect), regret = ground truth of the best "
-                   "model minus that of the model ranked first (0 = the top pick is the best).")
+        out.append("Per target: Pearson / Spearman / Kendall τ_b / weighted τ between the mean "
+                   "scores and the ground-truth transfer results (1 = perfect agreement); regret "
+                   "= ground truth of the best model minus that of the model ranked first "
+                   "(0 = the top pick is the best); best-in-top-3 = 1 when the best model is "
+                   "among the first three. `__mean__` is the mean over targets.")
+        if "metric" in corr.columns:
+            corr = corr.assign(_o=corr["metric"].map(lambda m: metric_sort_key(str(m))),
+                               _last=corr["target"].astype(str) == "__mean__") \
+                .sort_values(["_o", "_last", "target"], kind="stable").drop(columns=["_o", "_last"])
+        keep = [c for c in ("metric", "target", "n_models", "pearson", "spearman", "kendall_tau",
+                            "weighted_tau", "regret", "relative_regret", "best_in_top3", "reason")
+                if c in corr.columns]
+        corr = corr[keep].copy()
+        if "reason" in keep:
+            corr["reason"] = corr["reason"].fillna("")
         out.append("")
-        out.append(_table(list(corr.columns), corr.itertuples(index=False)))
+        out.append(_table(keep, corr.itertuples(index=False)))
 
     # -- failures
     failed = long[long.get("status", "ok") != "ok"] if not long.empty else long
@@ -251,8 +271,12 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
             for r in moved.itertuples(index=False):
                 prev = "–" if pd.isna(r.prev_rank) else int(r.prev_rank)
                 now = "–" if pd.isna(r.rank) else int(r.rank)
-                arrow = {"up": f"▲{int(r.move)}", "down": f"▼{int(-r.move)}", "new": "new",
-                         "gone": "gone"}[r.change]
+                if r.change == "up":
+                    arrow = f"▲{int(r.move)}"
+                elif r.change == "down":
+                    arrow = f"▼{int(-r.move)}"
+                else:
+                    arrow = r.change
                 rows.append([r.metric, r.target, r.model, prev, now, arrow])
             out.append(_table(["metric", "target", "model", "previous rank", "rank", "move"], rows))
         if not ch.empty:

@@ -1,0 +1,258 @@
+"""Job runs end to end: dry-run plan, resume after a kill, latest pointer, report diff,
+incremental nightly runs (new models only), failures isolated with a non-zero exit.
+
+Most tests put hand-made pools into the store under the keys the plan computes, so they
+exercise the job logic (plan, score log, run directories) in seconds; one test runs the
+real extraction for a newly added model.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from segotce_ray.cli import main
+from segotce_ray.job import ScoreLog, _set_latest, latest_run, make_plan, run_job
+from segotce_ray.pools import PixelPool
+from segotce_ray.spec import load_spec
+from segotce_ray.store import PoolStore
+from tests.fixtures_layouts import make_folder
+
+K = 3
+MODELS = {"m_a": "src_a", "m_b": "src_b", "m_c": "src_a"}
+SEPARATION = {"m_a": 3.0, "m_b": 0.3, "m_c": 1.2}   # class separation of each model's features
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    lm3 = {0: "road", 1: "car", 2: "person"}
+    make_folder(root / "src_a", n=2, label_map=lm3, seed=1)
+    make_folder(root / "src_b", n=2, label_map=lm3, seed=2)
+    make_folder(root / "t1", n=2, label_map={0: "road", 1: "car"}, seed=3)
+    make_folder(root / "t2", n=2, label_map=lm3, seed=4)
+    return root
+
+
+def write_job(tmp: Path, data_root: Path, models=None, **extra) -> Path:
+    models = models if models is not None else MODELS
+    spec = {
+        "name": "nightly", "seed": 0,
+        "otce": {"n_pixels": 60, "repetitions": K, "solver": "emd"},
+        "extraction": {"pixels_per_image": 40, "batch_size": 2},
+        "datasets": {name: {"format": "folder", "root": str(data_root / name),
+                            "label_map": ({0: "road", 1: "car"} if name == "t1"
+                                          else {0: "road", 1: "car", 2: "person"})}
+                     for name in ("src_a", "src_b", "t1", "t2")},
+        "models": {m: {"architecture": "tests.tiny_segmodels:tiny_segnet", "num_classes": 3,
+                       "source": src} for m, src in models.items()},
+        "targets": ["t1", "t2"],
+    }
+    spec.update(extra)
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "job.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def seed_pools(path: Path, dims: dict | None = None) -> int:
+    """Write a synthetic pool for every pool the plan still needs; returns how many."""
+    spec = load_spec(path)
+    plan = make_plan(spec)
+    store = PoolStore(spec.store)
+    n = 0
+    for p in plan.pools:
+        if p.cached or p.error:
+            continue
+        rng = np.random.default_rng(zlib.crc32(f"{p.model}@{p.dataset}".encode()))
+        n_classes = 2 if p.dataset == "t1" else 3
+        labels = rng.integers(0, n_classes, 120).astype(np.int16)
+        dim = (dims or {}).get((p.model, p.dataset), 8)
+        centers = np.eye(n_classes, dim) * SEPARATION.get(p.model, 1.0)
+        feats = (centers[labels] + rng.normal(0, 1, (120, dim))).astype(np.float16)
+        store.write(p.key, PixelPool(feats, labels, meta={"model": p.model, "dataset": p.dataset}),
+                    {"synthetic": True})
+        n += 1
+    return n
+
+
+class Killed(Exception):
+    """Stands in for the driver being killed."""
+
+
+def _scores(table: pd.DataFrame) -> pd.DataFrame:
+    cols = ["model", "target", "metric", "k", "score", "w_t", "w_d", "status", "seed"]
+    return table[cols].sort_values(["model", "target", "metric", "k"]).reset_index(drop=True)
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, data_root, capsys):
+    path = write_job(tmp_path, data_root)
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pools: 9 needed, 0 cached, 9 to extract, 0 unavailable" in out
+    assert "pairs: 6 (model × target × metric), 0 complete, 6 to score (18 repetitions" in out
+    assert "extract     m_a @ src_a" in out and "score 3/3   otce     m_b → t2" in out
+    assert not (tmp_path / "store").exists() and not (tmp_path / "runs").exists()
+
+
+def test_resume_after_kill_computes_only_missing_rows_and_same_matrix(tmp_path, data_root, ray_local):
+    path = write_job(tmp_path, data_root)
+    assert seed_pools(path) == 9
+    spec = load_spec(path)
+    total = len(MODELS) * 2 * K
+
+    seen: list[dict] = []
+
+    def kill_after_7(row):
+        seen.append(row)
+        if len(seen) == 7:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_job(spec, on_row=kill_after_7, run_id="killed")
+    plan = make_plan(spec)
+    assert plan.counts()["repetitions_cached"] == 7
+    assert plan.counts()["repetitions_to_run"] == total - 7
+    killed_info = json.loads((spec.job_dir / "killed" / "run.json").read_text())
+    assert killed_info["status"] == "running"           # never marked finished
+    assert latest_run(spec.job_dir) is None              # latest only moves on completion
+
+    computed: list[dict] = []
+    resumed = run_job(spec, on_row=computed.append, run_id="resumed")
+    assert resumed.status == "ok" and resumed.exit_code == 0
+    assert len(computed) == total - 7
+    done_before = {(r["model"], r["target"], r["k"]) for r in seen}
+    assert not done_before & {(r["model"], r["target"], r["k"]) for r in computed}
+
+    # an uninterrupted run from the same pools (score log moved away) gives the same table
+    shutil.move(Path(spec.store) / "scores", tmp_path / "scores.bak")
+    fresh_rows: list[dict] = []
+    fresh = run_job(spec, on_row=fresh_rows.append, run_id="fresh")
+    assert len(fresh_rows) == total
+    pd.testing.assert_frame_equal(_scores(resumed.table), _scores(fresh.table))
+    on_disk = [pd.read_parquet(spec.job_dir / r / "matrix.parquet") for r in ("resumed", "fresh")]
+    pd.testing.assert_frame_equal(_scores(on_disk[0]), _scores(on_disk[1]))
+    assert (spec.job_dir / "resumed" / "scores.csv").read_text() == \
+        (spec.job_dir / "fresh" / "scores.csv").read_text()
+    # a third run computes nothing
+    again: list[dict] = []
+    run_job(spec, on_row=again.append, run_id="again")
+    assert again == []
+    assert latest_run(spec.job_dir).name == "again"
+
+
+def test_run_dir_contents_latest_and_report_diff(tmp_path, data_root, ray_local, capsys):
+    """Nightly: a second run with a new model (real extraction) and a broken one."""
+    path = write_job(tmp_path, data_root, models={"m_a": "src_a", "m_b": "src_b"},
+                     ground_truth="gt.csv")
+    (tmp_path / "gt.csv").write_text(
+        "model,target,value\n" + "".join(f"{m},{t},{v}\n" for m, t, v in [
+            ("m_a", "t1", 50), ("m_b", "t1", 40), ("m_new", "t1", 45),
+            ("m_a", "t2", 30), ("m_b", "t2", 20), ("m_new", "t2", 25)]))
+    seed_pools(path)
+    assert main(["run", str(path), "--run-id", "night1"]) == 0
+    job_dir = tmp_path / "runs" / "nightly"
+    run1 = job_dir / "night1"
+    for name in ("matrix.parquet", "scores.csv", "rankings.csv", "heatmap.png", "report.md",
+                 "correlation.csv", "spec.yaml", "run.json", "plan.json"):
+        assert (run1 / name).is_file(), name
+    info = json.loads((run1 / "run.json").read_text())
+    assert info["status"] == "ok"
+    assert {"segotce-ray", "python", "torch", "ray", "POT"} <= set(info["versions"])
+    assert {"plan", "extract", "score", "matrix", "total"} <= set(info["timings"])
+    assert yaml.safe_load((run1 / "spec.yaml").read_text())["models"]["m_a"]["source"] == "src_a"
+    assert os.path.islink(job_dir / "latest") and latest_run(job_dir) == run1
+    assert "First run of this job" in (run1 / "report.md").read_text()
+    scores = pd.read_csv(run1 / "scores.csv", index_col="model")
+    assert list(scores.columns) == ["t1", "t2"] and sorted(scores.index) == ["m_a", "m_b"]
+
+    # tomorrow: one new model, one that cannot be built
+    raw = yaml.safe_load(path.read_text())
+    raw["models"]["m_new"] = {"architecture": "tests.tiny_segmodels:tiny_segnet",
+                              "num_classes": 3, "source": "src_b", "kwargs": {"returns": "dict"}}
+    raw["models"]["m_broken"] = {"architecture": "tests.tiny_segmodels:not_a_module",
+                                 "num_classes": 3, "source": "src_a"}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    plan = make_plan(load_spec(path))
+    todo = {(p.model, p.dataset) for p in plan.pools if not p.cached and not p.error}
+    assert todo == {("m_new", "src_b"), ("m_new", "t1"), ("m_new", "t2")}
+    assert {p.model for p in plan.pairs if p.todo} == {"m_new"}
+    assert {p.model for p in plan.pairs if p.error} == {"m_broken"}
+    capsys.readouterr()
+
+    code = main(["run", str(path), "--run-id", "night2"])
+    out = capsys.readouterr().out
+    assert code == 1                                       # a pair failed
+    assert "failed" in out and "m_broken" in out
+    run2 = job_dir / "night2"
+    assert latest_run(job_dir) == run2
+    table = pd.read_parquet(run2 / "matrix.parquet")
+    ok = table[table["status"] == "ok"]
+    assert set(ok["model"]) == {"m_a", "m_b", "m_new"} and len(ok) == 3 * 2 * K
+    assert set(table[table["status"] != "ok"]["model"]) == {"m_broken"}
+    report = (run2 / "report.md").read_text()
+    assert "Compared with run `night1`" in report
+    assert "- new models: m_new" in report
+    assert "| m_new |" in report and "new |" in report       # rank table lists the newcomer
+    assert "m_broken" in report.split("## Failures")[1]
+    assert "## Agreement with ground truth" in report
+    # `segotce-ray report` re-renders the latest run of a job folder
+    assert main(["report", str(job_dir)]) == 0
+    assert "Compared with run `night1`" in capsys.readouterr().out
+
+
+def test_failed_pair_is_isolated_and_exit_code_nonzero(tmp_path, data_root, ray_local, capsys):
+    path = write_job(tmp_path, data_root, models={"m_a": "src_a", "m_b": "src_b"})
+    seed_pools(path, dims={("m_b", "t2"): 5})           # m_b's t2 pool does not match its source
+    assert main(["run", str(path), "--run-id", "r"]) == 1
+    out = capsys.readouterr().out
+    assert "otce m_b → t2: 3 repetition(s) failed" in out and "8-dim features" in out
+    table = pd.read_parquet(tmp_path / "runs" / "nightly" / "r" / "matrix.parquet")
+    assert (table.groupby(["model", "target"])["status"].apply(lambda s: (s == "ok").all())
+            == pd.Series({("m_a", "t1"): True, ("m_a", "t2"): True, ("m_b", "t1"): True,
+                          ("m_b", "t2"): False})).all()
+    info = json.loads((tmp_path / "runs" / "nightly" / "r" / "run.json").read_text())
+    assert info["status"] == "failed" and info["counts"]["rows_failed"] == K
+    # failed rows are not cached: the next run retries exactly them
+    plan = make_plan(load_spec(path))
+    assert [(p.model, p.target, p.todo) for p in plan.pairs if p.todo] == [("m_b", "t2", K)]
+
+
+def test_score_log_skips_torn_lines_and_failed_rows(tmp_path):
+    log_ = ScoreLog(tmp_path)
+    key = "ab" * 32
+    log_.append(key, {"metric": "otce", "k": 1, "score": 0.5, "status": "ok"})
+    log_.append(key, {"metric": "otce", "k": 0, "score": np.float64(0.25), "status": "ok"})
+    log_.append(key, {"metric": "otce", "k": 2, "score": float("nan"), "status": "failed"})
+    log_.append(key, {"metric": "otce", "k": 1, "score": 9.0, "status": "ok"})  # duplicate k
+    with open(log_.path(key), "a") as fh:
+        fh.write('{"metric": "otce", "k": 3, "sco')                           # killed mid-write
+    rows = log_.rows(key)
+    assert [(r["k"], r["score"]) for r in rows] == [(0, 0.25), (1, 0.5)]
+
+
+def test_latest_text_file_fallback(tmp_path, monkeypatch):
+    job_dir = tmp_path / "runs" / "j"
+    (job_dir / "r1").mkdir(parents=True)
+    (job_dir / "r2").mkdir()
+    _set_latest(job_dir, job_dir / "r1")
+    assert os.path.islink(job_dir / "latest") and latest_run(job_dir) == job_dir / "r1"
+
+    def no_symlinks(*a, **k):
+        raise OSError("symlinks not supported here")
+
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    _set_latest(job_dir, job_dir / "r2")
+    assert not os.path.islink(job_dir / "latest")
+    assert (job_dir / "latest").read_text().strip() == "r2"
+    assert latest_run(job_dir) == job_dir / "r2"
+    (job_dir / "latest").write_text("../../etc\n")
+    assert latest_run(job_dir) is None
