@@ -21,8 +21,8 @@ temporary name and renamed, so a reader never sees half a file):
 - ``summary.csv`` — long: metric, model, target, mean, std, n, n_failed, status, error.
 - ``rankings.csv`` — metric, target, rank, model, mean, std, n (all metrics; failed pairs last
   with an empty rank).
-- ``heatmap.png`` — models × targets, colour = mean, annotated ``mean`` and ``#rank``; other
-  metrics get ``heatmap_<m>.png``.
+- ``heatmap.png`` — models × targets, colour = mean, annotated ``mean`` and ``#rank`` (only
+  the top 3 per target above 400 cells); other metrics get ``heatmap_<m>.png``.
 - ``correlation.csv`` and ``ground_truth.csv`` — when ground truth is given: the per-target
   measures of :func:`segotce_ray.metrics.correlation.correlation_table` (metric, target,
   n_models, pearson, …, reason; ``target == "__mean__"`` is the mean over targets) and the
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 __all__ = ["PRIMARY_METRIC", "TransferabilityMatrix", "long_schema", "read_ground_truth"]
 
 PRIMARY_METRIC = "otce"
+#: Heatmaps with more cells annotate only each target's top 3.
+FULL_ANNOTATION_CELLS = 400
 _GROUP = ["metric", "model", "target"]
 
 
@@ -243,7 +245,9 @@ class TransferabilityMatrix:
         """Write a models × targets heatmap of the means (annotated mean and #rank) as PNG.
 
         Rows are ordered by the mean rank over targets (best first); failed cells are grey
-        and say "failed". Uses the Agg canvas directly (no pyplot, no display needed).
+        and say "failed". Above :data:`FULL_ANNOTATION_CELLS` cells only the top 3 per
+        target are annotated (``#rank``; failed cells "×"), so a 100 × 20 zoo stays legible
+        and quick to draw. Uses the Agg canvas directly (no pyplot, no display needed).
         """
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -255,8 +259,10 @@ class TransferabilityMatrix:
         order = ranks.astype("float64").mean(axis=1).sort_values(kind="stable").index
         wide, ranks = wide.loc[order], ranks.loc[order]
         n_models, n_targets = wide.shape
-        fig = Figure(figsize=(max(4.0, 1.4 * n_targets + 2.5), max(2.5, 0.45 * n_models + 1.5)),
-                     dpi=100)
+        cell_w = 1.4 if n_targets <= 10 else 0.8
+        cell_h = 0.45 if n_models <= 30 else 0.25
+        fig = Figure(figsize=(max(4.0, cell_w * n_targets + 2.5),
+                              max(2.5, cell_h * n_models + 1.5)), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         values = np.ma.masked_invalid(wide.to_numpy(dtype=np.float64))
@@ -270,16 +276,20 @@ class TransferabilityMatrix:
         ax.set_title(f"{metric}: transferability per target (#1 = best)")
         finite = values.compressed()
         mid = float(np.mean([finite.min(), finite.max()])) if finite.size else 0.0
+        full = n_models * n_targets <= FULL_ANNOTATION_CELLS
         fontsize = 8 if n_models * n_targets <= 200 else 6
         for i in range(n_models):
             for j in range(n_targets):
-                v = wide.iat[i, j]
+                v, r = wide.iat[i, j], ranks.iat[i, j]
                 if not np.isfinite(v):
-                    text, color = "failed", "black"
-                else:
-                    r = ranks.iat[i, j]
+                    text, color = ("failed" if full else "×"), "black"
+                elif full:
                     text = f"{v:.3g}\n#{int(r)}" if not pd.isna(r) else f"{v:.3g}"
                     color = "white" if v < mid else "black"
+                elif not pd.isna(r) and r <= 3:
+                    text, color = f"#{int(r)}", ("white" if v < mid else "black")
+                else:
+                    continue
                 ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
         fig.tight_layout()
         path = Path(path)
