@@ -152,6 +152,19 @@ def test_hscore_matches_explicit_matrix_formula():
     assert 0.0 <= expected <= 2.0 + 1e-9  # H <= C − 1
 
 
+@pytest.mark.parametrize("rcond", [1e-15, 1e-6])
+def test_hscore_near_collinear_features_follow_pinv_cutoff(rcond):
+    # a channel that nearly copies another: cov eigenvalue ~1e-8 of the largest;
+    # kept (Cholesky path) at rcond=1e-15, cut (eigendecomposition path) at 1e-6
+    x, y = blobs(n=200, d=4, c=3)
+    rng = np.random.default_rng(8)
+    x = np.hstack([x, x[:, :1] + 1e-4 * rng.normal(size=(200, 1)) + 0.3 * (y == 1)[:, None] * 1e-4])
+    g = np.stack([x[y == c].mean(0) for c in y])
+    expected = np.trace(np.linalg.pinv(np.cov(x, rowvar=False), rcond=rcond)
+                        @ np.cov(g, rowvar=False))
+    assert hscore(x, y, rcond=rcond) == pytest.approx(expected, rel=1e-6)
+
+
 def test_hscore_pinv_handles_rank_deficient_features():
     x, y = blobs(n=100, d=4, c=3)
     x_dup = np.hstack([x, x[:, :2], np.zeros((100, 1))])  # duplicated and dead channels

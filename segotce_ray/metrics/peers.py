@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from scipy.linalg import cho_factor, solve_triangular
+from scipy.linalg import LinAlgError, cho_factor, cholesky, lapack, solve_triangular
 from scipy.special import logsumexp
 
 __all__ = [
@@ -182,15 +182,29 @@ def _pca(x: np.ndarray, *, n_components: int | None = None,
     return xc @ v[:, :k]
 
 
-def _pinv_quadratic_trace(eigvals: np.ndarray, eigvecs: np.ndarray, b: np.ndarray,
-                          rcond: float) -> float:
-    """tr(A⁺ BᵀB) for symmetric A = V diag(w) Vᵀ given rows ``b`` (C, D), small w cut at rcond·max w."""
-    w_max = float(eigvals.max(initial=0.0))
+def _pinv_quadratic_trace(a: np.ndarray, b: np.ndarray, rcond: float) -> float:
+    """tr(A⁺ BᵀB) for a symmetric PSD A (D, D) and rows ``b`` (C, D).
+
+    A⁺ cuts eigenvalues below ``rcond``·λ_max.  Fast path: when the Cholesky factor exists
+    and LAPACK's reciprocal 1-norm condition estimate exceeds 10·D·rcond (so, with
+    κ₂ <= D·κ₁, no eigenvalue would be cut and A⁺ = A⁻¹), use ‖L⁻¹Bᵀ‖²_F; otherwise an
+    eigendecomposition.
+    """
+    d = a.shape[0]
+    try:
+        upper = cholesky(a, lower=False, check_finite=False)
+        rc, info = lapack.dpocon(upper, float(np.abs(a).sum(axis=0).max()))
+        if info == 0 and rc > 10.0 * d * rcond:
+            return float(np.sum(solve_triangular(upper, b.T, trans="T", check_finite=False) ** 2))
+    except LinAlgError:
+        pass
+    w, v = np.linalg.eigh(a)
+    w_max = float(w.max(initial=0.0))
     if w_max <= 0.0:
         return 0.0
-    keep = eigvals > rcond * w_max
-    proj = b @ eigvecs[:, keep]  # (C, k)
-    return float(np.sum(proj**2 / eigvals[keep]))
+    keep = w > rcond * w_max
+    proj = b @ v[:, keep]  # (C, k)
+    return float(np.sum(proj**2 / w[keep]))
 
 
 # --------------------------------------------------------------------------- NCE / LEEP
@@ -284,20 +298,20 @@ def _kmeans_init(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 2
         if np.array_equal(new, assign):
             break
         assign = new
-        for j in range(k):
-            members = assign == j
-            if members.any():
-                centers[j] = x[members].mean(axis=0)
+        counts = np.bincount(assign, minlength=k)
+        sums = _one_hot(assign, k).T @ x
+        filled = counts > 0  # an empty cluster keeps its previous centre
+        centers[filled] = sums[filled] / counts[filled, None]
     return assign
 
 
-def _gmm_log_prob(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covs: np.ndarray,
-                  covariance: str) -> np.ndarray:
-    """log(w_k N(x_i; μ_k, Σ_k)) -> (N, K)."""
+def _gmm_log_prob(x: np.ndarray, x_sq: np.ndarray, weights: np.ndarray, means: np.ndarray,
+                  covs: np.ndarray, covariance: str) -> np.ndarray:
+    """log(w_k N(x_i; μ_k, Σ_k)) -> (N, K); ``x_sq`` = x**2 (reused across iterations)."""
     n, d = x.shape
     if covariance == "diag":
         prec = 1.0 / covs
-        maha = ((x**2) @ prec.T - 2.0 * x @ (means * prec).T
+        maha = (x_sq @ prec.T - 2.0 * x @ (means * prec).T
                 + np.sum(means**2 * prec, axis=1)[None, :])
         log_det = np.sum(np.log(covs), axis=1)
     else:
@@ -311,12 +325,28 @@ def _gmm_log_prob(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covs: n
     return -0.5 * (d * math.log(2.0 * math.pi) + log_det[None, :] + maha) + np.log(weights)[None, :]
 
 
-def _gmm_m_step(x: np.ndarray, resp: np.ndarray, covariance: str,
+def _gmm_e_step(x: np.ndarray, x_sq: np.ndarray, weights: np.ndarray, means: np.ndarray,
+                covs: np.ndarray, covariance: str) -> tuple[np.ndarray, float]:
+    """Posteriors P(k | x_i) (N, K) and the mean per-sample log-likelihood.
+
+    Posteriors below e^-300 are flushed to 0: they carry no mass, and subnormal numbers
+    would make the BLAS products of the M-step orders of magnitude slower.
+    """
+    lp = _gmm_log_prob(x, x_sq, weights, means, covs, covariance)
+    norm = logsumexp(lp, axis=1)
+    log_resp = lp - norm[:, None]
+    resp = np.exp(np.maximum(log_resp, -300.0))
+    resp[log_resp < -300.0] = 0.0
+    return resp, float(norm.mean())
+
+
+def _gmm_m_step(x: np.ndarray, x_sq: np.ndarray, resp: np.ndarray, covariance: str,
                 reg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     nk = resp.sum(axis=0) + 10.0 * np.finfo(float).eps
-    means = resp.T @ x / nk[:, None]
+    resp_t = np.ascontiguousarray(resp.T)
+    means = resp_t @ x / nk[:, None]
     if covariance == "diag":
-        covs = resp.T @ (x**2) / nk[:, None] - means**2
+        covs = resp_t @ x_sq / nk[:, None] - means**2
         covs = np.clip(covs, 0.0, None) + reg
     else:
         d = x.shape[1]
@@ -334,32 +364,26 @@ def _fit_gaussian_mixture(x: np.ndarray, n_components: int, *, covariance: str =
 
     ``reg_covar`` is relative: ``reg_covar × mean per-dimension variance of x`` is added to
     every variance (scale-invariant version of sklearn's absolute 1e-6).  Stops when the mean
-    per-sample log-likelihood changes by less than ``tol``.
+    per-sample log-likelihood changes by less than ``tol`` (sklearn's default 1e-3).
     """
     if covariance not in ("diag", "full"):
         raise MetricInputError(f"nleep: covariance must be 'diag' or 'full', got {covariance!r}")
     rng = np.random.default_rng(seed)
     scale = float(np.mean(np.var(x, axis=0)))
     reg = reg_covar * (scale if scale > 0 else 1.0)
+    x_sq = x**2
     assign = _kmeans_init(x, n_components, rng)
-    resp = _one_hot(assign, n_components)
-    weights, means, covs = _gmm_m_step(x, resp, covariance, reg)
+    weights, means, covs = _gmm_m_step(x, x_sq, _one_hot(assign, n_components), covariance, reg)
     history: list[float] = []
     converged = False
-    for _ in range(max_iter):
-        lp = _gmm_log_prob(x, weights, means, covs, covariance)
-        norm = logsumexp(lp, axis=1)
-        resp = np.exp(lp - norm[:, None])
-        history.append(float(norm.mean()))
+    for it in range(max_iter + 1):
+        resp, mean_ll = _gmm_e_step(x, x_sq, weights, means, covs, covariance)
+        history.append(mean_ll)
         if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
             converged = True
             break
-        weights, means, covs = _gmm_m_step(x, resp, covariance, reg)
-    else:
-        lp = _gmm_log_prob(x, weights, means, covs, covariance)
-        norm = logsumexp(lp, axis=1)
-        resp = np.exp(lp - norm[:, None])
-        history.append(float(norm.mean()))
+        if it < max_iter:  # the last E-step only refreshes the posteriors
+            weights, means, covs = _gmm_m_step(x, x_sq, resp, covariance, reg)
     if not converged:
         log.warning("nleep: Gaussian mixture EM did not converge in %d iterations", max_iter)
     return _GaussianMixtureFit(weights, means, covs, covariance, resp, history, converged)
@@ -525,10 +549,10 @@ def hscore(features: Any, target_labels: Any, *, rcond: float | None = None,
     x, y, n_classes = _prepare_features("hscore", features, target_labels, ignore_index)
     n, d = x.shape
     xc = x - x.mean(axis=0)
-    w, v = np.linalg.eigh(xc.T @ xc / n)
     means, counts = _class_means(xc, y, n_classes)
     b = np.sqrt(counts / n)[:, None] * means  # cov(E[f|y]) = bᵀb
-    return _pinv_quadratic_trace(w, v, b, d * np.finfo(float).eps if rcond is None else rcond)
+    return _pinv_quadratic_trace(xc.T @ xc / n, b,
+                                 d * np.finfo(float).eps if rcond is None else rcond)
 
 
 def _ledoit_wolf(xc: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -557,8 +581,8 @@ def hscore_shrinkage(features: Any, target_labels: Any, *,
     .. math:: H_s(f) = \operatorname{tr}\!\big(\Sigma_s^{-1}\,(1 - s)\,
               \operatorname{cov}(\mathbb E[f \mid y])\big).
 
-    Both covariances use 1/N.  Σ_s shares S's eigenvectors, so the inverse is exact when
-    s > 0 (a pseudo-inverse cut at D·ε·λ_max is used when s = 0).
+    Both covariances use 1/N.  Σ_s is positive definite when s > 0 and μ > 0 (a
+    pseudo-inverse cut at D·ε·λ_max is used otherwise).
 
     Args:
         features: (N, D) per-pixel features.
@@ -572,11 +596,11 @@ def hscore_shrinkage(features: Any, target_labels: Any, *,
     n, d = x.shape
     xc = x - x.mean(axis=0)
     s, shrink, mu = _ledoit_wolf(xc)
-    w, v = np.linalg.eigh(s)
-    w_shrunk = (1.0 - shrink) * np.clip(w, 0.0, None) + shrink * mu
+    shrunk = (1.0 - shrink) * s
+    shrunk[np.diag_indices(d)] += shrink * mu
     means, counts = _class_means(xc, y, n_classes)
     b = np.sqrt((1.0 - shrink) * counts / n)[:, None] * means
-    return _pinv_quadratic_trace(w_shrunk, v, b, d * np.finfo(float).eps)
+    return _pinv_quadratic_trace(shrunk, b, d * np.finfo(float).eps)
 
 
 # --------------------------------------------------------------------------- GBC
@@ -629,11 +653,15 @@ def gbc(features: Any, target_labels: Any, *, n_components: int = 64, var_floor:
 
 
 def _coding_rate(z: np.ndarray, eps: float) -> float:
-    """R(Z, ε) = ½ logdet(I_D + ZᵀZ / (nε)) for Z (n, D), via the smaller Gram matrix."""
+    """R(Z, ε) = ½ logdet(I_D + ZᵀZ / (nε)) for Z (n, D), via the smaller Gram matrix.
+
+    I + G/(nε) has eigenvalues >= 1, so its Cholesky factor is always well conditioned.
+    """
     n, d = z.shape
     gram = z @ z.T if n < d else z.T @ z
-    lam = np.clip(np.linalg.eigvalsh(gram), 0.0, None)
-    return 0.5 * float(np.sum(np.log1p(lam / (n * eps))))
+    m = gram / (n * eps)
+    m[np.diag_indices(m.shape[0])] += 1.0
+    return float(np.sum(np.log(np.diag(cholesky(m, lower=True, check_finite=False)))))
 
 
 def transrate(features: Any, target_labels: Any, eps: float = 1e-4, *,
