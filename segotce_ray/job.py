@@ -155,6 +155,7 @@ class PairPlan:
     repetitions: int
     done: int = 0
     error: str | None = None
+    not_applicable: bool = False     # by design (a source metric, no source): not a failure
 
     @property
     def todo(self) -> int:
@@ -383,9 +384,11 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True)
                 needs_source = metric in SOURCE_METRICS
                 tp = pool(mname, target)
                 sp = pool(mname, m.source) if needs_source and m.source else None
-                err = None
+                err, by_design = None, False
                 if needs_source and not m.source:
-                    err = f"{metric} needs the model's source dataset; models.{mname}.source is not set"
+                    err = f"{metric} unavailable: it needs the model's source dataset and " \
+                          f"models.{mname}.source is not set"
+                    by_design = True
                 elif sp is not None and sp.error:
                     err = sp.error
                 elif tp.error:
@@ -398,7 +401,7 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True)
                                     sp.key if sp else None, tp.key)  # type: ignore[arg-type]
                     done = sum(1 for r in scores.rows(key) if int(r["k"]) < spec.otce.repetitions)
                 pairs.append(PairPlan(mname, m.source if needs_source else None, target, metric,
-                                      key, spec.otce.repetitions, done, err))
+                                      key, spec.otce.repetitions, done, err, by_design))
     # only pools that some runnable pair still needs are extracted
     used = set()
     for p in pairs:
@@ -531,32 +534,9 @@ def _metric_specs(spec: JobSpec) -> dict[str, Any]:
                 n_pixels=o.n_pixels, repetitions=o.repetitions, epsilon=float(o.epsilon),
                 solver=o.solver, sampling=o.sampling))
         else:
-            out[metric] = scoring.MetricSpec(
-                metric, peer_repetition, spec.otce.repetitions, spec.otce.n_pixels,
-                params={"metric": metric, "n_pixels": spec.otce.n_pixels})
+            out[metric] = scoring.peer_metric(metric, n_pixels=spec.otce.n_pixels,
+                                              repetitions=spec.otce.repetitions)
     return out
-
-
-def peer_repetition(source: Any, target: Any, seed: int, *, metric: str, n_pixels: int,
-                    ignore_index: int = 255) -> dict[str, Any]:
-    """One repetition of a peer metric (issue 7): N target pixels drawn with ``seed``.
-
-    The peers need no source data: they read the target pool's features (N, D) or the source
-    head's probabilities on the target pixels (N, C_s), and its labels (N,). ``source`` is
-    ignored (the fan-out passes the target pool there when the model has no source dataset).
-    """
-    import numpy as np
-
-    from segotce_ray.metrics.peers import compute_metric
-
-    labels = np.asarray(target.labels)
-    valid = np.flatnonzero(labels != ignore_index)
-    rng = np.random.default_rng(seed)
-    take = np.sort(rng.choice(valid, size=min(int(n_pixels), valid.size), replace=False))
-    probs = None if target.probs is None else np.asarray(target.probs[take], dtype=np.float64)
-    score = compute_metric(metric, labels=labels[take], features=target.features[take],
-                           probs=probs, ignore_index=ignore_index)
-    return {"score": float(score), "n_source": 0, "n_target": int(take.size)}
 
 
 def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
@@ -566,7 +546,8 @@ def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
     return {"model": p.model, "target": p.target, "metric": p.metric, "k": k,
             "score": math.nan, "w_t": math.nan, "w_d": math.nan, "iterations": None,
             "converged": None, "n_source": None, "n_target": None, "seconds": math.nan,
-            "status": "failed", "error": p.error, "source": p.source,
+            "status": "unavailable" if p.not_applicable else "failed", "error": p.error,
+            "source": p.source,
             "seed": repetition_seed(spec.seed, p.model, p.target, k)}
 
 
@@ -658,8 +639,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
         if not runnable:
             continue
         done = [r for p in runnable for r in scores.rows(p.key) if int(r["k"]) < mspec.repetitions]
-        # a metric without source data scores the target pool against itself as "source"
-        pairs = [scoring.ScorePair(p.model, p.source or p.target, p.target) for p in runnable]
+        # metrics without source data (the peers) never read the source pool
+        pairs = [scoring.ScorePair(p.model, p.source or spec.models[p.model].source or "",
+                                   p.target) for p in runnable]
         tables.append(scoring.score_pairs(
             pairs, pool_results, store=store, seed=spec.seed, metrics=[mspec], done=done,
             on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task))
@@ -677,7 +659,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     mat.save(run_dir, ground_truth=spec.ground_truth)
     timings["matrix"] = time.perf_counter() - t0
 
-    failed = table[table["status"] != "ok"]
+    failed = table[table["status"] == "failed"]
     failures = []
     for (model, target, metric), grp in failed.groupby(["model", "target", "metric"], sort=True):
         err = str(grp["error"].dropna().iloc[0]) if grp["error"].notna().any() else "failed"
@@ -688,11 +670,14 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     status = "failed" if len(failed) or errors else "ok"
     counts = plan.counts()
     counts.update(rows=len(table), rows_ok=int((table["status"] == "ok").sum()),
-                  rows_failed=int(len(failed)))
+                  rows_failed=int(len(failed)),
+                  rows_unavailable=int((table["status"] == "unavailable").sum()))
     timings["total"] = time.perf_counter() - t_start
     info.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 counts=counts, errors=errors, timings={k: round(v, 3) for k, v in timings.items()})
     _write_json(run_dir / "run.json", info)
+    _write_json(run_dir / "versions.json", info["versions"])
+    _write_json(run_dir / "timings.json", info["timings"])
 
     from segotce_ray.report import write_report
 

@@ -222,13 +222,14 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         out.append(_table(keep, corr.itertuples(index=False)))
 
     # -- failures
-    failed = long[long.get("status", "ok") != "ok"] if not long.empty else long
+    failed = long[long.get("status", "ok") == "failed"] if not long.empty else long
+    unavailable = long[long.get("status", "ok") == "unavailable"] if not long.empty else long
     errors = info.get("errors", {})
     out.append("")
     out.append("## Failures")
     out.append("")
     if failed.empty and not errors:
-        out.append("None: every pair finished.")
+        out.append("None: every applicable pair finished.")
     else:
         for what, msg in sorted(errors.items()):
             out.append(f"- **{what}**: {msg}")
@@ -240,6 +241,13 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
                 rows.append([model, target, metric, len(grp), err[:200]])
             out.append("")
             out.append(_table(["model", "target", "metric", "failed rows", "error"], rows))
+
+    if not unavailable.empty:
+        out.append("")
+        out.append("Not applicable (by design, not failures):")
+        for (model, target, metric), grp in unavailable.groupby(["model", "target", "metric"], sort=True):
+            err = str(grp["error"].dropna().iloc[0]) if grp["error"].notna().any() else ""
+            out.append(f"- {metric} for {model} → {target}: {err}")
 
     # -- changes vs previous run
     out.append("")
@@ -306,7 +314,8 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     out.append("Files: `matrix.parquet` (long table, one row per repetition), `scores.csv` "
                "(models × targets, mean), `rankings.csv`, `heatmap.png`"
                + (", `correlation.csv`" if corr_path.exists() else "")
-               + ", `spec.yaml` (resolved), `run.json` (versions, timings, counts).")
+               + ", `spec.yaml` (resolved), `plan.json`, `run.json` (status, counts, errors), "
+               "`versions.json`, `timings.json`.")
     return "\n".join(out) + "\n"
 
 

@@ -36,6 +36,8 @@ DATASET_FORMATS = ("cityscapes", "bdd100k", "gta5", "folder")
 SOLVERS = ("sinkhorn", "emd")
 SAMPLINGS = ("uniform", "class_balanced")
 SCHEDULES = ("full", "adaptive")
+#: Schedules this version runs (``adaptive`` — issue 8's early pruning — is reserved).
+SCHEDULES_AVAILABLE = ("full",)
 #: Every metric name a job may select (issue 7's peers next to SEG-OTCE).
 KNOWN_METRICS = ("otce", "nce", "leep", "nleep", "logme", "hscore", "hscore_shrinkage",
                  "gbc", "transrate")
@@ -659,18 +661,23 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
 
     if "schedule" in raw:
         s = raw["schedule"]
+        mode, mode_path = None, "schedule"
         if isinstance(s, str):
-            c.string("schedule", s, SCHEDULES)
+            mode = s if c.string("schedule", s, SCHEDULES) else None
         elif c.mapping("schedule", s):
             c.keys("schedule", s, _SCHEDULE_KEYS)
             if "mode" in s:
-                c.string("schedule.mode", s["mode"], SCHEDULES)
+                mode_path = "schedule.mode"
+                mode = s["mode"] if c.string("schedule.mode", s["mode"], SCHEDULES) else None
             if "min_repetitions" in s:
                 c.integer("schedule.min_repetitions", s["min_repetitions"], lo=1)
             if "top_k" in s:
                 c.integer("schedule.top_k", s["top_k"], lo=1)
             if "alpha" in s:
                 c.number("schedule.alpha", s["alpha"], 0.0, strict=True, hi=0.5)
+        if mode is not None and mode not in SCHEDULES_AVAILABLE:
+            c.add(mode_path, f"schedule {mode!r} is not available in this version; use "
+                             f"{' or '.join(map(repr, SCHEDULES_AVAILABLE))}")
 
     if "extraction" in raw and c.mapping("extraction", raw["extraction"]):
         e = raw["extraction"]

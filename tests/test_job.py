@@ -78,7 +78,10 @@ def seed_pools(path: Path, dims: dict | None = None) -> int:
         dim = (dims or {}).get((p.model, p.dataset), 8)
         centers = np.eye(n_classes, dim) * SEPARATION.get(p.model, 1.0)
         feats = (centers[labels] + rng.normal(0, 1, (120, dim))).astype(np.float16)
-        store.write(p.key, PixelPool(feats, labels, meta={"model": p.model, "dataset": p.dataset}),
+        logits = rng.normal(0, 1, (120, 3)) + 2.0 * np.eye(3)[labels % 3]
+        probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float16)
+        store.write(p.key, PixelPool(feats, labels, probs=probs,
+                                     meta={"model": p.model, "dataset": p.dataset}),
                     {"synthetic": True})
         n += 1
     return n
@@ -256,3 +259,31 @@ def test_latest_text_file_fallback(tmp_path, monkeypatch):
     assert latest_run(job_dir) == job_dir / "r2"
     (job_dir / "latest").write_text("../../etc\n")
     assert latest_run(job_dir) is None
+
+
+def test_peer_metrics_side_by_side_and_model_without_source(tmp_path, data_root, ray_local, capsys):
+    """metrics: [otce, logme, leep]; a model without a source dataset gets the peers only."""
+    path = write_job(tmp_path, data_root, models={"m_a": "src_a", "m_b": "src_b"},
+                     metrics=["otce", "logme", "leep"])
+    raw = yaml.safe_load(path.read_text())
+    raw["models"]["m_nosrc"] = {"architecture": "tests.tiny_segmodels:tiny_segnet", "num_classes": 3}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    seed_pools(path)
+    plan = make_plan(load_spec(path))
+    assert ("m_nosrc", "src_a") not in {(p.model, p.dataset) for p in plan.pools}
+    assert main(["run", str(path), "--run-id", "r"]) == 0    # not applicable is not a failure
+    run = tmp_path / "runs" / "nightly" / "r"
+    table = pd.read_parquet(run / "matrix.parquet")
+    ok = table[table["status"] == "ok"]
+    assert set(ok["metric"]) == {"otce", "logme", "leep"}
+    assert len(ok[ok["metric"] == "logme"]) == 3 * 2 * K and len(ok[ok["metric"] == "otce"]) == 2 * 2 * K
+    na = table[table["status"] == "unavailable"]
+    assert set(zip(na["model"], na["metric"])) == {("m_nosrc", "otce")}
+    assert "source" in na["error"].iloc[0]
+    ranks = pd.read_csv(run / "rankings.csv")
+    assert set(ranks["metric"]) == {"otce", "logme", "leep"}
+    assert (run / "scores_logme.csv").is_file() and (run / "heatmap_leep.png").is_file()
+    report = (run / "report.md").read_text()
+    header = next(ln for ln in report.splitlines() if ln.startswith("| model | otce rank"))
+    assert header.index("otce rank") < header.index("logme rank") < header.index("leep rank")
+    assert "Not applicable" in report and "otce for m_nosrc → t1" in report

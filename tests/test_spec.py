@@ -176,6 +176,8 @@ def test_every_problem_listed_at_once(tmp_path):
     (lambda r: r["otce"].update(solver="emd", sampling="class_balanced"), None, None),
     (lambda r: r.update(schedule="adaptiv"), "schedule", "did you mean 'adaptive'"),
     (lambda r: r.update(schedule={"mode": "full", "top_k": 0}), "schedule.top_k", "must be >= 1"),
+    (lambda r: r.update(schedule={"mode": "full", "top_k": 3}), None, None),
+    (lambda r: r.update(schedule="adaptive"), "schedule", "not available in this version"),
     (lambda r: r["datasets"]["cs_aachen"].update(cities="aachen"), None, None),
     (lambda r: r["datasets"]["bdd"].update(cities=["x"]), "datasets.bdd.cities", "unknown key 'cities'"),
     (lambda r: r["datasets"]["mine"].pop("label_map"), "datasets.mine.label_map", "needs a label_map"),
