@@ -287,3 +287,67 @@ def test_peer_metrics_side_by_side_and_model_without_source(tmp_path, data_root,
     header = next(ln for ln in report.splitlines() if ln.startswith("| model | otce rank"))
     assert header.index("otce rank") < header.index("logme rank") < header.index("leep rank")
     assert "Not applicable" in report and "otce for m_nosrc → t1" in report
+
+
+def _issue_world(tmp_path: Path) -> Path:
+    """The issue's nightly spec, verbatim, with every file and root it names made real."""
+    import torch
+    import torchvision
+
+    from tests.fixtures_layouts import make_bdd100k, make_cityscapes, make_gta5
+    from tests.test_spec import ISSUE_SPEC
+
+    jobs = tmp_path / "jobs"
+    make_gta5(jobs / "data/gta5", n=3)
+    make_cityscapes(jobs / "data/cityscapes", cities=("aachen", "bochum"), n_per_city=2)
+    make_bdd100k(jobs / "data/bdd100k", n=3)
+    make_folder(jobs / "data/mine", n=2, label_map={0: "road", 1: "car"})
+    (jobs / "ckpt").mkdir(parents=True)
+    torch.manual_seed(0)
+    lraspp = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=19)
+    torch.save(lraspp.state_dict(), jobs / "ckpt/lraspp_gta5.pth")
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                                            torch.nn.ReLU())
+            self.head = torch.nn.Conv2d(8, 19, 1)
+
+        def forward(self, x):
+            f = self.body(x)
+            return {"out": self.head(f), "features": f}
+
+    torch.jit.save(torch.jit.trace(Tiny().eval(), torch.rand(1, 3, 32, 64), strict=False),
+                   str(jobs / "ckpt/tiny_bdd.pt"))
+    (jobs / "gt.csv").write_text("model,target,value\nlraspp_gta5,cs_aachen,41\n"
+                                 "tiny_bdd,cs_aachen,30\nlraspp_gta5,mine,70\ntiny_bdd,mine,75\n")
+    path = jobs / "nightly.yaml"
+    path.write_text(ISSUE_SPEC)
+    return path
+
+
+def test_issue_spec_plans_as_written(tmp_path, capsys):
+    path = _issue_world(tmp_path)
+    assert main(["validate", str(path)]) == 0
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pools: 6 needed, 0 cached, 6 to extract, 0 unavailable" in out
+    assert "pairs: 4 (model × target × metric), 0 complete, 4 to score (40 repetitions" in out
+    for pool in ("lraspp_gta5 @ gta5", "lraspp_gta5 @ cs_aachen", "tiny_bdd @ bdd",
+                 "tiny_bdd @ mine"):
+        assert pool in out
+
+
+@pytest.mark.slow
+def test_issue_spec_runs_as_written(tmp_path, ray_local, capsys):
+    """`segotce-ray run jobs/nightly.yaml` on the issue's spec, unchanged (N=10⁴, K=10)."""
+    path = _issue_world(tmp_path)
+    assert main(["run", str(path)]) == 0
+    run = latest_run(tmp_path / "jobs" / "runs" / "nightly")
+    for name in ("matrix.parquet", "scores.csv", "rankings.csv", "heatmap.png", "report.md",
+                 "correlation.csv", "spec.yaml", "versions.json", "timings.json"):
+        assert (run / name).is_file(), name
+    table = pd.read_parquet(run / "matrix.parquet")
+    assert (table["status"] == "ok").all() and len(table) == 4 * 10
