@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -551,50 +550,21 @@ def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
             "seed": repetition_seed(spec.seed, p.model, p.target, k)}
 
 
-def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
-            run_id: str | None = None, progress: bool | None = None,
-            on_row: Callable[[dict[str, Any]], None] | None = None,
-            num_cpus: int | None = None) -> JobResult:
-    """Plan and (unless ``dry_run``) run a job; see the module docstring.
-
-    on_row: called after each scoring row is persisted (tests use it to simulate a kill).
-    """
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    plan = make_plan(spec, write=not dry_run)
-    timings["plan"] = time.perf_counter() - t0
-    log.info("plan:\n%s", plan.render())
-    if dry_run:
-        return JobResult(None, "planned", plan, plan.counts(), timings=timings)
-
+def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *,
+             address: str | None, num_cpus: int | None, progress: bool | None,
+             on_row: Callable[[dict[str, Any]], None] | None) -> tuple[Any, dict[str, str]]:
+    """Extract, score and write the matrix files; returns (long table, extraction errors)."""
     from segotce_ray import extract as extraction
     from segotce_ray import scoring
     from segotce_ray.runtime import init_ray
     from segotce_ray.store import PoolStore
-
-    job_dir = spec.job_dir
-    previous = latest_run(job_dir)
-    run_dir = _new_run_dir(job_dir, run_id)
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    info: dict[str, Any] = {
-        "job": spec.name, "run_id": run_dir.name, "status": "running", "started": started,
-        "spec_path": spec.path, "spec_hash": spec.content_hash(),
-        "previous_run": previous.name if previous else None, "versions": versions(),
-        "settings": {"seed": spec.seed, **{f"otce.{k}": v for k, v in asdict(spec.otce).items()},
-                     "metrics": ",".join(spec.metrics),
-                     "pixels_per_image": spec.extraction.pixels_per_image},
-    }
-    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
-    _write_json(run_dir / "plan.json", plan.to_dict())
-    _write_json(run_dir / "run.json", info)
 
     t0 = time.perf_counter()
     init_ray(address=address, num_cpus=num_cpus)
     timings["ray_init"] = time.perf_counter() - t0
     store = PoolStore(spec.store)
     scores = ScoreLog(spec.store)
-    errors = dict(plan.errors)
+    errors: dict[str, str] = {}
 
     # -- extract the missing pools
     t0 = time.perf_counter()
@@ -624,7 +594,6 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     t0 = time.perf_counter()
     specs = _metric_specs(spec)
     key_of = {(p.model, p.target, p.metric): p.key for p in plan.pairs}
-    pool_keys = {k: v for k, v in pool_results.items() if isinstance(v, str)}
 
     def persist(row: dict[str, Any]) -> None:
         key = key_of.get((row["model"], row["target"], row["metric"]))
@@ -659,6 +628,51 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     mat.save(run_dir, ground_truth=spec.ground_truth)
     timings["matrix"] = time.perf_counter() - t0
 
+    return table, errors
+
+
+def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
+            run_id: str | None = None, progress: bool | None = None,
+            on_row: Callable[[dict[str, Any]], None] | None = None,
+            num_cpus: int | None = None) -> JobResult:
+    """Plan and (unless ``dry_run``) run a job; see the module docstring.
+
+    on_row: called after each scoring row is persisted (tests use it to simulate a kill).
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    plan = make_plan(spec, write=not dry_run)
+    timings["plan"] = time.perf_counter() - t0
+    log.info("plan:\n%s", plan.render())
+    if dry_run:
+        return JobResult(None, "planned", plan, plan.counts(), timings=timings)
+
+    job_dir = spec.job_dir
+    previous = latest_run(job_dir)
+    run_dir = _new_run_dir(job_dir, run_id)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    info: dict[str, Any] = {
+        "job": spec.name, "run_id": run_dir.name, "status": "running", "started": started,
+        "spec_path": spec.path, "spec_hash": spec.content_hash(),
+        "previous_run": previous.name if previous else None, "versions": versions(),
+        "settings": {"seed": spec.seed, **{f"otce.{k}": v for k, v in asdict(spec.otce).items()},
+                     "metrics": ",".join(spec.metrics),
+                     "pixels_per_image": spec.extraction.pixels_per_image},
+    }
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
+    _write_json(run_dir / "plan.json", plan.to_dict())
+    _write_json(run_dir / "run.json", info)
+
+    try:
+        table, extraction_errors = _execute(spec, plan, run_dir, timings, address=address,
+                                            num_cpus=num_cpus, progress=progress, on_row=on_row)
+    except BaseException as exc:  # a kill, Ctrl-C or crash: say so, keep what finished
+        info.update(status="interrupted", error=f"{type(exc).__name__}: {exc}",
+                    timings={k: round(v, 3) for k, v in timings.items()})
+        _write_json(run_dir / "run.json", info)
+        raise
+    errors = {**plan.errors, **extraction_errors}
     failed = table[table["status"] == "failed"]
     failures = []
     for (model, target, metric), grp in failed.groupby(["model", "target", "metric"], sort=True):

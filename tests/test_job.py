@@ -125,7 +125,8 @@ def test_resume_after_kill_computes_only_missing_rows_and_same_matrix(tmp_path, 
     assert plan.counts()["repetitions_cached"] == 7
     assert plan.counts()["repetitions_to_run"] == total - 7
     killed_info = json.loads((spec.job_dir / "killed" / "run.json").read_text())
-    assert killed_info["status"] == "running"           # never marked finished
+    assert killed_info["status"] == "interrupted"       # never marked finished
+    assert "Killed" in killed_info["error"]
     assert latest_run(spec.job_dir) is None              # latest only moves on completion
 
     computed: list[dict] = []
