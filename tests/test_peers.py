@@ -435,3 +435,14 @@ def test_registry_and_generic_call():
         compute_metric("leep", features=x, labels=y)
     with pytest.raises(KeyError, match="unknown peer metric 'otce'"):
         compute_metric("otce", features=x, labels=y)
+
+
+def test_nleep_few_pixels_and_duplicated_rows():
+    # K = min(5·C, N // 2) components; more components than distinct points must not break EM
+    x, y = blobs(n=10, d=3, c=4)
+    assert np.isfinite(nleep(x, y)) and nleep(x, y) <= 0.0
+    rows = np.array([[0.0, 1.0], [2.0, -1.0], [5.0, 5.0]])
+    y_dup = np.arange(60) % 2
+    x_dup = rows[np.arange(60) % 3]
+    value = nleep(x_dup, y_dup)
+    assert np.isfinite(value) and value <= 0.0

@@ -34,7 +34,6 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cholesky, lapack, solve_triangular
-from scipy.special import logsumexp
 
 __all__ = [
     "MetricInfo",
@@ -279,7 +278,7 @@ class _GaussianMixtureFit:
     converged: bool = False
 
 
-def _kmeans_init(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20) -> np.ndarray:
+def _kmeans_init(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 10) -> np.ndarray:
     """k-means++ seeding then Lloyd iterations -> hard assignment (N,) in 0..k-1."""
     n = x.shape[0]
     x2 = np.sum(x**2, axis=1)
@@ -333,11 +332,15 @@ def _gmm_e_step(x: np.ndarray, x_sq: np.ndarray, weights: np.ndarray, means: np.
     would make the BLAS products of the M-step orders of magnitude slower.
     """
     lp = _gmm_log_prob(x, x_sq, weights, means, covs, covariance)
-    norm = logsumexp(lp, axis=1)
-    log_resp = lp - norm[:, None]
-    resp = np.exp(np.maximum(log_resp, -300.0))
-    resp[log_resp < -300.0] = 0.0
-    return resp, float(norm.mean())
+    row_max = lp.max(axis=1)
+    lp -= row_max[:, None]  # log-sum-exp shift: each row's max is now 0
+    tiny = lp < -300.0
+    np.maximum(lp, -300.0, out=lp)
+    resp = np.exp(lp, out=lp)
+    resp[tiny] = 0.0
+    total = resp.sum(axis=1)
+    resp /= total[:, None]
+    return resp, float(np.mean(row_max + np.log(total)))
 
 
 def _gmm_m_step(x: np.ndarray, x_sq: np.ndarray, resp: np.ndarray, covariance: str,
