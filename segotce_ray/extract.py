@@ -2,9 +2,9 @@
 
 Plan (per call of :func:`extract_pools`)::
 
-    weights hash per model (Ray task, no forward) ─► pool key per request ─► cached? done
+    weights hash per model (driver, no forward) ─► pool key per request ─► cached? done
     missing pools, per model:
-      probe (Ray task: load checkpoint strictly, tap the layer, one tiny forward)
+      probe (driver: load checkpoint strictly, tap the layer, one tiny 64×64 forward on CPU)
       Ray Data:  from_items(chunks) ─► map_batches(load_chunk)          CPU tasks: read +
                                                                          resize images, draw pixels
                                    ─► map_batches(ChunkFeatureExtractor) actor pool, one model
@@ -19,9 +19,18 @@ floating-point results — are the same whatever the number of actors or the sch
 The driver only holds one chunk's rows at a time (Ray Data streams with backpressure).
 
 Pixel draws are seeded from ``(seed, model, dataset, image_id)`` (see
-:mod:`segotce_ray.sampling`), features are bilinearly sampled at the label coordinates
-from the native-resolution map, and the source head's softmax at the same points is kept
-(``probs``) when ``keep_probs``.
+:mod:`segotce_ray.sampling`) and made in the read step, so only the image and the sampled
+coordinates travel to the actor. There, under ``torch.inference_mode`` (and float16
+autocast on a GPU), one forward pass per chunk gives the native-resolution feature map and
+logits; one ``grid_sample`` per chunk samples both at the label coordinates (no
+upsampled map), the source head's softmax at those points is kept (``probs``) when
+``keep_probs``, and the rows go back as float16 in one device→host copy.
+
+Resources: with GPUs in the cluster each actor takes ``num_gpus=1``; otherwise CPU actors
+take (at most) one logical CPU each and set ``torch`` to ``cpu_threads`` threads, and the
+read tasks take a quarter CPU each, so N actors on N CPUs still leave room to read.
+Progress: a tqdm bar over images on a tty, a log line every 30 s otherwise (Ray Data's own
+bars are switched off for the run).
 
 Failures: a model that cannot be built/loaded/tapped fails its own requests only; a
 dataset whose fingerprint cannot be taken fails its own requests only. A bad image file
@@ -39,6 +48,7 @@ import io
 import json
 import logging
 import math
+import os
 import pickle
 import sys
 import time
@@ -51,7 +61,7 @@ import pyarrow as pa
 
 from segotce_ray.models import ModelError, ModelSpec, load_model, model_weights_hash
 from segotce_ray.pools import POOL_SCHEMA_VERSION, pool_schema
-from segotce_ray.sampling import SAMPLING_MODES, sample_feature_map, sample_pixels, stable_seed
+from segotce_ray.sampling import SAMPLING_MODES, sample_feature_maps, sample_pixels, stable_seed
 from segotce_ray.store import PoolStore, pool_key
 
 log = logging.getLogger(__name__)
@@ -162,8 +172,8 @@ class ChunkFeatureExtractor:
                  amp: bool = True) -> None:
         import torch
 
-        if threads:
-            torch.set_num_threads(int(threads))
+        if threads:                                   # never more threads than this node has cores
+            torch.set_num_threads(max(1, min(int(threads), os.cpu_count() or 1)))
         self.torch = torch
         self.device = device
         self.amp = amp and device.startswith("cuda")
@@ -192,30 +202,37 @@ class ChunkFeatureExtractor:
             by_shape[it["image"].shape[:2]].append(i)
         results: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         for idx in by_shape.values():
-            x = torch.from_numpy(np.stack([good[i]["image"] for i in idx])).permute(0, 3, 1, 2)
-            x = x.to(self.device).float().div_(255.0)
+            batch = np.stack([good[i]["image"] for i in idx])               # (B, H, W, 3) uint8
+            x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            x = x.float().div_(255.0)
+            height, width = good[idx[0]]["height"], good[idx[0]]["width"]
+            rows = [good[i]["rows"] for i in idx]
+            cols = [good[i]["cols"] for i in idx]
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
                 feat, logits = self.model.features(x)
+                finite = torch.isfinite(feat).flatten(1).all(dim=1)
+                # one grid_sample per batch, float16 on the device, one transfer back
+                f16 = sample_feature_maps(feat, rows, cols, height, width).half()
+                p16 = None
+                if self.keep_probs[req_i]:
+                    p16 = torch.softmax(sample_feature_maps(logits, rows, cols, height, width), dim=2).half()
+            finite = finite.cpu().numpy()
+            f16 = f16.cpu().numpy()
+            p16 = p16.cpu().numpy() if p16 is not None else None
             for b, i in enumerate(idx):
-                it = good[i]
-                fmap = feat[b].float()
-                if not torch.isfinite(fmap).all():
+                it, n = good[i], len(rows[b])
+                f = f16[b, :n]
+                if not finite[b]:
                     errors.append({"image_id": it["image_id"], "kind": "model",
                                    "error": f"{str(ModelError(self.model.name, 'NaN/inf in the feature map'))}"
                                             f" of image {it['image_id']!r}"})
                     continue
-                f = sample_feature_map(fmap, it["rows"], it["cols"], it["height"], it["width"])
-                p = None
-                if self.keep_probs[req_i]:
-                    lg = sample_feature_map(logits[b].float(), it["rows"], it["cols"], it["height"], it["width"])
-                    p = torch.softmax(lg, dim=1).cpu().numpy()
-                f16 = f.cpu().numpy().astype(np.float16)
-                if not np.isfinite(f16).all():
+                if not np.isfinite(f).all():
                     errors.append({"image_id": it["image_id"], "kind": "model",
                                    "error": f"model {self.model.name!r}: feature values overflow float16 "
                                             f"in image {it['image_id']!r}"})
                     continue
-                results[i] = (f16, p)
+                results[i] = (f, p16[b, :n] if p16 is not None else None)
         self.forward_images += len(good)
         order = [i for i in range(len(good)) if i in results]
         return _pixel_table_ipc([good[i] for i in order], [results[i] for i in order],
@@ -260,7 +277,7 @@ def _read_ipc(blob: bytes) -> pa.Table | None:
     return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
 
 
-def _weights_hash_task(spec: ModelSpec) -> dict[str, str]:
+def _weights_hash_or_error(spec: ModelSpec) -> dict[str, str]:
     """``{"hash": ...}`` or ``{"error": ...}`` (errors travel as text, not as Ray exceptions)."""
     try:
         return {"hash": model_weights_hash(spec)}
@@ -269,9 +286,10 @@ def _weights_hash_task(spec: ModelSpec) -> dict[str, str]:
                 str(ModelError(spec.name, f"{type(exc).__name__}: {exc}"))}
 
 
-def _probe_task(spec: ModelSpec, weights_hash: str) -> dict[str, Any]:
-    """Load strictly and run one tiny forward: catches bad keys/shapes/layers before the fleet
-    starts. ``{"dim", "num_logits"}`` or ``{"error"}``."""
+def _probe_model(spec: ModelSpec, weights_hash: str) -> dict[str, Any]:
+    """Load strictly and run one tiny forward on CPU, in the driver: catches bad keys, shapes,
+    layers and factories before any actor starts, with a plain error (no Ray traceback).
+    ``{"dim", "num_logits"}`` or ``{"error"}``. Peak driver memory: one model at a time."""
     import torch
 
     try:
@@ -312,7 +330,8 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
                   num_actors: int | None = None, use_gpu: bool | None = None,
                   cpu_threads: int | None = None, bad_images: BadImagePolicy = "fail",
                   rows_per_shard: int = 262_144, progress: bool | None = None,
-                  address: str | None = None) -> dict[tuple[str, str], str | ExtractionError]:
+                  address: str | None = None,
+                  stats: dict[str, dict[str, float]] | None = None) -> dict[tuple[str, str], str | ExtractionError]:
     """Produce every requested pool that is not in ``store`` yet, on Ray.
 
     batch_size: images per forward pass (one chunk); num_actors: actors per model (default:
@@ -320,7 +339,9 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
     setup); use_gpu: default = the cluster has GPUs (``num_gpus=1`` per actor, autocast
     float16); cpu_threads: torch threads per CPU actor (default: cluster CPUs // actors);
     bad_images: ``"fail"`` | ``"skip"`` (module docstring); progress: tqdm bar (default: when
-    stderr is a tty; otherwise log lines).
+    stderr is a tty; otherwise log lines); stats: if a dict, filled per model with
+    ``probe_s`` (driver-side load + probe), ``pipeline_s`` (Ray Data run), ``first_output_s``
+    (pipeline start to the first finished chunk: actor start-up included) and ``images``.
 
     Returns ``{(model name, dataset name): pool key | ExtractionError}``, one entry per
     request; pools finished before a failure are kept.
@@ -342,21 +363,17 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
         return results
     init_ray(address)
 
-    # 1. weights hashes (no forward pass), one task per model
+    # 1. weights hashes (no forward pass): file bytes, or the seeded init without a checkpoint.
+    #    Done in the driver: a hash is a file read; starting a worker for it costs more.
     specs: dict[str, ModelSpec] = {}
     for r in requests:
         if r.model.name in specs and specs[r.model.name] != r.model:
             raise ValueError(f"two different model specs share the name {r.model.name!r}")
         specs[r.model.name] = r.model
-    hash_task = ray.remote(num_cpus=1, max_retries=0)(_weights_hash_task)
-    hash_refs = {name: hash_task.remote(spec) for name, spec in specs.items()}
     hashes: dict[str, str | Exception] = {}
-    for name, ref in hash_refs.items():
-        try:
-            got = ray.get(ref)
-            hashes[name] = got["hash"] if "hash" in got else RuntimeError(got["error"])
-        except Exception as exc:  # noqa: BLE001 - the task itself died
-            hashes[name] = _unwrap(exc)
+    for name, spec in specs.items():
+        got = _weights_hash_or_error(spec)
+        hashes[name] = got["hash"] if "hash" in got else RuntimeError(got["error"])
 
     # 2. keys and cache
     pending: dict[str, list[_PendingPool]] = defaultdict(list)
@@ -390,14 +407,12 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
         actors = num_actors or (max(1, gpus) if gpu else 1)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = None if gpu else (cpu_threads or max(1, cpus // actors))
-        probe = ray.remote(num_cpus=1, max_retries=0)(_probe_task)
-        probes = {m: probe.remote(specs[m], hashes[m]) for m in pending}
         for m, pools in pending.items():
-            try:
-                got = ray.get(probes[m])
-                err = got.get("error")
-            except Exception as exc:  # noqa: BLE001 - the task itself died
-                err = str(_unwrap(exc))
+            t_probe = time.perf_counter()
+            err = _probe_model(specs[m], str(hashes[m])).get("error")
+            model_stats = {"probe_s": time.perf_counter() - t_probe}
+            if stats is not None:
+                stats[m] = model_stats
             if err:                                       # bad checkpoint/keys/layer/num_classes
                 for p in pools:
                     results[p.request.pair] = ExtractionError(m, p.request.dataset.name, err)
@@ -405,7 +420,7 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
                 continue
             _run_model(specs[m], str(hashes[m]), pools, store, batch_size=batch_size, actors=actors,
                        gpu=gpu, threads=threads, bad_images=bad_images, rows_per_shard=rows_per_shard,
-                       progress=progress)
+                       progress=progress, stats=model_stats)
             for p in pools:
                 results[p.request.pair] = p.failed if p.failed is not None else p.key
     return {r.pair: results[r.pair] for r in requests}
@@ -434,7 +449,7 @@ def _pool_meta(req: ExtractionRequest, key: str, fingerprint: str, weights_hash:
 
 def _run_model(spec: ModelSpec, weights_hash: str, pools: list[_PendingPool], store: PoolStore, *,
                batch_size: int, actors: int, gpu: bool, threads: int | None, bad_images: str,
-               rows_per_shard: int, progress: bool | None) -> None:
+               rows_per_shard: int, progress: bool | None, stats: dict[str, float]) -> None:
     """One Ray Data pipeline for all missing pools of one model; fills ``p.failed`` on error."""
     import ray
 
@@ -457,6 +472,8 @@ def _run_model(spec: ModelSpec, weights_hash: str, pools: list[_PendingPool], st
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
     bar = _Progress(total_images, f"extract {spec.name}", progress)
+    t0 = time.perf_counter()
+    t_first, first_images = None, 0
     try:
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(load_chunk, batch_size=1, fn_kwargs={"jobs": jobs}, num_cpus=LOADER_CPUS)
@@ -475,6 +492,8 @@ def _run_model(spec: ModelSpec, weights_hash: str, pools: list[_PendingPool], st
                 _consume_chunk(by_index[int(req_i)], _read_ipc(blob), json.loads(errs), store, bad_images,
                                rows_per_shard)
                 bar.update(int(n))
+                if t_first is None:
+                    t_first, first_images = time.perf_counter(), int(n)
     except Exception as exc:  # noqa: BLE001 - the whole pipeline broke: fail what is unfinished
         err = _unwrap(exc)
         log.error("extraction of model %r failed: %s", spec.name, err)
@@ -482,6 +501,10 @@ def _run_model(spec: ModelSpec, weights_hash: str, pools: list[_PendingPool], st
             if p.failed is None and not (p.writer is not None and p.writer.committed):
                 p.failed = ExtractionError(spec.name, p.request.dataset.name, f"{type(err).__name__}: {err}")
     finally:
+        t_end = time.perf_counter()
+        stats.update(pipeline_s=t_end - t0, images=float(bar.done))
+        if t_first is not None:
+            stats["first_output_s"] = t_first - t0
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
         bar.close()
         for p in pools:

@@ -112,3 +112,32 @@ def sample_feature_map(feature_map: torch.Tensor, rows: np.ndarray | torch.Tenso
     out = F.grid_sample(feature_map[None].float(), grid, mode="bilinear",
                         padding_mode="border", align_corners=False)   # (1, D, 1, n)
     return out[0, :, 0, :].T.contiguous()
+
+
+def sample_feature_maps(feature_maps: torch.Tensor, rows: list[np.ndarray], cols: list[np.ndarray],
+                        height: int, width: int) -> torch.Tensor:
+    """Batched :func:`sample_feature_map`: one ``grid_sample`` for a ``(B, D, h, w)`` batch.
+
+    ``rows[b]``, ``cols[b]``: pixel coordinates of image ``b`` (lengths may differ; shorter
+    lists are padded and the padding is dropped by the caller). Returns ``(B, n_max, D)``
+    float32 on the maps' device; row ``b`` holds image ``b``'s samples in its first
+    ``len(rows[b])`` entries.
+    """
+    if feature_maps.ndim != 4 or len(rows) != feature_maps.shape[0] or len(cols) != len(rows):
+        raise ValueError(f"need (B, D, h, w) maps and B coordinate lists, got {tuple(feature_maps.shape)} "
+                         f"and {len(rows)}/{len(cols)} lists")
+    b, d = feature_maps.shape[:2]
+    n_max = max((len(r) for r in rows), default=0)
+    dev = feature_maps.device
+    if n_max == 0:
+        return torch.zeros((b, 0, d), dtype=torch.float32, device=dev)
+    pix = np.zeros((b, n_max, 2), dtype=np.float32)             # (col, row) per sample, zero-padded
+    for i, (r, c) in enumerate(zip(rows, cols)):
+        pix[i, :len(r), 0] = c
+        pix[i, :len(r), 1] = r
+    grid = torch.from_numpy(pix).to(dev)
+    grid[..., 0] = 2.0 * (grid[..., 0] + 0.5) / width - 1.0
+    grid[..., 1] = 2.0 * (grid[..., 1] + 0.5) / height - 1.0
+    out = F.grid_sample(feature_maps.float(), grid[:, None], mode="bilinear",
+                        padding_mode="border", align_corners=False)    # (B, D, 1, n_max)
+    return out[:, :, 0, :].permute(0, 2, 1)

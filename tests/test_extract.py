@@ -6,6 +6,7 @@ Ray pipelines are the slow part here, so a few module-scoped runs are shared by 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from segotce_ray.datasets import open_dataset
 from segotce_ray.extract import ExtractionError, ExtractionRequest, extract_pools
 from segotce_ray.models import ModelSpec, load_model
 from segotce_ray.sampling import sample_pixels, stable_seed
-from segotce_ray.store import PoolStore, PoolWriter
+from segotce_ray.store import PoolStore
 from tests.fixtures_layouts import make_folder
 from tests.tiny_segmodels import forward_count
 
@@ -49,13 +50,13 @@ class World:
             "no-ckpt": ModelSpec(name="no-ckpt", architecture=TINY, num_classes=3, checkpoint=root / "nope.pt"),
             "bad-layer": ModelSpec(name="bad-layer", architecture=TINY, num_classes=3, layer="body.9"),
             "bad-classes": ModelSpec(name="bad-classes", architecture=TINY, num_classes=4, checkpoint=root / "ok3.pt"),
-            "nan": ModelSpec(name="nan", architecture=TINY, num_classes=3, kwargs={"nan": True}),
         }
         self.store = PoolStore(root / "store1")
         reqs = [ExtractionRequest(self.tiny, self.ds_a, pixels_per_image=K),
                 ExtractionRequest(self.tiny, self.ds_b, pixels_per_image=K)]
         reqs += [ExtractionRequest(s, self.ds_a, pixels_per_image=K) for s in self.bad_specs.values()]
         self.first = extract_pools(reqs, self.store, batch_size=2, num_actors=1)
+        self.bad_specs["nan"] = ModelSpec(name="nan", architecture=TINY, num_classes=3, kwargs={"nan": True})
         self.first_forwards = forward_count(self.counter)
 
 
@@ -111,13 +112,12 @@ def test_sampled_features_equal_full_resolution_upsampled_map(world):
 
 
 def test_each_bad_model_fails_alone_with_a_named_error(world):
-    errs = {m: world.first[(m, "set-a")] for m in world.bad_specs}
+    errs = {m: world.first[(m, "set-a")] for m in world.bad_specs if m != "nan"}
     assert all(isinstance(e, ExtractionError) for e in errs.values())
     assert "model 'bad-keys'" in str(errs["bad-keys"]) and "classifier.bias" in str(errs["bad-keys"])
     assert "model 'no-ckpt'" in str(errs["no-ckpt"]) and "checkpoint not found" in str(errs["no-ckpt"])
     assert "model 'bad-layer'" in str(errs["bad-layer"]) and "'body.9' does not exist" in str(errs["bad-layer"])
     assert "shape mismatch" in str(errs["bad-classes"]) and "num_classes=4" in str(errs["bad-classes"])
-    assert "model 'nan'" in str(errs["nan"]) and "NaN" in str(errs["nan"]) and "img_000" in str(errs["nan"])
     assert all(e.dataset == "set-a" for e in errs.values())
     assert isinstance(world.first[("tiny", "set-a")], str)                  # the good one still ran
     assert len(world.store.keys()) == 1
@@ -138,50 +138,46 @@ def test_cached_pools_cost_zero_forward_passes(world):
     assert forward_count(world.counter) == before
 
 
-class CrashingWriter(PoolWriter):
-    """Dies between writing the shards and publishing them, like a killed process."""
-
-    def commit(self, manifest):
-        self._close_shard()
-        raise RuntimeError("simulated crash")
-
-    def abort(self):                       # a dead process cleans nothing up
-        pass
-
-
-class CrashOnceStore(PoolStore):
-    def __init__(self, root, crash_dataset):
-        super().__init__(root)
-        self.crash_key = crash_dataset
-
-    def writer(self, key, rows_per_shard=262_144):
-        cls = CrashingWriter if key == self.crash_key else PoolWriter
-        return cls(self, key, rows_per_shard)
-
-
-def test_two_actors_interrupted_write_skip_policy_and_determinism(world):
+def test_two_actors_redo_an_interrupted_write_skip_bad_images_and_match_one_actor(world):
     root = world.root / "store2"
+    store = PoolStore(root)
     key_a = world.first[("tiny", "set-a")]
-    crash = CrashOnceStore(root, key_a)
+    crashed = store.writer(key_a)                        # a killed run left shards but no manifest
+    crashed.write(world.store.read_table(key_a).slice(0, 7))
+    assert not store.has(key_a)
     reqs = [ExtractionRequest(world.tiny, world.ds_a, pixels_per_image=K),
             ExtractionRequest(world.tiny, world.ds_b, pixels_per_image=K)]
-    run = extract_pools(reqs, crash, batch_size=2, num_actors=2, bad_images="skip")
-    assert isinstance(run[("tiny", "set-a")], ExtractionError) and "simulated crash" in str(run[("tiny", "set-a")])
-    store = PoolStore(root)
-    assert not store.has(key_a) and any((root / "tmp").iterdir())           # leftovers stay invisible
-    # skip policy: set-b's pool exists without the truncated image, and says so
+    before = forward_count(world.counter)
+    run = extract_pools(reqs, store, batch_size=2, num_actors=2, bad_images="skip")
+    assert forward_count(world.counter) > before
+    # the interrupted pool is redone, and 2 actors give the same table as 1 actor did
+    assert run[("tiny", "set-a")] == key_a and store.has(key_a)
+    one, two = world.store.read_table(key_a), store.read_table(key_a)
+    assert one.equals(two) and one.schema.metadata == two.schema.metadata
+    assert crashed.tmp.exists() and store.sweep_tmp(older_than_s=0) == 1   # leftovers never read
+    # skip policy: set-b's pool exists without the truncated image, and its manifest says so
     key_b = run[("tiny", "set-b")]
     assert isinstance(key_b, str)
     man = store.manifest(key_b)
-    assert [s["image_id"] for s in man["skipped"]] == ["img_002"] and man["images"] == 3
+    assert [s["image_id"] for s in man["skipped"]] == ["img_002"] and "img_002" in man["skipped"][0]["error"]
+    assert man["images"] == 3 and man["images_requested"] == 4
     assert "img_002" not in set(store.load(key_b).image_ids)
-    # the next run redoes the interrupted pool; 2 actors give the same bytes as 1 actor did
-    before = forward_count(world.counter)
-    redo = extract_pools(reqs[:1], store, batch_size=2, num_actors=2)
-    assert redo[("tiny", "set-a")] == key_a and store.has(key_a)
-    assert forward_count(world.counter) > before
-    one, two = world.store.read_table(key_a), store.read_table(key_a)
-    assert one.equals(two) and one.schema.metadata == two.schema.metadata
+
+
+def test_nan_features_name_the_model_and_image_in_process(world):
+    """The read step and the actor callable, run in-process (no Ray): NaN and bad-file rows."""
+    from segotce_ray.extract import ChunkFeatureExtractor, load_chunk
+
+    jobs = {0: {"dataset": world.ds_b, "model": "nan", "seed": 0, "pixels_per_image": K, "sampling": "uniform"}}
+    batch = {"request": np.array([0]), "chunk": np.array([1]), "start": np.array([2]), "stop": np.array([4])}
+    loaded = load_chunk(batch, jobs=jobs)
+    extractor = ChunkFeatureExtractor(world.bad_specs["nan"], "h", {0: {"model": "nan"}}, {0: True})
+    out = extractor(loaded)
+    errors = json.loads(out["errors"][0])
+    assert [(e["image_id"], e["kind"]) for e in errors] == [("img_002", "image"), ("img_003", "model")]
+    assert "set-b" in errors[0]["error"] and "img_002" in errors[0]["error"]
+    assert "model 'nan'" in errors[1]["error"] and "NaN" in errors[1]["error"]
+    assert out["table"][0] == b"" and out["images"][0] == 2
 
 
 def test_lraspp_from_checkpoint_on_ray(world, tmp_path):

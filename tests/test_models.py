@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from segotce_ray.models import ModelError, ModelSpec, SegmentationModel, load_model, model_weights_hash
-from segotce_ray.sampling import sample_feature_map, sample_pixels, stable_seed
+from segotce_ray.sampling import sample_feature_map, sample_feature_maps, sample_pixels, stable_seed
 
 TINY = "tests.tiny_segmodels:tiny_segnet"
 LRASPP = "lraspp_mobilenet_v3_large"
@@ -90,6 +90,17 @@ def test_sampled_features_equal_the_upsampled_map(h, w, H, W):
     got = sample_feature_map(fmap, rows, cols, H, W)
     assert got.shape == (H * W, 6)
     torch.testing.assert_close(got, full[:, rows, cols].T, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_sampling_matches_per_image_sampling():
+    maps = torch.randn(3, 4, 6, 10, generator=torch.Generator().manual_seed(1))
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 24, n).astype(np.int32) for n in (5, 0, 9)]
+    cols = [rng.integers(0, 40, n).astype(np.int32) for n in (5, 0, 9)]
+    out = sample_feature_maps(maps, rows, cols, 24, 40)
+    assert out.shape == (3, 9, 4)
+    for b in range(3):
+        torch.testing.assert_close(out[b, :len(rows[b])], sample_feature_map(maps[b], rows[b], cols[b], 24, 40))
 
 
 # ------------------------------------------------------------------ architectures and layers
