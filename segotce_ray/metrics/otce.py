@@ -1,13 +1,110 @@
-"""SEG-OTCE scoring core (being written; API is final)."""
+r"""SEG-OTCE: optimal-transport conditional entropy between two labelled pixel sets.
+
+Definition (Tan, Li, Huang, arXiv 2109.15242; OTCE, CVPR'21). Per repetition k:
+
+1. drop pixels whose label is ``ignore_index``; draw N source pixels ``fs: (N, D)``,
+   ``ys: (N,)`` and N target pixels ``ft: (N, D)``, ``yt: (N,)`` without replacement
+   (uniformly, or class-balanced with probability ∝ 1 / frequency of the pixel's class);
+2. cost ``C[i, j] = ||fs_i - ft_j||²`` (no rescaling by default);
+3. entropic coupling with uniform marginals ``a = 1/N_s``, ``b = 1/N_t``::
+
+       P = argmin_{P 1 = a, Pᵀ 1 = b}  <P, C> + ε Σ P_ij (log P_ij - 1)
+
+   (ε has POT's ``reg`` meaning: the Gibbs kernel is ``exp(-C/ε)``);
+4. joint label distribution ``J = Sᵀ P T`` (S, T one-hot labels), renormalised to sum 1;
+5. ``W_T = H(Y_t | Y_s) = -Σ_ab J_ab ln(J_ab / Σ_b' J_ab')`` (nats), score ``= -W_T``;
+   ``W_D = <P, C>`` is recorded too;
+6. the result is the mean and std of the score over K repetitions.
+
+The solver
+----------
+With unscaled squared distances (tens to thousands) and ε = 0.1 the problem is an almost
+exact transport: ``exp(-C/ε)`` underflows and plain Sinkhorn needs tens of thousands of
+iterations. :func:`sinkhorn_potentials` therefore combines
+
+- **stabilised kernel scaling** (Schmitzer 2019): the dual potentials ``f, g`` are kept in
+  float64 and absorbed into the kernel ``K = exp((f_i + g_j - C_ij)/ε)``, so iterations are
+  cheap multiplications ``u = a / K v``, ``v = b / Kᵀ u`` instead of a log-sum-exp;
+- **ε-scaling**: a geometric schedule from the cost scale down to ε, each stage warm-started
+  from the previous potentials;
+- **sparse iterations on CPU**: once the absorbed kernel has few entries above
+  ``θ = 1e-3·tol/(N_s·N_t)`` (so the dropped mass is below a thousandth of the tolerance),
+  iterations run on that support only; a dense pass over the full kernel then re-checks the
+  marginals, so ``converged`` always refers to the full, untruncated coupling.
+
+It stops when the L1 marginal violation ``||P1 - a||₁ + ||Pᵀ1 - b||₁`` (relative to unit
+mass) falls below ``tol``; ``iterations`` counts scaling iterations over all stages.
+``solver="emd"`` computes the exact (ε = 0) coupling: a linear assignment when both sides
+have the same size (the exact optimum of uniform equal-size OT is a permutation),
+POT's ``ot.emd`` otherwise.
+
+Determinism: the draws of repetition k depend only on ``(seed, k)`` (NumPy ``SeedSequence``),
+so a repetition gives the same result whether it is computed alone, in a batch, or on
+another worker; index sampling always happens on the CPU, so every device draws the same
+pixels.
+"""
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
+
+__all__ = [
+    "OTCEResult",
+    "SinkhornResult",
+    "otce_score",
+    "otce_repetition",
+    "prepare_side",
+    "sample_indices",
+    "squared_euclidean_cost",
+    "sinkhorn_potentials",
+    "coupling_from_potentials",
+    "emd_coupling",
+    "label_joint",
+    "conditional_entropy",
+    "working_set_bytes",
+    "fit_otce_weights",
+]
+
+log = logging.getLogger(__name__)
+
+SOLVERS = ("sinkhorn", "emd")
+SAMPLINGS = ("uniform", "class_balanced")
+COST_SCALES = ("none", "mean", "max")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class SinkhornResult:
+    """Dual potentials of the entropic coupling ``P_ij = exp((f_i + g_j - C_ij)/ε)``.
+
+    f: (N_s,) float64; g: (N_t,) float64 (on the cost's device); iterations: scaling
+    iterations over all ε-stages; converged: marginal violation ≤ tol; marginal_error:
+    ``||P1 - a||₁ + ||Pᵀ1 - b||₁`` of the full kernel at the end.
+    """
+
+    f: torch.Tensor
+    g: torch.Tensor
+    epsilon: float
+    iterations: int
+    converged: bool
+    marginal_error: float
+    stages: int = 0
+    sparse_iterations: int = 0
 
 
 @dataclass
 class OTCEResult:
+    """SEG-OTCE over K repetitions. Arrays have shape (K,); ``score`` = mean(-W_T)."""
+
     score: float
     std: float
     scores: np.ndarray
@@ -17,31 +114,548 @@ class OTCEResult:
     converged: np.ndarray
     n_source: int
     n_target: int
+    pool_source: int
+    pool_target: int
+    used_whole_source: bool
+    used_whole_target: bool
+    marginal_error: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    repetition_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        """One dict per repetition (k, score, w_t, w_d, iterations, converged, n_*)."""
+        return [
+            {"k": int(k), "score": float(s), "w_t": float(wt), "w_d": float(wd),
+             "iterations": int(it), "converged": bool(cv),
+             "n_source": self.n_source, "n_target": self.n_target}
+            for k, s, wt, wd, it, cv in zip(self.repetition_ids, self.scores, self.w_t,
+                                            self.w_d, self.iterations, self.converged)
+        ]
 
 
-def otce_score(source_features, source_labels, target_features, target_labels, n_pixels=10_000,
-               repetitions=10, epsilon=0.1, seed=0, ignore_index=255, solver="sinkhorn",
-               sampling="uniform", **kw) -> OTCEResult:
-    import ot
-    fs = np.asarray(source_features, dtype=np.float64); ys = np.asarray(source_labels)
-    ft = np.asarray(target_features, dtype=np.float64); yt = np.asarray(target_labels)
-    ms, mt = ys != ignore_index, yt != ignore_index
-    fs, ys, ft, yt = fs[ms], ys[ms], ft[mt], yt[mt]
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(repetitions):
-        i = rng.choice(len(fs), min(n_pixels, len(fs)), replace=False)
-        j = rng.choice(len(ft), min(n_pixels, len(ft)), replace=False)
-        C = ot.dist(fs[i], ft[j])
-        P = ot.emd(ot.unif(len(i)), ot.unif(len(j)), C, numItermax=10**7) if solver == "emd" else \
-            ot.sinkhorn(ot.unif(len(i)), ot.unif(len(j)), C, epsilon, method="sinkhorn_log", numItermax=10000)
-        a = np.unique(ys); b = np.unique(yt)
-        S = (ys[i][:, None] == a).astype(float); T = (yt[j][:, None] == b).astype(float)
-        J = S.T @ P @ T; J /= J.sum(); pa_ = J.sum(1, keepdims=True)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            h = -np.nansum(np.where(J > 0, J * np.log(J / pa_), 0))
-        out.append((-h, h, float((P * C).sum())))
-    s = np.array([o[0] for o in out])
-    return OTCEResult(float(s.mean()), float(s.std()), s, np.array([o[1] for o in out]),
-                      np.array([o[2] for o in out]), np.zeros(repetitions, int), np.ones(repetitions, bool),
-                      min(n_pixels, len(fs)), min(n_pixels, len(ft)))
+# --------------------------------------------------------------------------- input checks
+
+
+def _to_numpy_labels(labels: Any, side: str) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"{side} labels must be integers, got torch dtype {labels.dtype}")
+        return labels.detach().cpu().numpy().astype(np.int64)
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "iub":
+        raise ValueError(f"{side} labels must be integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def prepare_side(features: Any, labels: Any, ignore_index: int | None, side: str
+                 ) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
+    """Validate one side and drop its ``ignore_index`` pixels.
+
+    features: (P, D) float16/32/64, numpy or torch (any device); labels: (P,) integer.
+    Returns ``(features[keep], labels[keep])`` with the features' container and device kept.
+    Raises ``ValueError`` naming the side for: non-2-D features, non-float features,
+    mismatched lengths, non-integer labels, NaN/inf features, an empty pool.
+    """
+    is_torch = isinstance(features, torch.Tensor)
+    feats = features if is_torch else np.asarray(features)
+    if feats.ndim != 2:
+        raise ValueError(f"{side} features must be 2-D (pixels, dim), got shape {tuple(feats.shape)}")
+    if is_torch:
+        if not feats.is_floating_point():
+            raise ValueError(f"{side} features must be floating point, got {feats.dtype}")
+    elif feats.dtype.kind != "f":
+        raise ValueError(f"{side} features must be floating point, got dtype {feats.dtype}")
+    labs = _to_numpy_labels(labels, side)
+    if labs.ndim != 1:
+        raise ValueError(f"{side} labels must be 1-D, got shape {labs.shape}")
+    if labs.shape[0] != feats.shape[0]:
+        raise ValueError(f"{side}: {feats.shape[0]} feature rows but {labs.shape[0]} labels")
+    keep = labs != ignore_index if ignore_index is not None else np.ones(len(labs), bool)
+    if not keep.all():
+        labs = labs[keep]
+        feats = feats[torch.from_numpy(keep).to(feats.device)] if is_torch else feats[keep]
+    if labs.shape[0] == 0:
+        raise ValueError(f"{side} pool is empty after dropping ignore_index={ignore_index} pixels")
+    finite = bool(torch.isfinite(feats).all()) if is_torch else bool(np.isfinite(feats).all())
+    if not finite:
+        bad = (~torch.isfinite(feats)).any(1).nonzero()[0, 0].item() if is_torch else \
+            int(np.flatnonzero(~np.isfinite(feats).all(1))[0])
+        raise ValueError(f"{side} features contain NaN or inf (first bad pixel row {bad})")
+    if labs.min() < 0:
+        raise ValueError(f"{side} labels contain negative ids ({int(labs.min())}) that are not ignore_index")
+    return feats, labs
+
+
+def working_set_bytes(n_source: int, n_target: int, itemsize: int = 4) -> int:
+    """Peak bytes of one repetition: cost C and kernel K (N_s×N_t each) plus one temporary."""
+    return 3 * n_source * n_target * itemsize
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover - psutil ships with ray
+        return 8 * 1024**3
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_indices(labels: np.ndarray, n: int, rng: np.random.Generator,
+                   sampling: str = "uniform") -> np.ndarray:
+    """Draw ``min(n, P)`` distinct indices of a pool with labels ``(P,)``.
+
+    ``uniform``: uniform without replacement. ``class_balanced``: without replacement with
+    weight ∝ 1/count(label) (Efraimidis–Spirakis keys ``log(U)/w``, top n), so every class
+    is drawn about equally often. Returns sorted int64 indices (a pool of size ≤ n is
+    returned whole, in order).
+    """
+    p = labels.shape[0]
+    if n >= p:
+        return np.arange(p, dtype=np.int64)
+    if sampling == "uniform":
+        idx = rng.choice(p, size=n, replace=False)
+    elif sampling == "class_balanced":
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        weights = 1.0 / counts[inverse]
+        keys = np.log(rng.random(p)) / weights
+        idx = np.argpartition(-keys, n - 1)[:n]
+    else:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    return np.sort(idx).astype(np.int64)
+
+
+def _repetition_rngs(seed: int, k: int) -> tuple[np.random.Generator, np.random.Generator]:
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(k)])
+    src, tgt = ss.spawn(2)
+    return np.random.default_rng(src), np.random.default_rng(tgt)
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def squared_euclidean_cost(x: torch.Tensor, y: torch.Tensor, center: bool = True) -> torch.Tensor:
+    """``C[i, j] = ||x_i - y_j||²`` as ``||x||² + ||y||² - 2 x yᵀ``, clamped at 0.
+
+    x: (N_s, D), y: (N_t, D), same dtype/device -> (N_s, N_t). ``center`` subtracts the
+    joint mean first (C is translation invariant; it shrinks the norms and with them the
+    cancellation error of the expansion in float32).
+    """
+    if center:
+        m = torch.cat([x, y]).mean(0, keepdim=True)
+        x, y = x - m, y - m
+    cost = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :]
+    cost.addmm_(x, y.T, alpha=-2.0)
+    return cost.clamp_(min=0.0)
+
+
+# --------------------------------------------------------------------------- sinkhorn
+
+
+def _absorbed_kernel(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
+                     out: torch.Tensor) -> torch.Tensor:
+    """out ← exp((f_i + g_j - C_ij)/ε) in place (dtype of ``cost``)."""
+    torch.sub(f.to(cost.dtype)[:, None], cost, out=out)
+    out.add_(g.to(cost.dtype)[None, :]).mul_(1.0 / eps).exp_()
+    return out
+
+
+def _split(pot: torch.Tensor, eps: float, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """pot (float64) = hi + ε·log(scale): ``hi`` exactly representable in the kernel dtype
+    (so the kernel's exponent carries no rounding of the potential), ``scale`` ≈ 1."""
+    hi = pot.to(dt).double()
+    return hi, torch.exp((pot - hi) / eps)
+
+
+def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torch.Tensor,
+                  b: torch.Tensor, tol: float, budget: int, check_every: int):
+    """Scaling iterations on a fixed sparse support (float64, scipy CSR, CPU).
+
+    Returns updated potentials ``(f, g)``, iterations done and the last row-marginal error.
+    """
+    import scipy.sparse as sp
+
+    rows, cols, c_vals, indptr = support
+    fn, gn = f.numpy().copy(), g.numpy().copy()
+    an, bn = a.numpy(), b.numpy()
+    ns, nt = len(an), len(bn)
+    k = sp.csr_matrix((np.exp((fn[rows] + gn[cols] - c_vals) / eps), cols, indptr), shape=(ns, nt))
+    kt = k.T.tocsr()
+    un, vn = np.ones(ns), np.ones(nt)
+    done, err = 0, math.inf
+    while done < budget:
+        kv = k @ vn
+        if done % check_every == 0:
+            err = float(np.abs(un * kv - an).sum())
+            if err < tol:
+                break
+            if max(un.max(), vn.max()) > 1e100 or min(un.min(), vn.min()) < 1e-100:
+                fn += eps * np.log(un)
+                gn += eps * np.log(vn)
+                un[:] = 1.0
+                vn[:] = 1.0
+                k.data[:] = np.exp((fn[rows] + gn[cols] - c_vals) / eps)
+                kt = k.T.tocsr()
+                kv = k @ vn
+        un = an / np.maximum(kv, 1e-300)
+        vn = bn / np.maximum(kt @ un, 1e-300)
+        done += 1
+    return torch.from_numpy(fn + eps * np.log(un)), torch.from_numpy(gn + eps * np.log(vn)), done, err
+
+
+def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float = 1e-4,
+                        max_iter: int = 10_000, a: torch.Tensor | None = None,
+                        b: torch.Tensor | None = None, eps_scaling: float = 4.0,
+                        sparse: str | bool = "auto", check_every: int = 10,
+                        sparse_fraction: float = 0.05) -> SinkhornResult:
+    r"""Entropic OT potentials for cost ``C: (N_s, N_t)`` with marginals ``a``, ``b``.
+
+    Solves ``min <P,C> + ε Σ P(log P - 1)`` s.t. ``P1 = a, Pᵀ1 = b`` (uniform by default);
+    the optimal coupling is ``P_ij = exp((f_i + g_j - C_ij)/ε)``. Stabilised kernel scaling
+    with absorption, an ε-scaling schedule with ratio ``eps_scaling`` (≤ 1 disables it) and,
+    on CPU, sparse iterations on the support of the absorbed kernel (``sparse`` True, False
+    or "auto": when fewer than 5% of the entries carry mass). Stops when
+    ``||P1-a||₁ + ||Pᵀ1-b||₁ < tol``, measured on the full kernel, or after ``max_iter``
+    scaling iterations. Memory: C plus one kernel buffer of C's size.
+    """
+    if epsilon <= 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    ns, nt = cost.shape
+    dev, dt = cost.device, cost.dtype
+    a = torch.full((ns,), 1.0 / ns, dtype=torch.float64, device=dev) if a is None else a.double()
+    b = torch.full((nt,), 1.0 / nt, dtype=torch.float64, device=dev) if b is None else b.double()
+    a_w, b_w = a.to(dt), b.to(dt)
+    allow_sparse = dev.type == "cpu" and sparse in ("auto", True)
+    # c-transform start: f_i = min_j C_ij, g_j = min_i (C_ij - f_i)
+    f = cost.min(1).values.double()
+    g = (cost - f.to(dt)[:, None]).min(0).values.double()
+    kernel = torch.empty_like(cost)
+    if eps_scaling and eps_scaling > 1:
+        spread = float((cost.mean() - f.mean() - g.mean()).item())
+        eps = max(float(epsilon), spread / eps_scaling)
+    else:
+        eps = float(epsilon)
+    iterations = sparse_iterations = stages = checks = 0
+    err = math.inf
+    converged = False
+    threshold = 1e-3 * tol / (ns * nt)  # mass left out of the sparse support ≤ 1e-3·tol
+    tiny = torch.finfo(dt).tiny
+    support = None  # (rows, cols, costs, indptr) of the sparse kernel, carried across stages
+    while True:
+        final = eps <= epsilon * (1 + 1e-9)
+        stages += 1
+        # warm-up stages only seed the next one: a looser tolerance and at most half of the
+        # remaining budget, so the final stage always gets iterations of its own
+        stage_tol = 0.5 * tol if final else max(10 * tol, 1e-3)
+        stage_cap = max_iter if final else iterations + max(1, (max_iter - iterations) // 2)
+        if support is None:
+            f_hi, u = _split(f, eps, dt)
+            g_hi, v = _split(g, eps, dt)
+            _absorbed_kernel(cost, f_hi, g_hi, eps, kernel)
+            u, v = u.to(dt), v.to(dt)
+            # one dense iteration renormalises the coupling at the new ε
+            u = a_w / (kernel @ v).clamp_min(tiny)
+            v = b_w / (kernel.T @ u).clamp_min(tiny)
+            iterations += 1
+            if allow_sparse:
+                mass = kernel * u[:, None]
+                keep = mass.mul_(v[None, :]) > threshold
+                del mass
+                if sparse is True or int(keep.sum()) < sparse_fraction * ns * nt:
+                    rows_t, cols_t = keep.nonzero(as_tuple=True)  # row-major = CSR order
+                    indptr = np.zeros(ns + 1, dtype=np.int64)
+                    np.cumsum(np.bincount(rows_t.numpy(), minlength=ns), out=indptr[1:])
+                    support = (rows_t.numpy(), cols_t.numpy(),
+                               cost[rows_t, cols_t].double().numpy(), indptr)
+                    f = f_hi + eps * torch.log(u.double())
+                    g = g_hi + eps * torch.log(v.double())
+                del keep
+        if support is None:
+            it = 0
+            while iterations < stage_cap:
+                kv = kernel @ v
+                if it % check_every == 0 and it:
+                    err = float((u * kv - a_w).abs().sum().item())
+                    if err < stage_tol:
+                        break
+                    big = max(float(u.max()), float(v.max()))
+                    small = min(float(u.min()), float(v.min()))
+                    if big > 1e15 or small < 1e-15:
+                        f_hi, u = _split(f_hi + eps * torch.log(u.double()), eps, dt)
+                        g_hi, v = _split(g_hi + eps * torch.log(v.double()), eps, dt)
+                        _absorbed_kernel(cost, f_hi, g_hi, eps, kernel)
+                        u, v = u.to(dt), v.to(dt)
+                        kv = kernel @ v
+                u = a_w / kv.clamp_min(tiny)
+                v = b_w / (kernel.T @ u).clamp_min(tiny)
+                iterations += 1
+                it += 1
+            f = f_hi + eps * torch.log(u.double())
+            g = g_hi + eps * torch.log(v.double())
+            log.debug("stage ε=%.4g dense iterations=%d err=%.2e", eps, iterations, err)
+        else:
+            f, g, done, err = _sparse_stage(support, f, g, eps, a, b, stage_tol,
+                                            max(1, stage_cap - iterations), check_every)
+            iterations += done
+            sparse_iterations += done
+            log.debug("stage ε=%.4g sparse nnz=%d (%.3f%%) iterations=%d err=%.2e", eps,
+                      len(support[0]), 100 * len(support[0]) / (ns * nt), iterations, err)
+        if final:
+            # verify the marginals of the full (untruncated) kernel
+            f_hi, ru = _split(f, eps, dt)
+            g_hi, rv = _split(g, eps, dt)
+            _absorbed_kernel(cost, f_hi, g_hi, eps, kernel)
+            row = ru * (kernel @ rv.to(dt)).double()
+            col = rv * (kernel.T @ ru.to(dt)).double()
+            err = float((row - a).abs().sum() + (col - b).abs().sum())
+            converged = err < tol
+            checks += 1
+            if converged or iterations >= max_iter or checks >= 3:
+                break
+            support = None  # the support missed mass: rebuild it from the full kernel
+            continue
+        eps = max(float(epsilon), eps / eps_scaling)
+    return SinkhornResult(f=f, g=g, epsilon=float(epsilon), iterations=iterations,
+                          converged=converged, marginal_error=err, stages=stages,
+                          sparse_iterations=sparse_iterations)
+
+
+def coupling_from_potentials(cost: torch.Tensor, pot: SinkhornResult) -> torch.Tensor:
+    """Materialise ``P_ij = exp((f_i + g_j - C_ij)/ε)`` (N_s, N_t) — for small N and tests."""
+    f_hi, ru = _split(pot.f, pot.epsilon, cost.dtype)
+    g_hi, rv = _split(pot.g, pot.epsilon, cost.dtype)
+    p = _absorbed_kernel(cost, f_hi, g_hi, pot.epsilon, torch.empty_like(cost))
+    return p.mul_(ru.to(cost.dtype)[:, None]).mul_(rv.to(cost.dtype)[None, :])
+
+
+def emd_coupling(cost: torch.Tensor) -> torch.Tensor:
+    """Exact OT coupling with uniform marginals (ε = 0), returned as a dense (N_s, N_t) tensor.
+
+    Equal sizes: the optimum is a permutation (Birkhoff), found by
+    ``scipy.optimize.linear_sum_assignment``; otherwise POT's network simplex ``ot.emd``.
+    """
+    c = cost.detach().double().cpu().numpy()
+    ns, nt = c.shape
+    if ns == nt:
+        from scipy.optimize import linear_sum_assignment
+
+        r, col = linear_sum_assignment(c)
+        p = np.zeros_like(c)
+        p[r, col] = 1.0 / ns
+    else:
+        import ot
+
+        p = ot.emd(np.full(ns, 1.0 / ns), np.full(nt, 1.0 / nt), c, numItermax=10_000_000)
+    return torch.from_numpy(p).to(cost.device)
+
+
+# --------------------------------------------------------------------------- joint & entropy
+
+
+def _one_hot(labels: np.ndarray, classes: np.ndarray, dtype, device) -> torch.Tensor:
+    idx = np.searchsorted(classes, labels)
+    out = torch.zeros((labels.shape[0], classes.shape[0]), dtype=dtype, device=device)
+    out[torch.arange(labels.shape[0], device=device), torch.from_numpy(idx).to(device)] = 1
+    return out
+
+
+def label_joint(coupling: torch.Tensor | SinkhornResult, source_labels: np.ndarray,
+                target_labels: np.ndarray, cost: torch.Tensor | None = None,
+                chunk_rows: int = 2048) -> tuple[np.ndarray, float]:
+    """Joint ``J = Sᵀ P T`` over (source class, target class), renormalised to sum 1.
+
+    coupling: a dense P (N_s, N_t) or a :class:`SinkhornResult` (then ``cost`` is required
+    and P is formed in row chunks, never whole). Also returns ``W_D = <P, C>`` (nan when no
+    cost is given). Rows/columns of J follow the sorted unique labels of each side.
+    Returns ``(J: (A, B) float64, w_d)``.
+    """
+    sc = np.unique(source_labels)
+    tc = np.unique(target_labels)
+    if isinstance(coupling, SinkhornResult):
+        if cost is None:
+            raise ValueError("label_joint: the cost matrix is needed with potentials")
+        dev, dt = cost.device, cost.dtype
+        t_onehot = _one_hot(target_labels, tc, torch.float64, dev)
+        s_idx = torch.from_numpy(np.searchsorted(sc, source_labels)).to(dev)
+        joint = torch.zeros((len(sc), len(tc)), dtype=torch.float64, device=dev)
+        w_d = torch.zeros((), dtype=torch.float64, device=dev)
+        eps = coupling.epsilon
+        f_hi, ru = _split(coupling.f, eps, dt)
+        g_hi, rv = _split(coupling.g, eps, dt)
+        g_row, rv_row = g_hi.to(dt)[None, :], rv.to(dt)[None, :]
+        for lo in range(0, cost.shape[0], chunk_rows):
+            c = cost[lo:lo + chunk_rows]
+            p = torch.sub(f_hi[lo:lo + chunk_rows].to(dt)[:, None], c).add_(g_row)
+            p.mul_(1.0 / eps).exp_().mul_(rv_row).mul_(ru[lo:lo + chunk_rows].to(dt)[:, None])
+            w_d += (p.double() * c.double()).sum()
+            rows_by_t = p.double() @ t_onehot  # (chunk, B)
+            joint.index_add_(0, s_idx[lo:lo + chunk_rows], rows_by_t)
+        w_d_val = float(w_d.item())
+    else:
+        p = coupling.double()
+        dev = p.device
+        s1 = _one_hot(source_labels, sc, torch.float64, dev)
+        t1 = _one_hot(target_labels, tc, torch.float64, dev)
+        joint = s1.T @ p @ t1
+        w_d_val = float((p * cost.double()).sum().item()) if cost is not None else math.nan
+    j = joint.cpu().numpy()
+    total = j.sum()
+    if not total > 0:
+        raise ValueError("coupling has no mass (all entries underflowed)")
+    return j / total, w_d_val
+
+
+def conditional_entropy(joint: np.ndarray) -> float:
+    r"""``H(Y_t | Y_s) = -Σ_ab J_ab ln(J_ab / Σ_b' J_ab')`` in nats, with 0·ln 0 = 0.
+
+    joint: (A, B) non-negative, summing to 1 (source classes × target classes).
+    Bounds: 0 ≤ H ≤ ln B.
+    """
+    j = np.asarray(joint, dtype=np.float64)
+    row = j.sum(1, keepdims=True)
+    mask = j > 0
+    ratio = np.divide(j, np.broadcast_to(row, j.shape), out=np.ones_like(j), where=mask)
+    return float(-(j[mask] * np.log(ratio[mask])).sum())
+
+
+# --------------------------------------------------------------------------- the score
+
+
+def _torch_features(x: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=dtype)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+
+
+def _index(x: Any, idx: np.ndarray) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x[torch.from_numpy(idx).to(x.device)]
+    return x[idx]
+
+
+def otce_repetition(fs: torch.Tensor, ys: np.ndarray, ft: torch.Tensor, yt: np.ndarray, *,
+                    epsilon: float = 0.1, solver: str = "sinkhorn", cost_scale: str = "none",
+                    tol: float = 1e-4, max_iter: int = 10_000, eps_scaling: float = 4.0
+                    ) -> dict[str, Any]:
+    """One SEG-OTCE repetition on already-sampled pixels ``fs: (N_s, D)``, ``ft: (N_t, D)``.
+
+    Returns ``{score, w_t, w_d, iterations, converged, marginal_error}``; score = -W_T.
+    """
+    cost = squared_euclidean_cost(fs, ft)
+    if cost_scale == "mean":
+        cost /= cost.mean().clamp_min(torch.finfo(cost.dtype).tiny)
+    elif cost_scale == "max":
+        cost /= cost.max().clamp_min(torch.finfo(cost.dtype).tiny)
+    elif cost_scale != "none":
+        raise ValueError(f"cost_scale must be one of {COST_SCALES}, got {cost_scale!r}")
+    if solver == "sinkhorn":
+        pot = sinkhorn_potentials(cost, epsilon, tol=tol, max_iter=max_iter, eps_scaling=eps_scaling)
+        joint, w_d = label_joint(pot, ys, yt, cost=cost)
+        iterations, converged, merr = pot.iterations, pot.converged, pot.marginal_error
+    elif solver == "emd":
+        p = emd_coupling(cost)
+        joint, w_d = label_joint(p, ys, yt, cost=cost)
+        iterations, converged, merr = 0, True, 0.0
+    else:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    w_t = conditional_entropy(joint)
+    return {"score": -w_t, "w_t": w_t, "w_d": w_d, "iterations": iterations,
+            "converged": converged, "marginal_error": merr}
+
+
+def otce_score(source_features: Any, source_labels: Any, target_features: Any,
+               target_labels: Any, n_pixels: int = 10_000, repetitions: int = 10,
+               epsilon: float = 0.1, seed: int = 0, ignore_index: int | None = 255,
+               solver: str = "sinkhorn", sampling: str = "uniform", *,
+               cost_scale: str = "none", tol: float = 1e-4, max_iter: int = 10_000,
+               eps_scaling: float = 4.0, device: str | torch.device | None = None,
+               dtype: str | torch.dtype = "float32", memory_budget: int | None = None,
+               repetition_ids: Sequence[int] | None = None) -> OTCEResult:
+    """SEG-OTCE transferability of a source model to a target (higher = more transferable).
+
+    source_features: (P_s, D), target_features: (P_t, D) — float16/32/64, numpy or torch,
+    CPU or GPU; source_labels: (P_s,), target_labels: (P_t,) integer. Pixels labelled
+    ``ignore_index`` are dropped first. For each repetition k in ``repetition_ids``
+    (default ``range(repetitions)``) N = ``n_pixels`` pixels per side are drawn with the
+    generator seeded by ``(seed, k)``, the entropic coupling (``epsilon``; ``solver="emd"``
+    for the exact one) of the squared-Euclidean cost is solved, and the score
+    ``-H(Y_t|Y_s)`` of its label joint is recorded. A pool smaller than N is used whole
+    (``used_whole_*``). ``device`` defaults to the features' device; ``dtype`` of the cost
+    and kernel is float32 (float64 for validation). ``memory_budget`` (bytes, default the
+    free memory of the device) bounds the N×N working set; a bigger N is a ValueError.
+    """
+    if n_pixels < 1:
+        raise ValueError(f"n_pixels must be >= 1, got {n_pixels}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    fs_all, ys_all = prepare_side(source_features, source_labels, ignore_index, "source")
+    ft_all, yt_all = prepare_side(target_features, target_labels, ignore_index, "target")
+    if fs_all.shape[1] != ft_all.shape[1]:
+        raise ValueError(f"feature dimension differs: source D={fs_all.shape[1]}, "
+                         f"target D={ft_all.shape[1]}")
+    ids = list(range(repetitions)) if repetition_ids is None else [int(k) for k in repetition_ids]
+    if not ids:
+        raise ValueError("repetitions must be >= 1")
+    if device is None:
+        device = fs_all.device if isinstance(fs_all, torch.Tensor) else torch.device("cpu")
+    device = torch.device(device)
+    tdtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    ns, nt = min(n_pixels, len(ys_all)), min(n_pixels, len(yt_all))
+    need = working_set_bytes(ns, nt, torch.finfo(tdtype).bits // 8)
+    budget = memory_budget if memory_budget is not None else _available_bytes(device)
+    if need > budget:
+        raise ValueError(f"n_pixels={n_pixels}: the N×N working set needs {need / 2**30:.2f} GiB "
+                         f"but the memory budget is {budget / 2**30:.2f} GiB; lower n_pixels")
+    rows = []
+    for k in ids:
+        rng_s, rng_t = _repetition_rngs(seed, k)
+        i = sample_indices(ys_all, n_pixels, rng_s, sampling)
+        j = sample_indices(yt_all, n_pixels, rng_t, sampling)
+        fs = _torch_features(_index(fs_all, i), device, tdtype)
+        ft = _torch_features(_index(ft_all, j), device, tdtype)
+        rows.append(otce_repetition(fs, ys_all[i], ft, yt_all[j], epsilon=epsilon, solver=solver,
+                                    cost_scale=cost_scale, tol=tol, max_iter=max_iter,
+                                    eps_scaling=eps_scaling))
+    scores = np.array([r["score"] for r in rows])
+    return OTCEResult(
+        score=float(scores.mean()), std=float(scores.std()), scores=scores,
+        w_t=np.array([r["w_t"] for r in rows]), w_d=np.array([r["w_d"] for r in rows]),
+        iterations=np.array([r["iterations"] for r in rows], dtype=np.int64),
+        converged=np.array([r["converged"] for r in rows], dtype=bool),
+        n_source=ns, n_target=nt, pool_source=len(ys_all), pool_target=len(yt_all),
+        used_whole_source=len(ys_all) <= n_pixels, used_whole_target=len(yt_all) <= n_pixels,
+        marginal_error=np.array([r["marginal_error"] for r in rows]),
+        repetition_ids=np.array(ids, dtype=np.int64),
+        settings={"n_pixels": n_pixels, "epsilon": epsilon, "seed": seed, "solver": solver,
+                  "sampling": sampling, "cost_scale": cost_scale, "tol": tol,
+                  "max_iter": max_iter, "ignore_index": ignore_index, "dtype": str(tdtype)},
+    )
+
+
+# --------------------------------------------------------------------------- CVPR'21 combination
+
+
+def fit_otce_weights(w_d: Sequence[float], w_t: Sequence[float],
+                     accuracy: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares fit of the CVPR'21 OTCE combination ``acc ≈ λ1·W_D + λ2·W_T + b``.
+
+    Inputs: one entry per (source, target) pair with known transfer accuracy (≥ 3 pairs).
+    Returns ``(λ1, λ2, b)``. Explicit by design: the plain SEG-OTCE score never uses it.
+    """
+    wd, wt, acc = (np.asarray(x, dtype=np.float64) for x in (w_d, w_t, accuracy))
+    if not (wd.shape == wt.shape == acc.shape) or wd.ndim != 1:
+        raise ValueError("w_d, w_t and accuracy must be 1-D arrays of the same length")
+    if wd.shape[0] < 3:
+        raise ValueError(f"need at least 3 pairs with known accuracy, got {wd.shape[0]}")
+    design = np.stack([wd, wt, np.ones_like(wd)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, acc, rcond=None)
+    return float(coef[0]), float(coef[1]), float(coef[2])
