@@ -20,6 +20,9 @@ Shared conventions (all functions):
   variance) are not an error; each docstring states the value returned, which is always the
   score of an uninformative representation.
 * Pure numpy/scipy; deterministic for the same inputs (N-LEEP's mixture uses a fixed seed).
+* Cost: NCE and LEEP O(N·C_s·C_t); LogME, H-scores, GBC and TransRate one or two D×D Gram
+  matrices plus a D×D factorisation, O(N·D² + D³); N-LEEP adds EM,
+  O(iterations · N · K · d) for K = 5·C_t components in d PCA dimensions (the slowest peer).
 
 :data:`PEER_METRICS` describes each metric's input kind (``"probs"`` or ``"features"``) so
 the pipeline can call them generically through :func:`compute_metric`.
@@ -34,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cholesky, lapack, solve_triangular
+from scipy.linalg import eigh as scipy_eigh
 
 __all__ = [
     "MetricInfo",
@@ -163,13 +167,19 @@ def _pca(x: np.ndarray, *, n_components: int | None = None,
     xc = x - x.mean(axis=0)
     n, d = xc.shape
     if n >= d:
-        w, v = np.linalg.eigh(xc.T @ xc)
+        gram = xc.T @ xc
+        total = float(np.trace(gram))
+        if variance is None and n_components is not None and n_components < d:
+            # only the leading axes are needed: partial eigendecomposition
+            w, v = scipy_eigh(gram, subset_by_index=[d - n_components, d - 1])
+        else:
+            w, v = np.linalg.eigh(gram)
         w, v = w[::-1], v[:, ::-1]
     else:
         _, s, vt = np.linalg.svd(xc, full_matrices=False)
         w, v = s**2, vt.T
+        total = float(np.sum(w))
     w = np.clip(w, 0.0, None)
-    total = float(w.sum())
     if total <= 0.0:
         return np.zeros((n, 0))
     positive = int(np.sum(w > total * max(n, d) * np.finfo(float).eps))
