@@ -6,3 +6,7 @@
 - :mod:`segotce_ray.demo.ground_truth` — fine-tuned mIoU of every (model, target).
 - :func:`segotce_ray.demo.build.build_demo` — all of the above plus a runnable job spec.
 """
+
+from segotce_ray.demo.build import DEMO_OTCE, build_demo
+
+__all__ = ["DEMO_OTCE", "build_demo"]

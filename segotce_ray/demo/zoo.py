@@ -224,15 +224,18 @@ def member_seed(seed: int, name: str) -> int:
 
 
 def train_member(member: ZooMember, world_root: str, config: WorldConfig, seed: int,
-                 out_path: str) -> dict:
-    """Train one zoo member from scratch and save its state dict to ``out_path`` (atomic)."""
+                 out_path: str, recipe: TrainRecipe | None = None) -> dict:
+    """Train one zoo member from scratch and save its state dict to ``out_path`` (atomic).
+
+    recipe: default ``ZOO_RECIPES[member.architecture]``.
+    """
     t0, c0 = time.perf_counter(), time.process_time()
     s = member_seed(seed, member.name)
     images, labels = load_split(world_root, config, member.source, "train")
     with deterministic_torch():
         torch.manual_seed(s)
         model = build_architecture(member.architecture, num_classes_of(member.source))
-    train(model, images, labels, ZOO_RECIPES[member.architecture], s)
+    train(model, images, labels, recipe or ZOO_RECIPES[member.architecture], s)
     state = model.state_dict()
     tmp = out_path + ".tmp"
     torch.save(state, tmp)
@@ -242,9 +245,11 @@ def train_member(member: ZooMember, world_root: str, config: WorldConfig, seed: 
             "cpu_seconds": round(time.process_time() - c0, 2)}
 
 
-def train_member_job(member: dict, world_root: str, config: dict, seed: int, out_path: str) -> dict:
+def train_member_job(member: dict, world_root: str, config: dict, seed: int, out_path: str,
+                     recipe: dict) -> dict:
     """JSON-args form of :func:`train_member` (a worker-process job)."""
-    return train_member(ZooMember(**member), world_root, WorldConfig.from_dict(config), seed, out_path)
+    return train_member(ZooMember(**member), world_root, WorldConfig.from_dict(config), seed,
+                        out_path, TrainRecipe(**recipe))
 
 
 @dataclass
@@ -266,24 +271,29 @@ class Zoo:
         return model.eval()
 
 
-def zoo_fingerprint(config: WorldConfig, members: list[ZooMember], seed: int) -> str:
+def zoo_fingerprint(config: WorldConfig, members: list[ZooMember], seed: int,
+                    recipes: dict[str, TrainRecipe] | None = None) -> str:
+    """Hex digest of the zoo version, world, seed, members and recipes."""
+    recipes = {**ZOO_RECIPES, **(recipes or {})}
     blob = json.dumps({"version": ZOO_VERSION, "world": config.fingerprint(), "seed": seed,
                        "members": [asdict(m) for m in members],
-                       "recipes": {k: asdict(v) for k, v in ZOO_RECIPES.items()}},
+                       "recipes": {k: asdict(v) for k, v in sorted(recipes.items())}},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_zoo(store: str | Path, world_root: str | Path, config: WorldConfig = WorldConfig(),
               members: list[ZooMember] | None = None, seed: int = 0,
-              workers: int = 2) -> Zoo:
+              workers: int = 2, recipes: dict[str, TrainRecipe] | None = None) -> Zoo:
     """Train (or reuse) every member; checkpoints under ``<store>/demo_zoo/<fingerprint>/``.
 
+    ``recipes`` overrides :data:`ZOO_RECIPES` per architecture (e.g. fewer steps in tests).
     Members train in ``workers`` worker processes (:mod:`segotce_ray.demo.workers`), one
     thread each: the result does not depend on ``workers``. Cached members are reused; ``zoo.json`` is written last.
     """
     members = members or default_members(config)
-    fp = zoo_fingerprint(config, members, seed)
+    recipes = {**ZOO_RECIPES, **(recipes or {})}
+    fp = zoo_fingerprint(config, members, seed, recipes)
     root = Path(store) / "demo_zoo" / fp
     root.mkdir(parents=True, exist_ok=True)
     ckpts = {m.name: root / f"{m.name}.pth" for m in members}
@@ -302,7 +312,8 @@ def build_zoo(store: str | Path, world_root: str | Path, config: WorldConfig = W
 
         results = run_jobs("train_member", [
             {"member": asdict(m), "world_root": str(world_root), "config": config.to_dict(),
-             "seed": seed, "out_path": str(ckpts[m.name])} for m in todo], workers)
+             "seed": seed, "out_path": str(ckpts[m.name]),
+             "recipe": asdict(recipes[m.architecture])} for m in todo], workers)
     hashes = {r["name"]: r["sha256"] for r in results}
     seconds = {r["name"]: r["seconds"] for r in results}
     cpu = {r["name"]: r["cpu_seconds"] for r in results}
