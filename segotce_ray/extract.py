@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 BadImagePolicy = Literal["fail", "skip"]
 TARGET_DRAWS = 10_000   # SEG-OTCE draws N = 10^4 pixels per side
 LOADER_CPUS = 0.25      # logical CPUs per read task (image decode + pixel draw)
+READERS_MAX = 16        # read tasks in flight at most (one per CPU below that)
 
 
 class ExtractionError(RuntimeError):
@@ -476,9 +477,11 @@ def _run_model(spec: ModelSpec, weights_hash: str, pools: list[_PendingPool], st
     t_first, first_images = None, 0
     try:
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(load_chunk, batch_size=1, fn_kwargs={"jobs": jobs}, num_cpus=LOADER_CPUS)
-        # CPU actors leave room for the read tasks (else N actors on N CPUs would starve them)
         cpus = float(ray.cluster_resources().get("CPU", 1))
+        # at most one read task per CPU at a time: each new worker process is a Python + torch start-up
+        ds = ds.map_batches(load_chunk, batch_size=1, fn_kwargs={"jobs": jobs}, num_cpus=LOADER_CPUS,
+                            concurrency=max(1, min(READERS_MAX, int(cpus))))
+        # CPU actors leave room for the read tasks (else N actors on N CPUs would starve them)
         actor_opts: dict[str, Any] = ({"num_gpus": 1} if gpu else
                                       {"num_cpus": max(0.1, min(1.0, (cpus - LOADER_CPUS) / actors))})
         ds = ds.map_batches(
