@@ -86,7 +86,10 @@ class ModelError(ValueError):
 
     def __init__(self, model: str, message: str) -> None:
         super().__init__(f"model {model!r}: {message}")
-        self.model = model
+        self.model, self.reason = model, message
+
+    def __reduce__(self):  # picklable across Ray processes
+        return (ModelError, (self.model, self.reason))
 
 
 @dataclass
@@ -368,7 +371,7 @@ class SegmentationModel:
             if not convs:
                 return "returned"
             self._hooks.append(convs[-1].register_forward_pre_hook(self._capture_input))
-            return "hooks"
+            return "auto"              # a returned "features" entry wins over the found conv
         named = dict(module.named_modules())
         if layer not in named or layer == "":
             names = [n for n in named if n]
@@ -439,7 +442,7 @@ class SegmentationModel:
                              f"num_classes={self.spec.num_classes}")
         if self._tap == "logits":
             feat = logits
-        elif self._tap == "returned":
+        elif self._tap == "returned" or (self._tap == "auto" and returned is not None):
             if returned is None:
                 raise ModelError(self.name, "cannot find the penultimate layer: forward returns no "
                                  "'features' entry and no final Conv2d with num_classes outputs was found; "

@@ -253,6 +253,7 @@ def test_missing_garbage_and_unsafe_checkpoints(tmp_path):
 
 # ------------------------------------------------------------------ torchscript and factories
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_torchscript_convention(tmp_path):
     from tests.tiny_segmodels import TinyDictNet, TinyLogitsNet
 
