@@ -644,9 +644,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     t0 = time.perf_counter()
     plan = make_plan(spec, write=not dry_run)
     timings["plan"] = time.perf_counter() - t0
-    log.info("plan:\n%s", plan.render())
     if dry_run:
         return JobResult(None, "planned", plan, plan.counts(), timings=timings)
+    log.info("plan:\n%s", plan.render())
 
     job_dir = spec.job_dir
     previous = latest_run(job_dir)
