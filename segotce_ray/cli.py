@@ -98,9 +98,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(result.plan.render())
         return EXIT_OK
     print(result.summary())
+    if result.table is not None:
+        _print_top(result.table)
     if result.run_dir is not None:
         print(f"report: {result.run_dir / 'report.md'}")
     return result.exit_code
+
+
+def _print_top(table, n: int = 3) -> None:
+    """The first ``n`` models per target for the primary metric (SEG-OTCE when selected)."""
+    from segotce_ray.report import metric_sort_key, rankings_from_long
+
+    ranks = rankings_from_long(table)
+    if ranks.empty:
+        return
+    primary = sorted(ranks["metric"].unique(), key=metric_sort_key)[0]
+    print(f"top {n} per target ({primary}; rank 1 = most transferable):")
+    for target, grp in ranks[ranks["metric"] == primary].groupby("target", sort=True):
+        best = grp.sort_values("rank").head(n)
+        print(f"  {target}: " + ", ".join(f"{int(r.rank)}. {r.model}" for r in best.itertuples()))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -352,3 +352,27 @@ def test_issue_spec_runs_as_written(tmp_path, ray_local, capsys):
         assert (run / name).is_file(), name
     table = pd.read_parquet(run / "matrix.parquet")
     assert (table["status"] == "ok").all() and len(table) == 4 * 10
+
+
+def test_demo_command_prints_rankings_correlation_and_paths(tmp_path, data_root, ray_local,
+                                                            monkeypatch, capsys):
+    """`segotce-ray demo` wiring: build_demo's job runs and its results are printed."""
+    import segotce_ray.demo
+
+    def fake_build_demo(workdir):
+        path = write_job(Path(workdir), data_root, ground_truth="gt.csv")
+        (Path(workdir) / "gt.csv").write_text(
+            "model,target,value\n" + "".join(f"{m},{t},{v}\n" for m, t, v in [
+                ("m_a", "t1", 50), ("m_b", "t1", 40), ("m_c", "t1", 45),
+                ("m_a", "t2", 30), ("m_b", "t2", 20), ("m_c", "t2", 35)]))
+        seed_pools(path)
+        return path
+
+    monkeypatch.setattr(segotce_ray.demo, "build_demo", fake_build_demo)
+    assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "SEG-OTCE ranking for target 't1'" in out and "SEG-OTCE ranking for target 't2'" in out
+    assert " 1. m_a" in out                                   # best-separated features
+    assert "Agreement with fine-tuning ground truth" in out and "pearson" in out
+    run = latest_run(tmp_path / "demo" / "runs" / "nightly")
+    assert f"heatmap: {run / 'heatmap.png'}" in out and f"report:  {run / 'report.md'}" in out
