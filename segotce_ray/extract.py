@@ -66,6 +66,8 @@ from segotce_ray.store import PoolStore, pool_key
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ExtractionError", "ExtractionRequest", "extract_pools", "request_key"]
+
 BadImagePolicy = Literal["fail", "skip"]
 TARGET_DRAWS = 10_000   # SEG-OTCE draws N = 10^4 pixels per side
 LOADER_CPUS = 0.25      # logical CPUs per read task (image decode + pixel draw)

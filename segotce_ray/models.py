@@ -68,6 +68,9 @@ from segotce_ray.sampling import stable_seed
 
 log = logging.getLogger(__name__)
 
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TORCHVISION_ARCHITECTURES", "ModelError", "ModelSpec",
+           "SegmentationModel", "build_module", "load_model", "model_weights_hash"]
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 

@@ -38,6 +38,8 @@ from segotce_ray.pools import POOL_SCHEMA_VERSION, PixelPool
 
 log = logging.getLogger(__name__)
 
+__all__ = ["PoolStore", "PoolWriter", "StoreError", "pool_key"]
+
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "part-{:05d}.parquet"
 
