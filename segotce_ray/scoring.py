@@ -22,8 +22,9 @@ so the object store never holds the whole zoo.
 
 Each task declares ``num_cpus`` (1), ``memory`` from :func:`task_memory_bytes` (the N×N
 float32 cost, coupling and kernel, ≈ 3·N²·4 bytes, plus the sampled features and a working
-copy of the pools), and ``num_gpus`` (a fraction, :data:`DEFAULT_GPU_FRACTION`, when the
-cluster has GPUs and ``num_gpus`` is not given). ``max_retries`` covers system failures (a
+copy of the pools), and ``num_gpus`` (:data:`DEFAULT_GPU_FRACTION` when the cluster has GPUs
+and ``num_gpus`` is not given; any fraction can be passed); a task holding a GPU solves on
+``cuda``. ``max_retries`` covers system failures (a
 worker that dies is retried with the same seed); an error inside a repetition (a failed solve)
 is recorded as ``status="failed"`` with its error text and is not retried. A pair whose pool
 is missing, unreadable or invalid gets failed rows for each of its repetitions; every other
@@ -86,8 +87,11 @@ __all__ = [
 RESULT_COLUMNS = ["model", "target", "metric", "k", "score", "w_t", "w_d", "iterations",
                   "converged", "n_source", "n_target", "seconds", "status", "error",
                   "source", "seed"]
-#: GPU share per task when the cluster has GPUs and ``num_gpus`` is not given.
-DEFAULT_GPU_FRACTION = 0.25
+#: GPU share per task when the cluster has GPUs and ``num_gpus`` is not given. One task per
+#: GPU: on an H100 at N = 10⁴ one repetition already saturates the card (2 or 4 processes
+#: sharing it gave 0.85–0.88× the throughput of one; ``bench_fanout.py --gpu-share``). Pass
+#: ``num_gpus=0.25`` or so for small N, where a single solve leaves the GPU idle.
+DEFAULT_GPU_FRACTION = 1.0
 _KEY = ["model", "target", "metric", "k"]
 _WORKER_BASE_BYTES = 128 * 1024**2
 

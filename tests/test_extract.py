@@ -196,3 +196,16 @@ def test_lraspp_from_checkpoint_on_ray(world, tmp_path):
     np.testing.assert_allclose(pool.features.astype(np.float32), feats, rtol=5e-3, atol=5e-3)
     np.testing.assert_allclose(pool.probs.astype(np.float32), probs, atol=5e-3)
     assert pool.meta["weights_hash"] == weights_hash == hashlib.sha256(ck.read_bytes()).hexdigest()
+
+
+def test_request_validation(world):
+    req = ExtractionRequest(world.tiny, world.ds_a, pixels_per_image=K)
+    with pytest.raises(ValueError, match=r"duplicate \(model, dataset\) requests: \[\('tiny', 'set-a'\)\]"):
+        extract_pools([req, req], world.store)
+    other = ModelSpec(name="tiny", architecture=TINY, num_classes=5)
+    with pytest.raises(ValueError, match="two different model specs share the name 'tiny'"):
+        extract_pools([req, ExtractionRequest(other, world.ds_b)], world.store)
+    with pytest.raises(ValueError, match="sampling 'stratified'"):
+        ExtractionRequest(world.tiny, world.ds_a, sampling="stratified")
+    with pytest.raises(ValueError, match="bad_images"):
+        extract_pools([req], world.store, bad_images="ignore")

@@ -189,8 +189,8 @@ def test_non_convergence_is_reported():
     assert r.iterations[0] < 20  # max_iter caps the loop; each ε-stage renormalises once
     ok = otce_score(fs, ys, ft, yt, n_pixels=400, repetitions=1)
     assert ok.converged[0] and ok.marginal_error[0] < 1e-3
-    tight = otce_score(fs, ys, ft, yt, n_pixels=400, repetitions=1, tol=1e-5, max_iter=100_000)
-    assert tight.converged[0] and tight.marginal_error[0] < 1e-5
+    tight = otce_score(fs, ys, ft, yt, n_pixels=400, repetitions=1, tol=1e-4, max_iter=100_000)
+    assert tight.converged[0] and tight.marginal_error[0] < 1e-4
     assert tight.iterations[0] > ok.iterations[0]
     assert abs(tight.w_t[0] - ok.w_t[0]) < 5e-3
 

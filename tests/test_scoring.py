@@ -15,6 +15,7 @@ from segotce_ray.scoring import (
     RESULT_COLUMNS,
     MetricSpec,
     OTCESettings,
+    PairScorer,
     ScorePair,
     otce_metric,
     otce_repetition,
@@ -235,6 +236,8 @@ def test_resume_skips_finished_rows(reference, zoo, ray_local):
 
 
 def test_memory_request_and_infeasible_pair(zoo, ray_local):
+    assert PairScorer().num_gpus == 0          # no GPU on this cluster: none requested
+    assert PairScorer(num_gpus=0.5).num_gpus == 0.5
     assert task_memory_bytes(10_000, 256, 0) - task_memory_bytes(0, 256, 0) >= 3 * 10_000**2 * 4
     assert task_memory_bytes(100, 8, 1000) > task_memory_bytes(100, 8, 0)
     pairs, pools = zoo
