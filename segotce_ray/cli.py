@@ -8,7 +8,8 @@
     segotce-ray demo [--workdir DIR]         # build the demo world + zoo, run it, print results
 
 Exit status: 0 all done; 1 some pairs failed (the run still wrote everything that finished,
-and a summary is printed); 2 the spec or the command line is invalid; 3 an unexpected error.
+and a summary is printed); 2 the spec or the command line is invalid; 3 an unexpected error;
+130 interrupted (Ctrl-C; finished work is kept and a rerun continues).
 ``run`` starts an embedded local Ray unless ``--address`` or ``RAY_ADDRESS`` names a cluster.
 Progress bars (tqdm) show extraction and scoring when stderr is a terminal; otherwise plain
 log lines.
@@ -187,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segotce-ray",
         description="Rank semantic-segmentation model zoos by SEG-OTCE transferability on Ray.",
-        epilog="Exit status: 0 ok, 1 some pairs failed, 2 invalid spec/arguments, 3 error.")
+        epilog="Exit status: 0 ok, 1 some pairs failed, 2 invalid spec/arguments, 3 error, "
+               "130 interrupted.")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
