@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 __all__ = ["load_long", "rank_changes", "rankings_from_long", "render_report", "write_report"]
 
 #: SEG-OTCE first, then the peers in this order (issue 7), then anything else by name.
+#: Models listed per target in the report (the full ranking is in rankings.csv).
+MAX_RANK_ROWS = 30
+#: Rank moves listed (new/gone models first, then the largest moves).
+MAX_MOVE_ROWS = 40
+
 METRIC_ORDER = ("otce", "logme", "hscore", "hscore_shrinkage", "gbc", "transrate", "nleep",
                 "leep", "nce")
 
@@ -181,7 +186,8 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         if has_truth:
             header.append("ground truth")
         rows = []
-        for model in order:
+        shown = order[:MAX_RANK_ROWS]
+        for model in shown:
             row: list[Any] = [model]
             for m in metrics:
                 hit = sub[(sub["metric"] == m) & (sub["model"] == model)]
@@ -195,6 +201,9 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
                 row.append(truth.get((model, target), math.nan))
             rows.append(row)
         out.append(_table(header, rows))
+        if len(order) > len(shown):
+            out.append("")
+            out.append(f"… and {len(order) - len(shown)} more models (all of them in `rankings.csv`).")
 
     # -- correlation with ground truth
     corr_path = run_dir / "correlation.csv"
@@ -268,14 +277,25 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         gone_models = sorted(prev_models - cur_models)
         out.append(f"Compared with run `{prev_dir.name}`.")
         out.append("")
-        out.append(f"- new models: {', '.join(new_models) if new_models else 'none'}")
-        out.append(f"- models no longer ranked: {', '.join(gone_models) if gone_models else 'none'}")
+        def names(xs: list[str]) -> str:
+            if not xs:
+                return "none"
+            return ", ".join(xs[:50]) + (f" … ({len(xs)} in all)" if len(xs) > 50 else "")
+
+        out.append(f"- new models: {names(new_models)}")
+        out.append(f"- models no longer ranked: {names(gone_models)}")
         moved = ch[ch["change"].isin(["up", "down", "new", "gone"])] if not ch.empty else ch
         if moved.empty:
             out.append("- rankings: unchanged")
         else:
             out.append("")
             rows = []
+            moved = moved.assign(_new=~moved["change"].isin(["new", "gone"]),
+                                 _size=-moved["move"].abs().fillna(0)) \
+                .sort_values(["_new", "_size", "metric", "target", "model"], kind="stable")
+            extra = max(0, len(moved) - MAX_MOVE_ROWS)
+            moved = moved.head(MAX_MOVE_ROWS).sort_values(["metric", "target", "rank", "model"],
+                                                          kind="stable", na_position="last")
             for r in moved.itertuples(index=False):
                 prev = "–" if pd.isna(r.prev_rank) else int(r.prev_rank)
                 now = "–" if pd.isna(r.rank) else int(r.rank)
@@ -287,6 +307,9 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
                     arrow = r.change
                 rows.append([r.metric, r.target, r.model, prev, now, arrow])
             out.append(_table(["metric", "target", "model", "previous rank", "rank", "move"], rows))
+            if extra:
+                out.append("")
+                out.append(f"… and {extra} smaller moves.")
         if not ch.empty:
             tops = []
             for (metric, target), grp in ch.groupby(["metric", "target"], sort=True):

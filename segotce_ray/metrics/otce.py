@@ -266,9 +266,9 @@ def squared_euclidean_cost(x: torch.Tensor, y: torch.Tensor, center: bool = True
 
 def _absorbed_kernel(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
                      out: torch.Tensor) -> torch.Tensor:
-    """out ← exp((f_i + g_j - C_ij)/ε) in place (dtype of ``cost``)."""
-    torch.sub(f.to(cost.dtype)[:, None], cost, out=out)
-    out.add_(g.to(cost.dtype)[None, :]).mul_(1.0 / eps).exp_()
+    """out ← exp((f_i + g_j - C_ij)/ε) in place, computed in ``out``'s dtype."""
+    torch.sub(f.to(out.dtype)[:, None], cost, out=out)
+    out.add_(g.to(out.dtype)[None, :]).mul_(1.0 / eps).exp_()
     return out
 
 
@@ -376,7 +376,6 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
     dev, dt = cost.device, cost.dtype
     a = torch.full((ns,), 1.0 / ns, dtype=torch.float64, device=dev) if a is None else a.double()
     b = torch.full((nt,), 1.0 / nt, dtype=torch.float64, device=dev) if b is None else b.double()
-    a_w, b_w = a.to(dt), b.to(dt)
     allow_sparse = dev.type == "cpu" and sparse in ("auto", True)
     # c-transform start: f_i = min_j C_ij, g_j = min_i (C_ij - f_i)
     f = cost.min(1).values.double()
@@ -393,7 +392,6 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
     threshold = 1e-3 * tol / (ns * nt)  # mass left out of the sparse support ≤ 1e-3·tol
     # warm-up stages only seed the next: a coarser support (the final stage re-checks it)
     warm_threshold = 0.1 / (ns * nt)
-    tiny = torch.finfo(dt).tiny
     support = None  # (rows, cols, costs, indptr) of the sparse kernel, carried across stages
     while True:
         final = eps <= epsilon * (1 + 1e-9)
@@ -403,10 +401,18 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
         stage_tol = 0.5 * tol if final else max(tol, 1e-3)
         stage_cap = max_iter if final else iterations + max(1, (max_iter - iterations) // 2)
         if support is None:
-            f_hi, u = _split(f, eps, dt)
-            g_hi, v = _split(g, eps, dt)
+            # the final dense stage runs a float64 kernel: in float32 the exponent of costs
+            # ~10³ at ε = 0.1 is off by ~10⁻³ relative, a floor above the tolerance
+            # (C in float32 + K in float64 = 12 bytes/entry, within the 3·N²·4 budget)
+            kdt = torch.float64 if final else dt
+            if kernel.dtype != kdt:
+                del kernel
+                kernel = torch.empty(cost.shape, dtype=kdt, device=dev)
+            a_w, b_w, tiny = a.to(kdt), b.to(kdt), torch.finfo(kdt).tiny
+            f_hi, u = _split(f, eps, kdt)
+            g_hi, v = _split(g, eps, kdt)
             _absorbed_kernel(cost, f_hi, g_hi, eps, kernel)
-            u, v = u.to(dt), v.to(dt)
+            u, v = u.to(kdt), v.to(kdt)
             # one dense iteration renormalises the coupling at the new ε
             u = a_w / (kernel @ v).clamp_min(tiny)
             v = b_w / (kernel.T @ u).clamp_min(tiny)
@@ -436,10 +442,10 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                     big = max(float(u.max()), float(v.max()))
                     small = min(float(u.min()), float(v.min()))
                     if big > 1e15 or small < 1e-15:
-                        f_hi, u = _split(f_hi + eps * torch.log(u.double()), eps, dt)
-                        g_hi, v = _split(g_hi + eps * torch.log(v.double()), eps, dt)
+                        f_hi, u = _split(f_hi + eps * torch.log(u.double()), eps, kdt)
+                        g_hi, v = _split(g_hi + eps * torch.log(v.double()), eps, kdt)
                         _absorbed_kernel(cost, f_hi, g_hi, eps, kernel)
-                        u, v = u.to(dt), v.to(dt)
+                        u, v = u.to(kdt), v.to(kdt)
                         kv = kernel @ v
                 u = a_w / kv.clamp_min(tiny)
                 v = b_w / (kernel.T @ u).clamp_min(tiny)
