@@ -46,7 +46,7 @@ def write_job(tmp: Path, data_root: Path, models=None, **extra) -> Path:
     models = models if models is not None else MODELS
     spec = {
         "name": "nightly", "seed": 0,
-        "otce": {"n_pixels": 60, "repetitions": K, "solver": "emd"},
+        "otce": {"n_pixels": 60, "repetitions": K, "epsilon": 1.0},
         "extraction": {"pixels_per_image": 40, "batch_size": 2},
         "datasets": {name: {"format": "folder", "root": str(data_root / name),
                             "label_map": ({0: "road", 1: "car"} if name == "t1"
