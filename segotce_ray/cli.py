@@ -159,7 +159,11 @@ def _print_demo_results(result) -> None:
     corr = result.run_dir / "correlation.csv"
     if corr.is_file():
         table = pd.read_csv(corr)
-        print("\nAgreement with fine-tuning ground truth (correlation.csv):")
+        keep = [c for c in ("metric", "target", "n_models", "pearson", "spearman", "kendall_tau",
+                            "weighted_tau", "regret", "best_in_top3") if c in table.columns]
+        table = table[keep]
+        print("\nAgreement with fine-tuning ground truth (correlation.csv; 1 = perfect, "
+              "regret in ground-truth points):")
         with pd.option_context("display.width", 160, "display.max_columns", 30,
                                "display.float_format", "{:.3f}".format):
             print(table.to_string(index=False))
