@@ -486,12 +486,13 @@ class PairScorer:
         seeds = self.seeds(pair, ks)
         skey, tkey = (pair.model, pair.source), (pair.model, pair.target)
         try:
-            tgt = self.pool_refs.acquire(tkey)
-            t_rows, dim = self.pool_refs.info[tkey]
             src, s_rows = None, 0
-            if spec.needs_source:
+            if spec.needs_source:  # first: a model whose source pool is bad loads nothing else
                 src = self.pool_refs.acquire(skey)
                 s_rows, s_dim = self.pool_refs.info[skey]
+            tgt = self.pool_refs.acquire(tkey)
+            t_rows, dim = self.pool_refs.info[tkey]
+            if spec.needs_source:
                 if s_dim != dim:
                     raise ValueError(f"{self.pool_refs.describe(skey)} has {s_dim}-dim features "
                                      f"but {self.pool_refs.describe(tkey)} has {dim}")

@@ -147,11 +147,13 @@ class _BrokenStore:
 
     def __init__(self, pools: dict[str, PixelPool]) -> None:
         self.pools = pools
+        self.loads: dict[str, int] = {}
 
     def has(self, key: str) -> bool:
         return key != "absent"
 
     def load(self, key: str) -> PixelPool:
+        self.loads[key] = self.loads.get(key, 0) + 1
         if key == "corrupt":
             raise OSError("Parquet magic bytes not found in footer")
         return self.pools[key]
@@ -192,6 +194,8 @@ def test_failed_pairs_are_isolated(reference, zoo, ray_local):
     out = score_pairs(pairs + extra, bad, SETTINGS, store=store, seed=5, on_result=seen.append,
                       progress=False)
     assert len(seen) == len(out)
+    # Each pool was read once and shared by all its tasks (sharp@t1 by four pairs' tasks).
+    assert set(store.loads.values()) == {1} and "sharp@t1" in store.loads
     errors = out[out["status"] == "failed"].groupby("model")["error"].first()
     assert set(errors.index) == {m for m, _, _ in extra}
     assert "6-dim features" in errors["bad_dim"] and "5" in errors["bad_dim"]
