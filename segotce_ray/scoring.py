@@ -529,9 +529,16 @@ class PairScorer:
         self._release(unit.pair, unit.spec)
         return rows
 
-    def _release(self, pair: ScorePair, spec: MetricSpec) -> None:
+    def release(self, pair: ScorePair, spec: MetricSpec) -> None:
+        """Drop one reservation of (pair, spec) without submitting (e.g. a pruned candidate).
+
+        :meth:`submit` and :meth:`collect` consume reservations themselves; a pool leaves the
+        object store when its last reservation is gone.
+        """
         for key in self._keys(pair, spec):
             self.pool_refs.release(key)
+
+    _release = release
 
 
 def _as_pair(p: ScorePair | Sequence[str]) -> ScorePair:
