@@ -109,9 +109,19 @@ def test_correlation_table_per_target_and_mean(known):
     assert flipped.set_index("target").loc["b", "spearman"] == pytest.approx(stats.spearmanr(s, g)[0])
 
 
-def test_correlation_table_rejects_repetitions():
-    scores = pd.DataFrame({"model": ["a", "a"], "target": ["t", "t"], "metric": ["otce"] * 2,
-                           "score": [1.0, 2.0]})
-    truth = pd.DataFrame({"model": ["a"], "target": ["t"], "value": [1.0]})
-    with pytest.raises(ValueError, match="repetition means"):
-        corr.correlation_table(scores, truth)
+def test_correlation_table_averages_repetitions(known):
+    s, g = known
+    models = [f"m{i:02d}" for i in range(len(s))]
+    rows = []
+    for m, x in zip(models, s):   # three repetitions around x; one failed repetition ignored
+        rows += [{"model": m, "target": "t", "metric": "otce", "k": k, "score": x + d,
+                  "status": "ok"} for k, d in enumerate((-0.5, 0.0, 0.5))]
+        rows.append({"model": m, "target": "t", "metric": "otce", "k": 3, "score": 99.0,
+                     "status": "failed"})
+    truth = pd.DataFrame({"model": models, "target": "t", "value": g})
+    table = corr.correlation_table(pd.DataFrame(rows), truth).set_index("target")
+    assert table.loc["t", "pearson"] == pytest.approx(stats.pearsonr(s, g)[0], abs=1e-12)
+    assert table.loc["t", "n_models"] == len(s)
+    dup = pd.concat([truth, truth.iloc[:1]])
+    with pytest.raises(ValueError, match="more than one value"):
+        corr.correlation_table(pd.DataFrame(rows), dup)

@@ -198,9 +198,10 @@ def correlation_table(scores: pd.DataFrame, truth: pd.DataFrame,
                       higher_is_better: dict[str, bool] | None = None) -> pd.DataFrame:
     """Per-target measures and their mean over targets.
 
-    scores: long table with columns ``model``, ``target``, ``score_column`` (one row per
-    (model, target[, metric]); pass repetition means, not repetitions) and optionally
-    ``metric_column``. truth: columns ``model``, ``target``, ``value``. A metric listed as
+    scores: long table with columns ``model``, ``target``, ``score_column`` and optionally
+    ``metric_column``; several rows per (metric, model, target) (repetitions) are reduced to
+    the mean of their finite scores, and rows whose ``status`` (if present) is not ``"ok"``
+    count as missing. truth: columns ``model``, ``target``, ``value``. A metric listed as
     ``higher_is_better[metric] = False`` is negated before correlating.
 
     Returns columns ``metric, target, n_models, <MEASURES...>, reason``: one row per
@@ -226,10 +227,11 @@ def correlation_table(scores: pd.DataFrame, truth: pd.DataFrame,
                          f"target {dup['target']!r}")
     gt["value"] = pd.to_numeric(gt["value"], errors="coerce")
     key = [metric_column, "model", "target"]
-    if sc.duplicated(key).any():
-        dup = sc[sc.duplicated(key, keep=False)].iloc[0]
-        raise ValueError(f"scores have more than one row for metric {dup[metric_column]!r}, model "
-                         f"{dup['model']!r}, target {dup['target']!r}: pass repetition means")
+    sc[score_column] = pd.to_numeric(sc[score_column], errors="coerce").astype(np.float64)
+    if "status" in sc.columns:  # a results table: failed repetitions carry no score
+        sc.loc[sc["status"].astype(str) != "ok", score_column] = np.nan
+    if sc.duplicated(key).any():  # repetitions: reduce to their mean (NaN-ignoring)
+        sc = sc.groupby(key, sort=True, as_index=False)[score_column].mean()
     higher_is_better = higher_is_better or {}
     rows: list[dict[str, object]] = []
     for metric in sorted(sc[metric_column].astype(str).unique()):
