@@ -183,6 +183,8 @@ class ChunkFeatureExtractor:
         self.model = load_model(spec, device=device, weights_hash=weights_hash)
         self.metas, self.keep_probs = metas, keep_probs
         self.forward_images = 0
+        log.info("extraction actor for model %r on %s (%d torch threads, autocast %s)", spec.name, device,
+                 torch.get_num_threads(), self.amp)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tables, errors, counts = [], [], []
@@ -344,7 +346,9 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
     bad_images: ``"fail"`` | ``"skip"`` (module docstring); progress: tqdm bar (default: when
     stderr is a tty; otherwise log lines); stats: if a dict, filled per model with
     ``probe_s`` (driver-side load + probe), ``pipeline_s`` (Ray Data run), ``first_output_s``
-    (pipeline start to the first finished chunk: actor start-up included) and ``images``.
+    (pipeline start to the first finished chunk: actor start-up included), ``images`` and
+    ``after_first_images_per_s`` (images after the first chunk / time after it: the rate once
+    the actors are up).
 
     Returns ``{(model name, dataset name): pool key | ExtractionError}``, one entry per
     request; pools finished before a failure are kept.
@@ -510,6 +514,8 @@ def _run_model(spec: ModelSpec, weights_hash: str, pools: list[_PendingPool], st
         stats.update(pipeline_s=t_end - t0, images=float(bar.done))
         if t_first is not None:
             stats["first_output_s"] = t_first - t0
+            if t_end > t_first and bar.done > first_images:
+                stats["after_first_images_per_s"] = (bar.done - first_images) / (t_end - t_first)
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
         bar.close()
         for p in pools:
