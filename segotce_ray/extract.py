@@ -485,8 +485,9 @@ def _run_model(spec: ModelSpec, weights_hash: str, pools: list[_PendingPool], st
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         cpus = float(ray.cluster_resources().get("CPU", 1))
         # at most one read task per CPU at a time: each new worker process is a Python + torch start-up
+        readers = max(1, min(READERS_MAX, int(cpus), len(items)))
         ds = ds.map_batches(load_chunk, batch_size=1, fn_kwargs={"jobs": jobs}, num_cpus=LOADER_CPUS,
-                            concurrency=max(1, min(READERS_MAX, int(cpus))))
+                            compute=ray.data.TaskPoolStrategy(size=readers))
         # CPU actors leave room for the read tasks (else N actors on N CPUs would starve them)
         actor_opts: dict[str, Any] = ({"num_gpus": 1} if gpu else
                                       {"num_cpus": max(0.1, min(1.0, (cpus - LOADER_CPUS) / actors))})
