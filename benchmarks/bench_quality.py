@@ -24,6 +24,7 @@ in order of interest (defaults first) and whatever is left is reported as skippe
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -173,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     print("ground truth (mIoU %):")
     print(truth.pivot(index="model", columns="target", values="value").round(1).to_string())
     t1 = time.perf_counter()
-    cache = Path(a.workdir) / f"bench_pools_{spec.content_hash()[:12]}.npz"
+    key = json.dumps({"models": spec.to_dict()["models"], "datasets": spec.to_dict()["datasets"]},
+                     sort_keys=True, default=str)
+    cache = Path(a.workdir) / f"bench_pools_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
     if cache.exists():
         flat = np.load(cache)
         pools = {}

@@ -31,7 +31,7 @@ from segotce_ray.demo.zoo import LRASPP, MEAN, STD, TrainRecipe, build_zoo, defa
 log = logging.getLogger(__name__)
 
 #: SEG-OTCE settings of the demo job (chosen with benchmarks/bench_quality.py)
-DEMO_OTCE: dict[str, Any] = {"n_pixels": 2500, "repetitions": 5, "epsilon": 0.1,
+DEMO_OTCE: dict[str, Any] = {"n_pixels": 1000, "repetitions": 5, "epsilon": 0.1,
                              "solver": "sinkhorn", "layer": "penultimate", "sampling": "uniform"}
 
 
