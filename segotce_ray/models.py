@@ -255,8 +255,13 @@ def _is_tensor_dict(d: dict) -> bool:
     return bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
 
 
-def load_checkpoint_into(spec: ModelSpec, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Strict load with errors that name the model, the keys and the shapes."""
+def load_checkpoint_into(spec: ModelSpec, module: nn.Module, state: dict[str, torch.Tensor],
+                         assign: bool = False) -> None:
+    """Strict load with errors that name the model, the keys and the shapes.
+
+    ``assign=True`` (for a network built on ``meta``) makes the checkpoint's tensors, cast to
+    the network's dtypes, the network's own.
+    """
     own = module.state_dict()
     if getattr(module, "aux_classifier", "absent") is None:
         dropped = [k for k in state if k.startswith("aux_classifier.")]
@@ -281,7 +286,9 @@ def load_checkpoint_into(spec: ModelSpec, module: nn.Module, state: dict[str, to
                 hint = (f" — the checkpoint has {got[0]} classes but num_classes={spec.num_classes}")
             raise ModelError(spec.name, f"checkpoint {spec.checkpoint}: shape mismatch for {k!r}: "
                              f"checkpoint {got} vs model {tuple(v.shape)}{hint}")
-    module.load_state_dict(state, strict=True)
+    if assign:
+        state = {k: v.to(own[k].dtype) for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -468,21 +475,44 @@ class SegmentationModel:
         self._hooks.clear()
 
 
+def _build_on_meta(spec: ModelSpec) -> nn.Module | None:
+    """The network with shapes only (``meta`` tensors): no random init, which for a ResNet-101
+    head costs seconds per process. None when the factory cannot build on ``meta``."""
+    try:
+        with torch.device("meta"):
+            return build_module(spec)
+    except ModelError:
+        raise
+    except Exception:  # noqa: BLE001 - a factory that touches real data while building
+        return None
+
+
 def load_model(spec: ModelSpec, device: str | torch.device = "cpu",
                weights_hash: str | None = None) -> SegmentationModel:
     """Build the network, load its checkpoint strictly, install the layer tap, move to ``device``.
 
-    ``weights_hash`` may be passed when already known (it is the SHA-256 of the checkpoint
-    file, or of the seeded random-init state dict without one).
+    With a checkpoint, the network is built on the ``meta`` device and the checkpoint's
+    tensors are assigned (cast to the network's dtypes), skipping the random init; a network
+    that cannot be built that way is built normally and loaded by copy. ``weights_hash`` may
+    be passed when already known (it is the SHA-256 of the checkpoint file, or of the seeded
+    random-init state dict without one).
     """
-    module = build_module(spec)
     if spec.architecture == TORCHSCRIPT:
+        module = build_module(spec)
         wh = weights_hash or file_sha256(Path(spec.checkpoint))  # type: ignore[arg-type]
     elif spec.checkpoint is not None:
         state = read_state_dict(spec)
-        load_checkpoint_into(spec, module, state)
+        module = _build_on_meta(spec)
+        if module is not None:
+            load_checkpoint_into(spec, module, state, assign=True)
+            if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+                module = None                  # a non-persistent buffer stayed unset: build normally
+        if module is None:
+            module = build_module(spec)
+            load_checkpoint_into(spec, module, state)
         wh = weights_hash or file_sha256(Path(spec.checkpoint))
     else:
+        module = build_module(spec)
         wh = weights_hash or state_dict_sha256(module.state_dict())
     for p in module.parameters():
         p.requires_grad_(False)

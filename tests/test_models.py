@@ -299,3 +299,14 @@ def test_spec_from_dict_resolves_paths_and_rejects_unknown_keys(tmp_path):
     assert ModelSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ModelError, match=r"model 'a'.*unknown model keys \['chekpoint'\]"):
         ModelSpec.from_dict({"name": "a", "architecture": LRASPP, "chekpoint": "x"})
+
+
+def test_half_precision_checkpoint_loads_into_float32_network(tmp_path):
+    src = load_model(ModelSpec(name="src", architecture=TINY, num_classes=3)).module
+    path = tmp_path / "half.pt"
+    torch.save({k: v.half() for k, v in src.state_dict().items()}, path)
+    m = load_model(ModelSpec(name="h", architecture=TINY, num_classes=3, checkpoint=path))
+    assert {p.dtype for p in m.module.parameters()} == {torch.float32}
+    assert not any(t.is_meta for t in [*m.module.parameters(), *m.module.buffers()])
+    for k, v in m.module.state_dict().items():
+        torch.testing.assert_close(v, src.state_dict()[k].half().float())
