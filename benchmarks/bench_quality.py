@@ -97,16 +97,21 @@ def score_setting(spec, pools, truth: pd.DataFrame, layer: str, n: int, eps: flo
         for target in spec.targets:
             tgt = pools[(name, target)]
             t0 = time.perf_counter()
-            r = otce_score(torch.from_numpy(src[layer]).to(device), src["labels"],
-                           torch.from_numpy(tgt[layer]).to(device), tgt["labels"],
-                           n_pixels=n, repetitions=k_max, epsilon=eps,
-                           seed=stable_seed(seed, name, target), device=device)
+            try:
+                r = otce_score(torch.from_numpy(src[layer]).to(device), src["labels"],
+                               torch.from_numpy(tgt[layer]).to(device), tgt["labels"],
+                               n_pixels=n, repetitions=k_max, epsilon=eps,
+                               seed=stable_seed(seed, name, target), device=device)
+                scores, conv, err = r.scores, r.converged, ""
+            except (ValueError, RuntimeError) as exc:  # one failing pair is reported, not fatal
+                print(f"  {layer} N={n} eps={eps}: {name} -> {target} failed: {exc}", file=sys.stderr)
+                scores, conv, err = np.full(k_max, np.nan), np.zeros(k_max, bool), str(exc)
             dt = time.perf_counter() - t0
             for k in KS:
                 if k <= k_max:
                     rows.append({"model": name, "target": target, "k": k,
-                                 "score": float(np.mean(r.scores[:k])), "seconds": dt,
-                                 "converged": bool(np.all(r.converged[:k]))})
+                                 "score": float(np.mean(scores[:k])), "seconds": dt,
+                                 "converged": bool(np.all(conv[:k])), "error": err})
     return pd.DataFrame(rows)
 
 
@@ -160,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="zoo/ground-truth worker processes")
     p.add_argument("--no-peers", action="store_true", help="skip the peer metrics")
     p.add_argument("--smoke", action="store_true", help="tiny N/K grid: checks the script runs")
+    p.add_argument("--only", nargs="*", default=None, metavar="LAYER:N:EPS",
+                   help="after the default, score only these settings")
     a = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     out = Path(a.out) if a.out else Path(a.workdir) / "bench_quality"
@@ -201,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             [(d_layer, d_n, e) for e in EPSILONS]
     grid += list(itertools.product(LAYERS, ns, EPSILONS))
     grid = list(dict.fromkeys(grid))
+    if a.only:  # restrict the grid after the default, e.g. --only penultimate:1000:0.01
+        wanted = {(l, int(n), float(e)) for l, n, e in (o.split(":") for o in a.only)}
+        grid = grid[:1] + [g for g in grid[1:] if g in wanted]
     results, skipped, all_scores = [], [], []
     t2 = time.perf_counter()
     per_pixel2: list[float] = []  # seconds per setting / N^2, to predict the next setting
