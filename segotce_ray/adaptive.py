@@ -52,10 +52,13 @@ Scheduling
 ----------
 Not lock-step rounds: Ray's ``wait`` returns one finished task at a time; each result is
 recorded, every decision it unblocks is taken at once and the survivors' next repetitions go
-into a priority queue (lowest repetition index first, then target, then model), which keeps
-up to ``max_in_flight`` tasks outstanding. With ``staleness = 1`` a candidate may run one
-repetition ahead of its target's slowest candidate, so stragglers of one level overlap with
-the next level and with other targets' work.
+into a priority queue, which keeps up to ``max_in_flight`` tasks outstanding. The queue is
+ordered by (target, repetition index, model): a target's work goes first, and the next
+target's fills every slot the first one leaves while it waits for stragglers, so the cluster
+stays busy while only a few targets' pools are in the object store at once (a candidate's
+pools are released when it stops). With ``staleness = 1`` a candidate may run one repetition
+ahead of its target's slowest candidate, so stragglers of one level overlap with the next
+level.
 
 Output
 ------
@@ -369,7 +372,7 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
                     rows[(*key, int(r["k"]))] = r
     reused = len(rows)
 
-    queue: list[tuple[int, int, int, str]] = []      # (k, target order, candidate index, target)
+    queue: list[tuple[int, int, int, str]] = []      # (target order, k, candidate index, target)
     dirty: set[str] = set(targets)                    # targets with news since the last advance
     held: set[tuple[str, str]] = set()
 
@@ -388,7 +391,7 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
             if (c.pair.model, c.pair.target, k) in rows:
                 record(rows[(c.pair.model, c.pair.target, k)])
             else:
-                heapq.heappush(queue, (k, t_order[c.pair.target], c.index, c.pair.target))
+                heapq.heappush(queue, (t_order[c.pair.target], k, c.index, c.pair.target))
 
     for (m, t), c in cand_of.items():
         scorer.reserve(c.pair, spec)                   # a hold: keeps its pools while it runs
@@ -443,7 +446,7 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
         advance()
         while True:
             while queue and len(in_flight) < max_in_flight:
-                k, _, idx, tname = heapq.heappop(queue)
+                _, k, idx, tname = heapq.heappop(queue)
                 c = targets[tname].cands[idx]
                 scorer.reserve(c.pair, spec)
                 out = scorer.submit(c.pair, spec, [k])
