@@ -36,8 +36,8 @@ DATASET_FORMATS = ("cityscapes", "bdd100k", "gta5", "folder")
 SOLVERS = ("sinkhorn", "emd")
 SAMPLINGS = ("uniform", "class_balanced")
 SCHEDULES = ("full", "adaptive")
-#: Schedules this version runs (``adaptive`` — issue 8's early pruning — is reserved).
-SCHEDULES_AVAILABLE = ("full",)
+#: Schedules this version runs (``adaptive``: issue 8's early pruning, :mod:`segotce_ray.adaptive`).
+SCHEDULES_AVAILABLE = ("full", "adaptive")
 #: Every metric name a job may select (issue 7's peers next to SEG-OTCE).
 KNOWN_METRICS = ("otce", "nce", "leep", "nleep", "logme", "hscore", "hscore_shrinkage",
                  "gbc", "transrate")
@@ -124,7 +124,14 @@ class Resources:
 
 @dataclass
 class Schedule:
-    """Repetition schedule: ``full`` (K for every pair) or ``adaptive`` (issue 8 pruning)."""
+    """Repetition schedule: ``full`` (K for every pair) or ``adaptive`` (issue 8 pruning).
+
+    adaptive: every (model, target) gets ``min_repetitions`` (k₀ ≤ K) repetitions; further ones
+    go only to models whose confidence interval can still reach the target's ``top_k``; δ =
+    ``alpha`` bounds the chance per target that a true top-k model is pruned (see
+    :mod:`segotce_ray.adaptive`). Written as ``schedule: adaptive`` or as a mapping
+    ``{mode: adaptive, min_repetitions: 2, top_k: 5, alpha: 0.05}``.
+    """
 
     mode: str = "full"
     min_repetitions: int = 2
@@ -677,8 +684,17 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
                 c.integer("schedule.min_repetitions", s["min_repetitions"], lo=1)
             if "top_k" in s:
                 c.integer("schedule.top_k", s["top_k"], lo=1)
-            if "alpha" in s:
-                c.number("schedule.alpha", s["alpha"], 0.0, strict=True, hi=0.5)
+            if "min_repetitions" in s and isinstance(s["min_repetitions"], int) \
+                    and not isinstance(s["min_repetitions"], bool):
+                otce_raw = raw.get("otce") if isinstance(raw.get("otce"), dict) else {}
+                reps = otce_raw.get("repetitions", OTCESettings.repetitions)
+                if isinstance(reps, int) and not isinstance(reps, bool) and reps >= 1 \
+                        and s["min_repetitions"] > reps:
+                    c.add("schedule.min_repetitions",
+                          f"must be <= otce.repetitions ({reps}), got {s['min_repetitions']}")
+            if "alpha" in s and c.number("schedule.alpha", s["alpha"], 0.0, strict=True) \
+                    and s["alpha"] >= 1:
+                c.add("schedule.alpha", f"must be < 1 (a probability), got {s['alpha']}")
         if mode is not None and mode not in SCHEDULES_AVAILABLE:
             c.add(mode_path, f"schedule {mode!r} is not available in this version; use "
                              f"{' or '.join(map(repr, SCHEDULES_AVAILABLE))}")

@@ -177,7 +177,19 @@ def test_every_problem_listed_at_once(tmp_path):
     (lambda r: r.update(schedule="adaptiv"), "schedule", "did you mean 'adaptive'"),
     (lambda r: r.update(schedule={"mode": "full", "top_k": 0}), "schedule.top_k", "must be >= 1"),
     (lambda r: r.update(schedule={"mode": "full", "top_k": 3}), None, None),
-    (lambda r: r.update(schedule="adaptive"), "schedule", "not available in this version"),
+    (lambda r: r.update(schedule="adaptive"), None, None),
+    (lambda r: r.update(schedule={"mode": "adaptive", "min_repetitions": 2, "top_k": 3,
+                                  "alpha": 0.1}), None, None),
+    (lambda r: r.update(schedule={"mode": "adaptive", "min_repetitions": 11}),
+     "schedule.min_repetitions", "must be <= otce.repetitions (10), got 11"),
+    (lambda r: r.update(schedule={"mode": "adaptive", "min_repetitions": 0}),
+     "schedule.min_repetitions", "must be >= 1"),
+    (lambda r: r.update(schedule={"mode": "adaptive", "alpha": 1.0}), "schedule.alpha", "must be < 1"),
+    (lambda r: r.update(schedule={"mode": "adaptive", "alpha": 0}), "schedule.alpha", "must be > 0"),
+    (lambda r: r.update(schedule={"mode": "adaptive", "alpha": 0.9}), None, None),
+    (lambda r: r.update(schedule={"mode": "adaptiv"}), "schedule.mode", "did you mean 'adaptive'"),
+    (lambda r: r.update(schedule={"mode": "adaptive", "topk": 3}), "schedule.topk",
+     "did you mean 'top_k'"),
     (lambda r: r["datasets"]["cs_aachen"].update(cities="aachen"), None, None),
     (lambda r: r["datasets"]["bdd"].update(cities=["x"]), "datasets.bdd.cities", "unknown key 'cities'"),
     (lambda r: r["datasets"]["mine"].pop("label_map"), "datasets.mine.label_map", "needs a label_map"),
@@ -265,3 +277,16 @@ def test_repo_job_files_are_well_formed():
     assert problems, "the nightly spec names data that is not in the repository"
     assert all(p.message.startswith(("file not found", "directory not found")) for p in problems), \
         [str(p) for p in problems]
+
+
+def test_schedule_string_and_mapping_forms_build(tmp_path):
+    raw = _raw(tmp_path)
+    raw["schedule"] = "adaptive"
+    s = build_spec(raw, tmp_path / "jobs").schedule
+    assert (s.mode, s.min_repetitions, s.top_k, s.alpha) == ("adaptive", 2, 5, 0.05)
+    raw["schedule"] = {"mode": "adaptive", "min_repetitions": 3, "top_k": 1, "alpha": 0.2}
+    spec = build_spec(raw, tmp_path / "jobs")
+    assert (spec.schedule.mode, spec.schedule.min_repetitions, spec.schedule.top_k,
+            spec.schedule.alpha) == ("adaptive", 3, 1, 0.2)
+    assert spec.to_dict()["schedule"]["top_k"] == 1
+    assert build_spec(_raw(tmp_path), tmp_path / "jobs").schedule.mode == "full"
