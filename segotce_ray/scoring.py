@@ -9,28 +9,27 @@ number of workers, the completion order, or the retries.
 Tasks
 -----
 One Ray task per (pair, k) by default (``reps_per_task=1``); ``reps_per_task=K`` groups a
-pair's repetitions in one task. Measured with ``benchmarks/bench_fanout.py`` (2-core VM
-shared with other jobs): at N = 1000 a repetition takes ~0.6 s on one core and the
-per-(pair, k) fan-out on one worker ran at +1.2 % of the serial time, the grouped one at
-+11 % (within noise, never faster); at N = 16, where the solve is free, a task costs ~9 ms
-of Ray round trip against ~1 ms per repetition when grouped. At the paper's N = 10⁴ a
-repetition takes ~3.3 s on an H100, so the per-task cost is < 0.3 %. Per-(pair, k) tasks
-were kept: K× more units to balance over workers, a dead worker loses one repetition, and
-they are what resumption and adaptive schedules need; use ``reps_per_task=K`` only when a
-repetition takes well under 100 ms (N ≲ 300 on a CPU).
+pair's repetitions in one task. Measured with ``benchmarks/bench_fanout.py`` on a 2-core VM
+(N = 1000, D = 64, ~0.25 s per repetition on one core): one worker ran at +6.4 % of the
+serial time with a task per (pair, k) and +5.0 % grouped per pair (best of 4 alternating
+rounds); the fan-out's wall time outside the solves is ~8 ms per task, 3 % of the solve
+time. At the paper's N = 10⁴ a repetition takes ~3.3 s on an H100, so that cost is < 0.3 %.
+Per-(pair, k) tasks were kept: K× more units to balance over workers, a dead worker loses one
+repetition, and they are what resumption and adaptive schedules need. Use
+``reps_per_task=K`` only when a repetition takes well under 100 ms (N ≲ 300 on a CPU).
 
 Pools go into the object store once (``ray.put``) and every task of every pair that needs
 them gets the same reference; they are loaded lazily in submission order (pairs sorted by
 model, so a model's source pool is loaded once) and released when their last task is done,
-so the object store never holds the whole zoo.
+so the object store holds the pools of the models in flight, not the whole zoo.
 
 Each task declares ``num_cpus`` (1), ``memory`` from :func:`task_memory_bytes` (the N×N
 float32 cost, coupling and kernel, ≈ 3·N²·4 bytes, plus the sampled features and a working
 copy of the pools), and ``num_gpus`` (:data:`DEFAULT_GPU_FRACTION` when the cluster has GPUs
 and ``num_gpus`` is not given; any fraction can be passed); a task holding a GPU solves on
-``cuda``. ``max_retries`` covers system failures (a
-worker that dies is retried with the same seed); an error inside a repetition (a failed solve)
-is recorded as ``status="failed"`` with its error text and is not retried. A pair whose pool
+``cuda``. ``max_retries`` covers system failures (a worker that dies is retried with the
+same seed); an error inside a repetition (a failed solve) is recorded as
+``status="failed"`` with its error text and is not retried. A pair whose pool
 is missing, unreadable or invalid gets failed rows for each of its repetitions; every other
 pair completes.
 
