@@ -20,6 +20,17 @@ and any other job with the same inputs reuses the rows too.
 versions, timings). ``<output>/<name>/latest`` points at the last finished run (a relative
 symlink; a one-line text file where symlinks are not available).
 
+**Schedule.** ``schedule: full`` spends K repetitions on every pair. ``schedule: adaptive``
+(:mod:`segotce_ray.adaptive`) spends ``min_repetitions`` on every pair and the rest only on
+models that can still enter a target's top-k; the others are *pruned* and keep the mean of
+their partial repetitions. Both write each row to the same score log as it arrives, so an
+adaptive run resumes like a full one and — decisions being a function of the seeded
+repetitions only — comes to the same decisions and the same matrix. An adaptive run also
+writes ``schedule.csv`` (one row per (metric, model, target): schedule_status complete /
+pruned / failed, repetitions_done, mean, interval, threshold) and adds ``schedule_status``
+and ``repetitions_done`` to ``summary.csv`` and ``rankings.csv``. The plan's "repetitions to
+run" is then an upper bound.
+
 One bad dataset or model never takes the job down: its pools and pairs are recorded as
 failed with the reason, everything else completes, and the exit status is non-zero.
 """
@@ -200,6 +211,12 @@ class Plan:
                  f"pairs: {c['pairs']} (model × target × metric), {c['pairs_complete']} complete, "
                  f"{c['pairs_to_score']} to score ({c['repetitions_to_run']} repetitions; "
                  f"{c['repetitions_cached']} cached), {c['pairs_unavailable']} unavailable"]
+        sched = self.spec.schedule
+        if sched.mode == "adaptive":
+            lines.append(f"schedule: adaptive (min_repetitions={sched.min_repetitions}, "
+                         f"top_k={sched.top_k}, alpha={sched.alpha}): repetitions to run are an "
+                         f"upper bound; models that cannot reach a target's top-{sched.top_k} "
+                         f"stop early")
         if self.pools:
             lines.append("")
             lines.append("pools:")
@@ -504,6 +521,7 @@ class JobResult:
     failures: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     table: Any = None                # the long results table (pandas)
+    schedule: Any = None             # adaptive runs: the decisions (pandas, schedule.csv)
 
     @property
     def exit_code(self) -> int:
@@ -513,6 +531,10 @@ class JobResult:
         lines = [f"run {self.run_dir}: {self.status}"]
         if self.counts:
             lines.append(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.counts.items()))
+        if self.counts.get("repetitions_full"):
+            c = self.counts
+            lines.append(f"adaptive schedule: {c['repetitions_spent']} of {c['repetitions_full']} "
+                         f"repetitions ({c['pairs_pruned']} pair(s) pruned)")
         if self.failures:
             lines.append(f"{len(self.failures)} failure(s):")
             lines += [f"  - {f}" for f in self.failures[:50]]
@@ -552,8 +574,11 @@ def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
 
 def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *,
              address: str | None, num_cpus: int | None, progress: bool | None,
-             on_row: Callable[[dict[str, Any]], None] | None) -> tuple[Any, dict[str, str]]:
-    """Extract, score and write the matrix files; returns (long table, extraction errors)."""
+             on_row: Callable[[dict[str, Any]], None] | None) -> tuple[Any, dict[str, str], Any]:
+    """Extract, score and write the matrix files.
+
+    Returns (long table, extraction errors, decisions of an adaptive schedule or None).
+    """
     from segotce_ray import extract as extraction
     from segotce_ray import scoring
     from segotce_ray.runtime import init_ray
@@ -603,6 +628,8 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
             on_row(row)
 
     tables = []
+    decisions = []
+    adaptive = spec.schedule.mode == "adaptive"
     for metric, mspec in specs.items():
         runnable = [p for p in plan.pairs if p.metric == metric and p.error is None]
         if not runnable:
@@ -611,6 +638,18 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
         # metrics without source data (the peers) never read the source pool
         pairs = [scoring.ScorePair(p.model, p.source or spec.models[p.model].source or "",
                                    p.target) for p in runnable]
+        if adaptive:
+            from segotce_ray.adaptive import AdaptiveSettings, score_pairs_adaptive
+
+            sched = spec.schedule
+            run = score_pairs_adaptive(
+                pairs, pool_results, store=store, seed=spec.seed, metric=mspec, done=done,
+                schedule=AdaptiveSettings(min_repetitions=sched.min_repetitions,
+                                          top_k=sched.top_k, alpha=float(sched.alpha)),
+                on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task)
+            tables.append(run.table)
+            decisions.append(run.decisions.assign(repetitions_full=mspec.repetitions))
+            continue
         tables.append(scoring.score_pairs(
             pairs, pool_results, store=store, seed=spec.seed, metrics=[mspec], done=done,
             on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task))
@@ -626,9 +665,58 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
 
     mat = matrix_mod.TransferabilityMatrix(table)
     mat.save(run_dir, ground_truth=spec.ground_truth)
+    schedule = None
+    if adaptive:
+        schedule = _schedule_frame(decisions, plan)
+        _write_schedule(run_dir, mat, schedule)
     timings["matrix"] = time.perf_counter() - t0
 
-    return table, errors
+    return table, errors, schedule
+
+
+#: Columns of ``schedule.csv`` (an adaptive run's decisions, one row per pair).
+SCHEDULE_FILE_COLUMNS = ["metric", "model", "target", "schedule_status", "repetitions_done",
+                         "repetitions_full", "mean", "lower", "upper", "threshold", "snapshot",
+                         "reason"]
+
+
+def _schedule_frame(decisions: list[Any], plan: Plan) -> Any:
+    """The adaptive decisions of every metric, plus the pairs that could not run.
+
+    A pair with no pool (or a source metric without a source) has ``schedule_status``
+    ``unavailable`` and 0 repetitions, so every (metric, model, target) of the plan has a row.
+    """
+    import pandas as pd
+
+    frames = [d for d in decisions if not d.empty]
+    extra = [{"metric": p.metric, "model": p.model, "target": p.target,
+              "schedule_status": "unavailable", "repetitions_done": 0,
+              "repetitions_full": p.repetitions, "reason": p.error}
+             for p in plan.pairs if p.error is not None]
+    if extra:
+        frames.append(pd.DataFrame(extra))
+    if not frames:
+        return pd.DataFrame(columns=SCHEDULE_FILE_COLUMNS)
+    out = pd.concat(frames, ignore_index=True).reindex(columns=SCHEDULE_FILE_COLUMNS)
+    out["repetitions_done"] = out["repetitions_done"].astype("int64")
+    out["repetitions_full"] = out["repetitions_full"].astype("int64")
+    return out.sort_values(["metric", "model", "target"], kind="stable").reset_index(drop=True)
+
+
+def _write_schedule(run_dir: Path, mat: Any, schedule: Any) -> None:
+    """``schedule.csv``; ``schedule_status``/``repetitions_done`` joined onto ``summary.csv``
+    and ``rankings.csv`` (``matrix.parquet`` keeps the plain long-table schema)."""
+    keys = ["metric", "model", "target"]
+    marks = schedule[[*keys, "schedule_status", "repetitions_done"]]
+
+    def put(name: str, frame: Any) -> None:
+        tmp = run_dir / f".{name}.tmp"
+        frame.to_csv(tmp, index=False, float_format="%.10g")
+        os.replace(tmp, run_dir / name)
+
+    put("schedule.csv", schedule)
+    put("summary.csv", mat.summary().merge(marks, on=keys, how="left"))
+    put("rankings.csv", mat.rankings().merge(marks, on=keys, how="left"))
 
 
 def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
@@ -658,15 +746,19 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
         "previous_run": previous.name if previous else None, "versions": versions(),
         "settings": {"seed": spec.seed, **{f"otce.{k}": v for k, v in asdict(spec.otce).items()},
                      "metrics": ",".join(spec.metrics),
-                     "pixels_per_image": spec.extraction.pixels_per_image},
+                     "pixels_per_image": spec.extraction.pixels_per_image,
+                     "schedule": spec.schedule.mode,
+                     **({f"schedule.{k}": v for k, v in asdict(spec.schedule).items()
+                         if k != "mode"} if spec.schedule.mode == "adaptive" else {})},
     }
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
     _write_json(run_dir / "plan.json", plan.to_dict())
     _write_json(run_dir / "run.json", info)
 
     try:
-        table, extraction_errors = _execute(spec, plan, run_dir, timings, address=address,
-                                            num_cpus=num_cpus, progress=progress, on_row=on_row)
+        table, extraction_errors, schedule = _execute(
+            spec, plan, run_dir, timings, address=address, num_cpus=num_cpus,
+            progress=progress, on_row=on_row)
     except BaseException as exc:  # a kill, Ctrl-C or crash: say so, keep what finished
         info.update(status="interrupted", error=f"{type(exc).__name__}: {exc}",
                     timings={k: round(v, 3) for k, v in timings.items()})
@@ -686,6 +778,11 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     counts.update(rows=len(table), rows_ok=int((table["status"] == "ok").sum()),
                   rows_failed=int(len(failed)),
                   rows_unavailable=int((table["status"] == "unavailable").sum()))
+    if schedule is not None:
+        ran = schedule[schedule["schedule_status"] != "unavailable"]
+        counts.update(repetitions_spent=int(ran["repetitions_done"].sum()),
+                      repetitions_full=int(ran["repetitions_full"].sum()),
+                      pairs_pruned=int((ran["schedule_status"] == "pruned").sum()))
     timings["total"] = time.perf_counter() - t_start
     info.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 counts=counts, errors=errors, timings={k: round(v, 3) for k, v in timings.items()})
@@ -701,4 +798,4 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     _set_latest(job_dir, run_dir)
     log.info("run %s: %s (%d rows, %d failed) in %.1f s", run_dir, status, len(table),
              len(failed), timings["total"])
-    return JobResult(run_dir, status, plan, counts, failures, timings, table)
+    return JobResult(run_dir, status, plan, counts, failures, timings, table, schedule)

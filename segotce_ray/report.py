@@ -8,6 +8,10 @@ Rankings: per (metric, target), models ordered by the mean score over the repeti
 finished (higher = more transferable; rank 1 = best; ties broken by model name so the order
 is deterministic). Changes against the previous run: models new to a target, models gone,
 and rank moves ``prev → now`` (``▲`` up, ``▼`` down).
+
+Adaptive schedule (``schedule.csv`` in the run directory): a pruned pair is ranked by the
+mean of the repetitions it got and marked ``pruned after n/K`` next to its score; a line
+gives the repetitions spent against the K per pair of the full schedule.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_long", "rank_changes", "rankings_from_long", "render_report", "write_report"]
+__all__ = ["load_long", "load_schedule", "rank_changes", "rankings_from_long", "render_report",
+           "write_report"]
 
 #: SEG-OTCE first, then the peers in this order (issue 7), then anything else by name.
 #: Models listed per target in the report (the full ranking is in rankings.csv).
@@ -49,6 +54,27 @@ def load_long(run_dir: str | Path) -> pd.DataFrame:
     if "metric" not in df.columns:
         df["metric"] = "otce"
     return df
+
+
+def load_schedule(run_dir: str | Path) -> pd.DataFrame | None:
+    """An adaptive run's decisions (``schedule.csv``), or None for a full-schedule run."""
+    path = Path(run_dir) / "schedule.csv"
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, dtype={"metric": str, "model": str, "target": str,
+                                    "schedule_status": str})
+
+
+def schedule_line(schedule: pd.DataFrame) -> str:
+    """One sentence: repetitions spent by the adaptive schedule against the full one."""
+    ran = schedule[schedule["schedule_status"] != "unavailable"]
+    spent = int(ran["repetitions_done"].sum())
+    full = int(ran["repetitions_full"].sum())
+    pruned = int((ran["schedule_status"] == "pruned").sum())
+    ratio = f" ({full / spent:.1f}× fewer)" if spent and full > spent else ""
+    return (f"Adaptive schedule: {spent} repetitions spent instead of {full} for the full "
+            f"schedule{ratio}; {pruned} of {len(ran)} pair(s) pruned early (ranked by the mean "
+            f"of the repetitions they got; marked *pruned after n/K*).")
 
 
 def rankings_from_long(long: pd.DataFrame) -> pd.DataFrame:
@@ -137,6 +163,12 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     info = _read_json(run_dir / "run.json")
     long = load_long(run_dir)
     ranks = rankings_from_long(long)
+    schedule = load_schedule(run_dir)
+    pruned: dict[tuple[str, str, str], str] = {}
+    if schedule is not None:
+        for r in schedule[schedule["schedule_status"] == "pruned"].itertuples(index=False):
+            pruned[(r.metric, r.model, r.target)] = \
+                f"pruned after {int(r.repetitions_done)}/{int(r.repetitions_full)}"
     truth: dict[tuple[str, str], float] = {}
     if (run_dir / "ground_truth.csv").is_file():
         gt = pd.read_csv(run_dir / "ground_truth.csv", dtype={"model": str, "target": str})
@@ -160,6 +192,9 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     if settings:
         out.append("")
         out.append("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    if schedule is not None:
+        out.append("")
+        out.append(schedule_line(schedule))
     out.append("")
     out.append("Higher score = more transferable; rank 1 = the model to try first. "
                "Scores of different metrics are on different scales: compare ranks, not values.")
@@ -195,8 +230,10 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
                     row += ["–", "–"]
                 else:
                     h = hit.iloc[0]
+                    mark = pruned.get((m, model, target))
                     row += [int(h["rank"]), f"{_fmt(float(h['mean']))} ± {float(h['std']):.2g}"
-                            + (f" (k={int(h['n'])})" if m == "otce" else "")]
+                            + (f" (k={int(h['n'])})" if m == "otce" and not mark else "")
+                            + (f" — {mark}" if mark else "")]
             if has_truth:
                 row.append(truth.get((model, target), math.nan))
             rows.append(row)
@@ -337,6 +374,7 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     out.append("Files: `matrix.parquet` (long table, one row per repetition), `scores.csv` "
                "(models × targets, mean), `rankings.csv`, `heatmap.png`"
                + (", `correlation.csv`" if corr_path.exists() else "")
+               + (", `schedule.csv` (adaptive decisions)" if schedule is not None else "")
                + ", `spec.yaml` (resolved), `plan.json`, `run.json` (status, counts, errors), "
                "`versions.json`, `timings.json`.")
     return "\n".join(out) + "\n"

@@ -376,3 +376,108 @@ def test_demo_command_prints_rankings_correlation_and_paths(tmp_path, data_root,
     assert "Agreement with fine-tuning ground truth" in out and "pearson" in out
     run = latest_run(tmp_path / "demo" / "runs" / "nightly")
     assert f"heatmap: {run / 'heatmap.png'}" in out and f"report:  {run / 'report.md'}" in out
+
+
+# ------------------------------------------------------------------ adaptive schedule
+
+ADAPTIVE_K = 6
+ADAPTIVE_MODELS = {"m_a": "src_a", "m_b": "src_b", "m_c": "src_a", "m_d": "src_b",
+                   "m_e": "src_a", "m_f": "src_b"}
+SEPARATION.update({"m_d": 0.1, "m_e": 2.0, "m_f": 0.6})
+
+
+def write_adaptive_job(tmp: Path, data_root: Path, **schedule) -> Path:
+    return write_job(tmp, data_root, models=ADAPTIVE_MODELS,
+                     otce={"n_pixels": 60, "repetitions": ADAPTIVE_K, "epsilon": 1.0},
+                     schedule={"mode": "adaptive", "min_repetitions": 2, "top_k": 1,
+                               "alpha": 0.5, **schedule})
+
+
+def test_adaptive_job_prunes_marks_and_resumes_to_the_same_decisions(tmp_path, data_root,
+                                                                      ray_local):
+    """schedule: adaptive end to end: schedule.csv, pruned pairs marked, kill + resume ==
+    an uninterrupted run (same matrix, same decisions), a rerun computes nothing."""
+    from segotce_ray.matrix import TransferabilityMatrix
+
+    path = write_adaptive_job(tmp_path, data_root)
+    seed_pools(path)
+    spec = load_spec(path)
+    assert spec.schedule.mode == "adaptive"
+    assert "schedule: adaptive (min_repetitions=2, top_k=1, alpha=0.5)" in make_plan(spec).render()
+    full = len(ADAPTIVE_MODELS) * 2 * ADAPTIVE_K
+
+    seen: list[dict] = []
+
+    def kill_after_9(row):
+        seen.append(row)
+        if len(seen) == 9:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_job(spec, on_row=kill_after_9, run_id="killed")
+    assert make_plan(spec).counts()["repetitions_cached"] == 9
+    computed: list[dict] = []
+    resumed = run_job(spec, on_row=computed.append, run_id="resumed")
+    assert resumed.status == "ok"
+    assert not {(r["model"], r["target"], r["k"]) for r in seen} & \
+        {(r["model"], r["target"], r["k"]) for r in computed}
+
+    run = spec.job_dir / "resumed"
+    sched = pd.read_csv(run / "schedule.csv")
+    assert len(sched) == len(ADAPTIVE_MODELS) * 2
+    assert set(sched["schedule_status"]) == {"complete", "pruned"}
+    complete = sched[sched["schedule_status"] == "complete"]
+    pruned = sched[sched["schedule_status"] == "pruned"]
+    assert (complete["repetitions_done"] == ADAPTIVE_K).all()
+    assert len(complete) >= 2                                   # top_k = 1 per target survives
+    assert ((pruned["repetitions_done"] >= 2) & (pruned["repetitions_done"] < ADAPTIVE_K)).all()
+    assert (pruned["upper"] < pruned["threshold"]).all()
+    spent = int(sched["repetitions_done"].sum())
+    assert spent < full and len(seen) + len(computed) == spent    # nothing computed twice
+    assert resumed.counts["repetitions_spent"] == spent
+    assert resumed.counts["repetitions_full"] == full
+    assert resumed.counts["pairs_pruned"] == len(pruned)
+    # every target's best model (by its full-K mean) is among the complete ones
+    best = complete.groupby("target")["mean"].max()
+    for t, grp in sched.groupby("target"):
+        assert grp["mean"].max() == best[t]
+
+    # matrix.parquet stays a plain long table; a pruned pair holds its partial repetitions
+    mat = TransferabilityMatrix.load(run)
+    summ = mat.summary().set_index(["model", "target"])
+    for r in sched.itertuples():
+        assert summ.loc[(r.model, r.target), "n"] == r.repetitions_done
+        assert summ.loc[(r.model, r.target), "mean"] == pytest.approx(r.mean, rel=1e-9)
+    ranks = pd.read_csv(run / "rankings.csv")
+    assert {"schedule_status", "repetitions_done"} <= set(ranks.columns)
+    assert (ranks[ranks["rank"] == 1]["schedule_status"] == "complete").all()
+    assert "schedule_status" in pd.read_csv(run / "summary.csv").columns
+
+    report = (run / "report.md").read_text()
+    assert f"Adaptive schedule: {spent} repetitions spent instead of {full}" in report
+    one = pruned.iloc[0]
+    row = next(line for line in report.splitlines()
+               if line.startswith(f"| {one['model']} |") and "pruned after" in line)
+    assert f"pruned after {one['repetitions_done']}/{ADAPTIVE_K}" in row
+    for r in complete.itertuples():
+        assert not any(line.startswith(f"| {r.model} |") and "pruned" in line
+                       for line in report.split(f"### {r.target}")[1].split("###")[0].splitlines())
+    info = json.loads((run / "run.json").read_text())
+    assert info["settings"]["schedule"] == "adaptive"
+
+    # an uninterrupted run (score log moved away) comes to the same decisions and matrix
+    shutil.move(Path(spec.store) / "scores", tmp_path / "scores.bak")
+    fresh_rows: list[dict] = []
+    fresh = run_job(spec, on_row=fresh_rows.append, run_id="fresh")
+    assert len(fresh_rows) == spent
+    assert (spec.job_dir / "fresh" / "schedule.csv").read_text() == \
+        (run / "schedule.csv").read_text()
+    pd.testing.assert_frame_equal(_scores(fresh.table), _scores(resumed.table))
+    on_disk = [pd.read_parquet(spec.job_dir / r / "matrix.parquet") for r in ("resumed", "fresh")]
+    pd.testing.assert_frame_equal(_scores(on_disk[0]), _scores(on_disk[1]))
+    # and a rerun computes nothing, with the same decisions
+    again: list[dict] = []
+    run_job(spec, on_row=again.append, run_id="again")
+    assert again == []
+    assert (spec.job_dir / "again" / "schedule.csv").read_text() == \
+        (run / "schedule.csv").read_text()
