@@ -676,22 +676,25 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
 
 #: Columns of ``schedule.csv`` (an adaptive run's decisions, one row per pair).
 SCHEDULE_FILE_COLUMNS = ["metric", "model", "target", "schedule_status", "repetitions_done",
-                         "repetitions_full", "mean", "lower", "upper", "threshold", "snapshot",
-                         "reason"]
+                         "repetitions_full", "scheduled", "mean", "lower", "upper", "threshold",
+                         "snapshot", "reason"]
 
 
 def _schedule_frame(decisions: list[Any], plan: Plan) -> Any:
     """The adaptive decisions of every metric, plus the pairs that could not run.
 
-    A pair with no pool (or a source metric without a source) has ``schedule_status``
-    ``unavailable`` and 0 repetitions, so every (metric, model, target) of the plan has a row.
+    A pair that could not be scheduled (a pool failed: ``failed``; a source metric without a
+    source: ``unavailable``) has 0 repetitions and ``scheduled`` False, so every (metric,
+    model, target) of the plan has a row; repetition counts (spent vs full) cover the
+    scheduled pairs only.
     """
     import pandas as pd
 
-    frames = [d for d in decisions if not d.empty]
+    frames = [d.assign(scheduled=True) for d in decisions if not d.empty]
     extra = [{"metric": p.metric, "model": p.model, "target": p.target,
-              "schedule_status": "unavailable", "repetitions_done": 0,
-              "repetitions_full": p.repetitions, "reason": p.error}
+              "schedule_status": "unavailable" if p.not_applicable else "failed",
+              "repetitions_done": 0, "repetitions_full": p.repetitions, "scheduled": False,
+              "reason": p.error}
              for p in plan.pairs if p.error is not None]
     if extra:
         frames.append(pd.DataFrame(extra))
@@ -700,6 +703,8 @@ def _schedule_frame(decisions: list[Any], plan: Plan) -> Any:
     out = pd.concat(frames, ignore_index=True).reindex(columns=SCHEDULE_FILE_COLUMNS)
     out["repetitions_done"] = out["repetitions_done"].astype("int64")
     out["repetitions_full"] = out["repetitions_full"].astype("int64")
+    out["scheduled"] = out["scheduled"].astype(bool)
+    out["snapshot"] = pd.array(pd.to_numeric(out["snapshot"], errors="coerce"), dtype="Int64")
     return out.sort_values(["metric", "model", "target"], kind="stable").reset_index(drop=True)
 
 
@@ -779,7 +784,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
                   rows_failed=int(len(failed)),
                   rows_unavailable=int((table["status"] == "unavailable").sum()))
     if schedule is not None:
-        ran = schedule[schedule["schedule_status"] != "unavailable"]
+        ran = schedule[schedule["scheduled"]]
         counts.update(repetitions_spent=int(ran["repetitions_done"].sum()),
                       repetitions_full=int(ran["repetitions_full"].sum()),
                       pairs_pruned=int((ran["schedule_status"] == "pruned").sum()))

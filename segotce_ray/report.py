@@ -67,7 +67,8 @@ def load_schedule(run_dir: str | Path) -> pd.DataFrame | None:
 
 def schedule_line(schedule: pd.DataFrame) -> str:
     """One sentence: repetitions spent by the adaptive schedule against the full one."""
-    ran = schedule[schedule["schedule_status"] != "unavailable"]
+    ran = schedule[schedule["scheduled"].astype(bool)] if "scheduled" in schedule.columns \
+        else schedule[schedule["schedule_status"] != "unavailable"]
     spent = int(ran["repetitions_done"].sum())
     full = int(ran["repetitions_full"].sum())
     pruned = int((ran["schedule_status"] == "pruned").sum())

@@ -481,3 +481,20 @@ def test_adaptive_job_prunes_marks_and_resumes_to_the_same_decisions(tmp_path, d
     assert again == []
     assert (spec.job_dir / "again" / "schedule.csv").read_text() == \
         (run / "schedule.csv").read_text()
+
+    # a model that cannot be built: its pairs are listed as failed (not scheduled), the
+    # others keep their decisions and nothing is recomputed
+    raw = yaml.safe_load(path.read_text())
+    raw["models"]["m_broken"] = {"architecture": "tests.tiny_segmodels:not_a_module",
+                                 "num_classes": 3, "source": "src_a"}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    broken_rows: list[dict] = []
+    broken = run_job(load_spec(path), on_row=broken_rows.append, run_id="broken")
+    assert broken.status == "failed" and broken_rows == []
+    sched_b = pd.read_csv(spec.job_dir / "broken" / "schedule.csv")
+    bad = sched_b[sched_b["model"] == "m_broken"]
+    assert list(bad["schedule_status"]) == ["failed", "failed"] and not bad["scheduled"].any()
+    pd.testing.assert_frame_equal(sched_b[sched_b["model"] != "m_broken"].reset_index(drop=True),
+                                  sched.assign(scheduled=True), check_dtype=False)
+    assert broken.counts["repetitions_spent"] == spent
+    assert broken.counts["repetitions_full"] == full
