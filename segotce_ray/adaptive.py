@@ -401,7 +401,7 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
     def release(c: _Candidate) -> None:
         if (c.pair.model, c.pair.target) in held:
             held.discard((c.pair.model, c.pair.target))
-            scorer._release(c.pair, spec)              # noqa: SLF001 - drop the hold
+            scorer.release(c.pair, spec)              # noqa: SLF001 - drop the hold
 
     def advance() -> None:
         """Take every decision the results in hand allow (fixpoint; order-independent).
