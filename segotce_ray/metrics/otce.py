@@ -473,9 +473,11 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
             converged = err < tol
             checks += 1
             log.debug("verify ε=%.4g full marginal error %.2e after %d iterations", eps, err, iterations)
-            if converged or iterations >= max_iter or checks >= 3:
+            if converged or iterations >= max_iter or checks >= 4:
                 break
             support = None  # the support missed mass: rebuild it from the full kernel
+            if checks >= 2 and allow_sparse:
+                allow_sparse = False  # a second miss: finish on the dense kernel
             continue
         eps = max(float(epsilon), eps / eps_scaling)
     return SinkhornResult(f=f, g=g, epsilon=float(epsilon), iterations=iterations,
