@@ -324,7 +324,7 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
     kt = k.T.tocsr()
     un, vn = np.ones(ns), np.ones(nt)
     done, err = 0, math.inf
-    best, stalled = math.inf, False
+    best, stalled, last_mark = math.inf, False, math.inf
     while done < budget:
         kv = k @ vn
         if done % check_every == 0:
@@ -338,6 +338,11 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
             if err > 10 * best:  # rising error: the restricted problem is infeasible
                 stalled = True
                 break
+            if done % 2000 == 0:
+                if done and err > 0.5 * last_mark and err > 10 * tol:
+                    stalled = True  # stuck far from the tolerance: the support lacks entries
+                    break
+                last_mark = err
             if max(un.max(), vn.max()) > 1e100 or min(un.min(), vn.min()) < 1e-100:
                 fn += eps * np.log(un)
                 gn += eps * np.log(vn)
@@ -386,13 +391,13 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
         eps = max(float(epsilon), spread / eps_scaling)
     else:
         eps = float(epsilon)
+    f0, g0, eps0 = f.clone(), g.clone(), eps
     iterations = sparse_iterations = stages = checks = 0
     err = math.inf
     converged = False
     threshold = 1e-3 * tol / (ns * nt)  # mass left out of the sparse support ≤ 1e-3·tol
-    # warm-up stages only seed the next: a coarser support (the final stage re-checks it)
-    warm_threshold = 0.1 / (ns * nt)
-    support = None  # (rows, cols, costs, indptr) of the sparse kernel, carried across stages
+    support = None  # (rows, cols, costs, indptr) of the sparse kernel of the current stage
+    dense_stage = False  # set when a sparse support stalled: redo the stage on the full kernel
     while True:
         final = eps <= epsilon * (1 + 1e-9)
         stages += 1
@@ -417,9 +422,9 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
             u = a_w / (kernel @ v).clamp_min(tiny)
             v = b_w / (kernel.T @ u).clamp_min(tiny)
             iterations += 1
-            if allow_sparse:
+            if allow_sparse and not dense_stage:
                 mass = kernel * u[:, None]
-                keep = mass.mul_(v[None, :]) > (threshold if final else warm_threshold)
+                keep = mass.mul_(v[None, :]) > threshold
                 del mass
                 covered = bool(keep.any(1).all()) and bool(keep.any(0).all())
                 if covered and (sparse is True or int(keep.sum()) < sparse_fraction * ns * nt):
@@ -460,8 +465,9 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
             iterations += done
             sparse_iterations += done
             if stalled and iterations < max_iter:
-                log.debug("stage ε=%.4g: sparse support stalled; rebuilding it", eps)
+                log.debug("stage ε=%.4g: sparse support stalled; redoing the stage dense", eps)
                 support = None
+                dense_stage = True
                 stages -= 1
                 continue
             log.debug("stage ε=%.4g sparse nnz=%d (%.3f%%) iterations=%d err=%.2e", eps,
@@ -476,10 +482,18 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
             if converged or iterations >= max_iter or checks >= 4:
                 break
             support = None  # the support missed mass: rebuild it from the full kernel
+            if not err < 1.0 and (allow_sparse or not math.isfinite(err)):
+                # potentials fitted on a support that missed most of the mass: start over on
+                # the dense kernel (ε-scaling from the c-transform start)
+                allow_sparse = False
+                f, g, eps = f0.clone(), g0.clone(), eps0
+                continue
             if checks >= 2 and allow_sparse:
                 allow_sparse = False  # a second miss: finish on the dense kernel
             continue
         eps = max(float(epsilon), eps / eps_scaling)
+        support = None  # a support fitted at one ε can miss entries the next ε needs
+        dense_stage = False
     return SinkhornResult(f=f, g=g, epsilon=float(epsilon), iterations=iterations,
                           converged=converged, marginal_error=err, stages=stages,
                           sparse_iterations=sparse_iterations)
