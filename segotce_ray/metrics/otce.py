@@ -339,8 +339,10 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
                 stalled = True
                 break
             if done % 2000 == 0:
-                if done and err > 0.5 * last_mark and err > 10 * tol:
-                    stalled = True  # stuck far from the tolerance: the support lacks entries
+                if done and err > 0.5 * last_mark:  # no halving in 2000 iterations
+                    # close to the target (tol is half the caller's): let the full-kernel
+                    # check decide; far from it: the support lacks entries
+                    stalled = err > 2 * tol
                     break
                 last_mark = err
             if max(un.max(), vn.max()) > 1e100 or min(un.min(), vn.min()) < 1e-100:
@@ -355,13 +357,16 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
         vn = bn / np.maximum(kt @ un, 1e-300)
         done += 1
     if stalled:
+        fn, gn = fn + eps * np.log(un), gn + eps * np.log(vn)
+        if np.isfinite(fn).all() and np.isfinite(gn).all() and err < 1.0:
+            return torch.from_numpy(fn), torch.from_numpy(gn), done, err, True  # keep progress
         return f, g, done, err, True
     return (torch.from_numpy(fn + eps * np.log(un)), torch.from_numpy(gn + eps * np.log(vn)),
             done, err, False)
 
 
 def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float = 1e-3,
-                        max_iter: int = 10_000, a: torch.Tensor | None = None,
+                        max_iter: int = 20_000, a: torch.Tensor | None = None,
                         b: torch.Tensor | None = None, eps_scaling: float = 4.0,
                         sparse: str | bool = "auto", check_every: int = 10,
                         sparse_fraction: float = 0.05) -> SinkhornResult:
@@ -395,9 +400,13 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
     iterations = sparse_iterations = stages = checks = 0
     err = math.inf
     converged = False
-    threshold = 1e-3 * tol / (ns * nt)  # mass left out of the sparse support ≤ 1e-3·tol
+    # support: entries whose mass (after one renormalising iteration at the new ε) exceeds
+    # θ; far below the 1e-3·tol/(N_s·N_t) that the tolerance needs, because that first
+    # iterate underestimates entries the converged coupling uses (~14ε of reduced-cost slack)
+    threshold = 1e-9 * tol / (ns * nt)
     support = None  # (rows, cols, costs, indptr) of the sparse kernel of the current stage
-    dense_stage = False  # set when a sparse support stalled: redo the stage on the full kernel
+    dense_stage = False  # set when a sparse support stalled twice: redo the stage on the full kernel
+    stalls_here = 0
     while True:
         final = eps <= epsilon * (1 + 1e-9)
         stages += 1
@@ -440,6 +449,24 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
             it = 0
             while iterations < stage_cap:
                 kv = kernel @ v
+                if bool((kv <= 0).any()) or bool((kernel.T @ u <= 0).any()):
+                    # a row/column whose kernel underflowed entirely: give it its exact
+                    # log-domain c-transform, then re-absorb everything
+                    f_full = f_hi + eps * torch.log(u.double())
+                    g_full = g_hi + eps * torch.log(v.double())
+                    rows = (kv <= 0).nonzero().squeeze(1)
+                    if rows.numel():
+                        f_full[rows] = eps * torch.log(a[rows]) - eps * torch.logsumexp(
+                            (g_full[None, :] - cost[rows].double()) / eps, dim=1)
+                    cols = (kernel.T @ u <= 0).nonzero().squeeze(1)
+                    if cols.numel():
+                        g_full[cols] = eps * torch.log(b[cols]) - eps * torch.logsumexp(
+                            (f_full[:, None] - cost[:, cols].double()) / eps, dim=0)
+                    f_hi, u = _split(f_full, eps, kdt)
+                    g_hi, v = _split(g_full, eps, kdt)
+                    _absorbed_kernel(cost, f_hi, g_hi, eps, kernel)
+                    u, v = u.to(kdt), v.to(kdt)
+                    kv = kernel @ v
                 if it % check_every == 0 and it:
                     err = float((u * kv - a_w).abs().sum().item())
                     if err < stage_tol:
@@ -465,9 +492,12 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
             iterations += done
             sparse_iterations += done
             if stalled and iterations < max_iter:
-                log.debug("stage ε=%.4g: sparse support stalled; redoing the stage dense", eps)
+                # first stall: refit the support to the progressed potentials; second: dense
+                dense_stage = stalls_here >= 1
+                stalls_here += 1
+                log.debug("stage ε=%.4g: sparse support stalled; %s", eps,
+                          "redoing the stage dense" if dense_stage else "refitting the support")
                 support = None
-                dense_stage = True
                 stages -= 1
                 continue
             log.debug("stage ε=%.4g sparse nnz=%d (%.3f%%) iterations=%d err=%.2e", eps,
@@ -494,6 +524,7 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
         eps = max(float(epsilon), eps / eps_scaling)
         support = None  # a support fitted at one ε can miss entries the next ε needs
         dense_stage = False
+        stalls_here = 0
     return SinkhornResult(f=f, g=g, epsilon=float(epsilon), iterations=iterations,
                           converged=converged, marginal_error=err, stages=stages,
                           sparse_iterations=sparse_iterations)
@@ -603,7 +634,7 @@ def _index(x: Any, idx: np.ndarray) -> Any:
 
 def otce_repetition(fs: torch.Tensor, ys: np.ndarray, ft: torch.Tensor, yt: np.ndarray, *,
                     epsilon: float = 0.1, solver: str = "sinkhorn", cost_scale: str = "none",
-                    tol: float = 1e-3, max_iter: int = 10_000, eps_scaling: float = 4.0
+                    tol: float = 1e-3, max_iter: int = 20_000, eps_scaling: float = 4.0
                     ) -> dict[str, Any]:
     """One SEG-OTCE repetition on already-sampled pixels ``fs: (N_s, D)``, ``ft: (N_t, D)``.
 
@@ -635,7 +666,7 @@ def otce_score(source_features: Any, source_labels: Any, target_features: Any,
                target_labels: Any, n_pixels: int = 10_000, repetitions: int = 10,
                epsilon: float = 0.1, seed: int = 0, ignore_index: int | None = 255,
                solver: str = "sinkhorn", sampling: str = "uniform", *,
-               cost_scale: str = "none", tol: float = 1e-3, max_iter: int = 10_000,
+               cost_scale: str = "none", tol: float = 1e-3, max_iter: int = 20_000,
                eps_scaling: float = 4.0, device: str | torch.device | None = None,
                dtype: str | torch.dtype = "float32", memory_budget: int | None = None,
                repetition_ids: Sequence[int] | None = None) -> OTCEResult:
