@@ -88,6 +88,7 @@ from segotce_ray.scoring import (
     MetricSpec,
     OTCESettings,
     PairScorer,
+    open_scorer,
     ScorePair,
     otce_metric,
     results_frame,
@@ -328,17 +329,10 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
     spec = metric or otce_metric(settings)
     K = spec.repetitions
     sign = 1.0 if spec.higher_is_better else -1.0
-    pair_list = sorted({p if isinstance(p, ScorePair) else ScorePair(*map(str, p)) for p in pairs})
-    keys = [(p.model, p.target) for p in pair_list]
-    if len(set(keys)) != len(keys):
-        raise ValueError("a (model, target) is listed with two source datasets")
-    ignore_index = int(spec.params.get("ignore_index", 255))
-    scorer = PairScorer(pools, store, seed=seed, ignore_index=ignore_index, num_gpus=num_gpus,
-                        max_retries=max_retries, fail_infeasible=fail_infeasible)
-    if max_in_flight is None:
-        max_in_flight = max(16, 4 * int(ray.cluster_resources().get("CPU", 1)))
-    if max_in_flight < 1:
-        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    pair_list, scorer, max_in_flight = open_scorer(
+        pairs, pools, store, seed=seed, ignore_index=int(spec.params.get("ignore_index", 255)),
+        num_gpus=num_gpus, max_retries=max_retries, fail_infeasible=fail_infeasible,
+        max_in_flight=max_in_flight)
 
     # -- candidates per target
     targets: dict[str, _Target] = {}

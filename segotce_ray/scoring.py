@@ -573,6 +573,28 @@ def _chunks(ks: list[int], size: int) -> Iterator[list[int]]:
         yield ks[i:i + size]
 
 
+def open_scorer(pairs: Iterable[ScorePair | Sequence[str]], pools: Mapping[str, Any],
+                store: Any, *, seed: int, ignore_index: int, num_gpus: float | None,
+                max_retries: int, fail_infeasible: bool, max_in_flight: int | None
+                ) -> tuple[list[ScorePair], "PairScorer", int]:
+    """Sorted unique pairs (a (model, target) with two sources is a ValueError), a
+    :class:`PairScorer` over ``pools``, and the in-flight bound (default 4 tasks per CPU, ≥ 16)."""
+    pair_list = sorted({_as_pair(p) for p in pairs})
+    clash = pd.Series([(p.model, p.target) for p in pair_list], dtype=object).duplicated()
+    if clash.any():
+        m, t = [(p.model, p.target) for p in pair_list][int(np.argmax(clash.to_numpy()))]
+        raise ValueError(f"model {m!r} → target {t!r} is listed with two source datasets")
+    scorer = PairScorer(pools, store, seed=seed, ignore_index=ignore_index, num_gpus=num_gpus,
+                        max_retries=max_retries, fail_infeasible=fail_infeasible)
+    if max_in_flight is None:
+        import ray
+
+        max_in_flight = max(16, 4 * int(ray.cluster_resources().get("CPU", 1)))
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    return pair_list, scorer, max_in_flight
+
+
 def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
                 pools: Mapping[tuple[str, str], PoolSource] | None = None,
                 settings: OTCESettings | None = None, *, store: Any = None, seed: int = 0,
@@ -607,18 +629,10 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
         raise ValueError(f"metric names repeat: {[s.name for s in specs]}")
     if reps_per_task < 1:
         raise ValueError(f"reps_per_task must be >= 1, got {reps_per_task}")
-    pair_list = sorted({_as_pair(p) for p in pairs})
-    clash = pd.Series([(p.model, p.target) for p in pair_list]).duplicated()
-    if clash.any():
-        m, t = [(p.model, p.target) for p in pair_list][int(np.argmax(clash.to_numpy()))]
-        raise ValueError(f"model {m!r} → target {t!r} is listed with two source datasets")
-    ignore_index = int(specs[0].params.get("ignore_index", 255))
-    scorer = PairScorer(pools, store, seed=seed, ignore_index=ignore_index, num_gpus=num_gpus,
-                        max_retries=max_retries, fail_infeasible=fail_infeasible)
-    if max_in_flight is None:
-        max_in_flight = max(16, 4 * int(ray.cluster_resources().get("CPU", 1)))
-    if max_in_flight < 1:
-        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    pair_list, scorer, max_in_flight = open_scorer(
+        pairs, pools, store, seed=seed, ignore_index=int(specs[0].params.get("ignore_index", 255)),
+        num_gpus=num_gpus, max_retries=max_retries, fail_infeasible=fail_infeasible,
+        max_in_flight=max_in_flight)
 
     wanted = {(p.model, p.target, spec.name, k) for p in pair_list for spec in specs
               for k in range(spec.repetitions)}
