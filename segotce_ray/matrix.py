@@ -111,6 +111,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: keep results readable as usual
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -177,3 +177,20 @@ def test_end_to_end_from_the_fan_out(ray_local, tmp_path):
                                   check_exact=True)
     ranking = again.rankings("otce")["model"].tolist()
     assert ranking[0] == "sharp" and ranking[-1] == "blurry"
+
+
+def test_saved_files_follow_the_umask_not_mkstemp_0600(tmp_path):
+    import os
+    import stat
+
+    import pandas as pd
+
+    from segotce_ray.matrix import _atomic_write
+
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "x.csv"
+        _atomic_write(target, lambda p: pd.DataFrame({"a": [1]}).to_csv(p, index=False))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
