@@ -447,9 +447,10 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                 del keep
         if support is None:
             it = 0
+            ktu = kernel.T @ u
             while iterations < stage_cap:
                 kv = kernel @ v
-                if bool((kv <= 0).any()) or bool((kernel.T @ u <= 0).any()):
+                if it % check_every == 0 and (bool((kv <= 0).any()) or bool((ktu <= 0).any())):
                     # a row/column whose kernel underflowed entirely: give it its exact
                     # log-domain c-transform, then re-absorb everything
                     f_full = f_hi + eps * torch.log(u.double())
@@ -458,7 +459,7 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                     if rows.numel():
                         f_full[rows] = eps * torch.log(a[rows]) - eps * torch.logsumexp(
                             (g_full[None, :] - cost[rows].double()) / eps, dim=1)
-                    cols = (kernel.T @ u <= 0).nonzero().squeeze(1)
+                    cols = (ktu <= 0).nonzero().squeeze(1)
                     if cols.numel():
                         g_full[cols] = eps * torch.log(b[cols]) - eps * torch.logsumexp(
                             (f_full[:, None] - cost[:, cols].double()) / eps, dim=0)
@@ -480,7 +481,8 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                         u, v = u.to(kdt), v.to(kdt)
                         kv = kernel @ v
                 u = a_w / kv.clamp_min(tiny)
-                v = b_w / (kernel.T @ u).clamp_min(tiny)
+                ktu = kernel.T @ u
+                v = b_w / ktu.clamp_min(tiny)
                 iterations += 1
                 it += 1
             f = f_hi + eps * torch.log(u.double())
