@@ -72,36 +72,32 @@ def _quiet(fn, *args) -> float:
     return value
 
 
-def pearson(scores: Sequence[float], truth: Sequence[float]) -> float:
-    """Pearson r of (M,) scores vs (M,) ground truth; NaN when either is constant or M < 2."""
+def _association(fn, scores: Sequence[float], truth: Sequence[float]) -> float:
+    """``fn(s, g)`` of a scipy association measure; NaN when either side is constant or M < 2."""
     s, g = _pair(scores, truth)
     if s.size < 2 or np.ptp(s) == 0 or np.ptp(g) == 0:
         return math.nan
-    return _quiet(stats.pearsonr, s, g)
+    return _quiet(fn, s, g)
+
+
+def pearson(scores: Sequence[float], truth: Sequence[float]) -> float:
+    """Pearson r of (M,) scores vs (M,) ground truth; NaN when either is constant or M < 2."""
+    return _association(stats.pearsonr, scores, truth)
 
 
 def spearman(scores: Sequence[float], truth: Sequence[float]) -> float:
     """Spearman ρ (average ranks for ties); NaN when either side is constant or M < 2."""
-    s, g = _pair(scores, truth)
-    if s.size < 2 or np.ptp(s) == 0 or np.ptp(g) == 0:
-        return math.nan
-    return _quiet(stats.spearmanr, s, g)
+    return _association(stats.spearmanr, scores, truth)
 
 
 def kendall_tau(scores: Sequence[float], truth: Sequence[float]) -> float:
     """Kendall τ_b (tie-corrected); NaN when either side is constant or M < 2."""
-    s, g = _pair(scores, truth)
-    if s.size < 2 or np.ptp(s) == 0 or np.ptp(g) == 0:
-        return math.nan
-    return _quiet(stats.kendalltau, s, g)
+    return _association(stats.kendalltau, scores, truth)
 
 
 def weighted_kendall_tau(scores: Sequence[float], truth: Sequence[float]) -> float:
     """Vigna's weighted τ (scipy ``weightedtau`` defaults: hyperbolic, additive, rank=True)."""
-    s, g = _pair(scores, truth)
-    if s.size < 2 or np.ptp(s) == 0 or np.ptp(g) == 0:
-        return math.nan
-    return _quiet(stats.weightedtau, s, g)
+    return _association(stats.weightedtau, scores, truth)
 
 
 def _order_by_score(s: np.ndarray) -> np.ndarray:
