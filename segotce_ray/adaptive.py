@@ -87,7 +87,6 @@ from scipy import stats
 from segotce_ray.scoring import (
     MetricSpec,
     OTCESettings,
-    PairScorer,
     open_scorer,
     ScorePair,
     otce_metric,

@@ -583,7 +583,7 @@ def label_joint(coupling: torch.Tensor | SinkhornResult, source_labels: np.ndarr
     if isinstance(coupling, SinkhornResult):
         if cost is None:
             raise ValueError("label_joint: the cost matrix is needed with potentials")
-        dev, dt = cost.device, cost.dtype
+        dev = cost.device
         t_onehot = _one_hot(target_labels, tc, torch.float64, dev)
         s_idx = torch.from_numpy(np.searchsorted(sc, source_labels)).to(dev)
         joint = torch.zeros((len(sc), len(tc)), dtype=torch.float64, device=dev)
