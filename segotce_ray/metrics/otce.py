@@ -417,7 +417,7 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                         max_iter: int = 20_000, a: torch.Tensor | None = None,
                         b: torch.Tensor | None = None, eps_scaling: float = 4.0,
                         sparse: str | bool = "auto", check_every: int = 10,
-                        sparse_fraction: float = 0.05, warmup_tol: float = 1e-2,
+                        sparse_fraction: float = 0.05, warmup_tol: float = 1e-3,
                         omega: float = 1.8, init=None) -> SinkhornResult:
     r"""Entropic OT potentials for cost ``C: (N_s, N_t)`` with marginals ``a``, ``b``.
 
