@@ -9,11 +9,14 @@ import torch
 
 from segotce_ray import otce_score
 from segotce_ray.metrics.otce import (
+    _Overrelaxation,
+    coarse_potentials,
     conditional_entropy,
     coupling_from_potentials,
     emd_coupling,
     fit_otce_weights,
     label_joint,
+    otce_repetition,
     sample_indices,
     sinkhorn_potentials,
     squared_euclidean_cost,
@@ -179,6 +182,103 @@ def test_sparse_and_dense_iterations_agree():
         assert pot.converged
         results.append(conditional_entropy(label_joint(pot, ys, yt, cost=cost)[0]))
     assert results[0] == pytest.approx(results[1], abs=1e-4)
+
+
+def test_overrelaxed_and_plain_updates_reach_the_same_coupling():
+    fs, ys = mixture(300, 8, 6, 0.0, 30, spread=1.5)
+    ft, yt = mixture(300, 8, 6, 0.5, 31, spread=1.5)
+    cost = squared_euclidean_cost(torch.from_numpy(fs).double(), torch.from_numpy(ft).double())
+    pots = {w: sinkhorn_potentials(cost, 0.5, tol=1e-6, max_iter=200_000, omega=w, sparse=False)
+            for w in (1.0, 1.8)}
+    assert all(p.converged for p in pots.values())
+    # same fixed point: the couplings agree entry-wise
+    p1, p2 = (coupling_from_potentials(cost, pots[w]) for w in (1.0, 1.8))
+    assert float((p1 - p2).abs().sum()) < 1e-5
+    # and relaxation takes fewer iterations on this slow (clustered) problem
+    assert pots[1.8].iterations < pots[1.0].iterations
+
+
+def test_overrelaxation_backs_off_on_overshoot():
+    r = _Overrelaxation(1.8, warmup=1)
+    assert r.update(1.0) == 1.0  # plain during warm-up
+    assert r.update(0.5) == 1.8
+    assert r.update(0.4) == 1.8
+    assert r.update(5.0) == 1.0  # error blew up: plain again, target halved
+    assert r.target == pytest.approx(1.4)
+    r.update(4.0)
+    assert r.update(3.0) == pytest.approx(1.4)
+    assert r.update(float("nan")) == 1.0 and r.target == 1.0
+
+
+def test_multiscale_warm_start_reaches_the_same_score():
+    fs, ys = mixture(600, 16, 6, 0.0, 32, spread=3.0)
+    ft, yt = mixture(600, 16, 6, 0.5, 33, spread=3.0)
+    xs, xt = torch.from_numpy(fs), torch.from_numpy(ft)
+    assert coarse_potentials(xs, xt, 0.1) is None  # below min_points: no coarse level
+    init = coarse_potentials(xs, xt, 0.1, min_points=100, clusters=24)
+    assert init is not None
+    f, g, eps_start, gs, gt = init
+    assert f.shape == (600,) and g.shape == (600,) and eps_start >= 0.4
+    assert len(torch.unique(f)) <= 24  # one potential per cluster
+    assert gs.shape == (600,) and int(gs.max()) < 24 and int(gt.max()) < 24
+    cost = squared_euclidean_cost(xs.double(), xt.double())
+    cold = sinkhorn_potentials(cost, 0.1, tol=1e-3)
+    warm = sinkhorn_potentials(cost, 0.1, tol=1e-3, init=init,
+                               clusters=(gs, gt))
+    assert cold.converged and warm.converged
+    w_cold = conditional_entropy(label_joint(cold, ys, yt, cost=cost)[0])
+    w_warm = conditional_entropy(label_joint(warm, ys, yt, cost=cost)[0])
+    assert w_warm == pytest.approx(w_cold, abs=1e-3)
+    # a deliberately bad start (potentials far off) still converges: the solver's hard
+    # c-transform keeps the kernel finite and a broken stage restarts from scratch
+    bad = (f * 0 + 1e4, torch.linspace(-1e4, 1e4, 600, dtype=torch.float64), 50.0)
+    r = sinkhorn_potentials(cost, 0.1, tol=1e-3, init=bad)
+    assert r.converged
+    assert conditional_entropy(label_joint(r, ys, yt, cost=cost)[0]) == pytest.approx(w_cold, abs=1e-3)
+
+
+def test_repetition_with_and_without_multiscale_agree(monkeypatch):
+    import segotce_ray.metrics.otce as otce_mod
+
+    fs, ys = mixture(500, 12, 5, 0.0, 34, spread=3.0)
+    ft, yt = mixture(500, 12, 5, 0.4, 35, spread=3.0)
+    xs, xt = torch.from_numpy(fs), torch.from_numpy(ft)
+    calls = []
+    real = otce_mod.coarse_potentials
+
+    def low_threshold(*a, **k):
+        out = real(*a, **{**k, "min_points": 100})
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(otce_mod, "coarse_potentials", low_threshold)
+    on = otce_repetition(xs, ys, xt, yt, multiscale=True)
+    off = otce_repetition(xs, ys, xt, yt, multiscale=False)
+    assert calls == [True]
+    assert on["converged"] and off["converged"]
+    assert on["w_t"] == pytest.approx(off["w_t"], abs=2e-3)
+    assert on["w_d"] == pytest.approx(off["w_d"], rel=1e-3)
+
+
+def test_sparse_result_keeps_its_support_and_bounds_the_rest():
+    import dataclasses
+
+    fs, ys = mixture(400, 16, 6, 0.0, 36, spread=3.0)
+    ft, yt = mixture(400, 16, 6, 0.5, 37, spread=3.0)
+    cost = squared_euclidean_cost(torch.from_numpy(fs), torch.from_numpy(ft))
+    pot = sinkhorn_potentials(cost, 0.1)
+    assert pot.converged and pot.sparse_iterations > 0 and pot.support is not None
+    assert 0 <= pot.off_support_mass < 1e-5
+    # the full-kernel marginal error is no larger than the reported (bounded) one
+    full = coupling_from_potentials(cost, pot)
+    a = torch.full((400,), 1 / 400, dtype=torch.float64)
+    true_err = float((full.sum(1) - a).abs().sum() + (full.sum(0) - a).abs().sum())
+    assert true_err <= pot.marginal_error + 1e-12
+    # the joint and W_D from the support equal the dense computation
+    j_sparse, wd_sparse = label_joint(pot, ys, yt, cost=cost)
+    j_dense, wd_dense = label_joint(dataclasses.replace(pot, support=None), ys, yt, cost=cost)
+    np.testing.assert_allclose(j_sparse, j_dense, atol=1e-9)
+    assert wd_sparse == pytest.approx(wd_dense, rel=1e-9)
 
 
 def test_non_convergence_is_reported():

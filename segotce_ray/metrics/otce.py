@@ -57,7 +57,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -71,6 +71,8 @@ __all__ = [
     "sample_indices",
     "squared_euclidean_cost",
     "sinkhorn_potentials",
+    "coarse_potentials",
+    "CoarseStart",
     "coupling_from_potentials",
     "emd_coupling",
     "label_joint",
@@ -95,7 +97,10 @@ class SinkhornResult:
 
     f: (N_s,) float64; g: (N_t,) float64 (on the cost's device); iterations: scaling
     iterations over all ε-stages; converged: marginal violation ≤ tol; marginal_error:
-    ``||P1 - a||₁ + ||Pᵀ1 - b||₁`` of the full kernel at the end.
+    ``||P1 - a||₁ + ||Pᵀ1 - b||₁`` of the full kernel at the end (an upper bound when
+    ``support`` is set). support: ``(rows, cols, costs)`` numpy arrays of the entries that
+    carry the coupling's mass, or None; off_support_mass: a proven upper bound on the total
+    mass of the entries outside ``support`` (then :func:`label_joint` sums the support only).
     """
 
     f: torch.Tensor
@@ -106,6 +111,8 @@ class SinkhornResult:
     marginal_error: float
     stages: int = 0
     sparse_iterations: int = 0
+    support: tuple | None = None
+    off_support_mass: float = math.nan
 
 
 @dataclass
@@ -340,9 +347,102 @@ class _Overrelaxation:
         return self.w
 
 
+def _scale_matrix(p: np.ndarray, a: np.ndarray, b: np.ndarray, iters: int = 1000,
+                  rtol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Diagonal scalings ``x, y`` with ``diag(x) p diag(y)`` having marginals ``a``, ``b``.
+
+    p: (m, m') non-negative float64 (the coupling aggregated over clusters); plain Sinkhorn,
+    m is small. Rows/columns of p without mass keep scale 1.
+    """
+    x, y = np.ones(p.shape[0]), np.ones(p.shape[1])
+    rows, cols = p.sum(1) > 0, p.sum(0) > 0
+    for it in range(iters):
+        py = p @ y
+        x = np.where(rows, a / np.where(rows, py, 1.0), 1.0)
+        px = p.T @ x
+        y = np.where(cols, b / np.where(cols, px, 1.0), 1.0)
+        if it % 10 == 0 and np.abs(x * (p @ y) - a)[rows].sum() < rtol * a.sum():
+            break
+    return x, y
+
+
+class _CoarseCorrection:
+    """Two-level acceleration of the scaling iterations.
+
+    The slow modes of Sinkhorn on clustered points are per-group shifts of the potentials:
+    mass that must move between groups through exponentially small kernel entries. Given
+    cluster labels of both sides, the current coupling is aggregated to a small matrix
+    ``P̄_cd = Σ_{i∈c, j∈d} u_i K_ij v_j``, which is scaled exactly to the clusters' masses;
+    the scalings multiply ``u`` and ``v`` cluster-wise. That removes the inter-cluster error
+    in one step (an aggregation coarse-grid correction); the ordinary iterations then fix the
+    fast, local part. A correction that does not lower the error at the next check is undone
+    and the stage goes on without them.
+    """
+
+    def __init__(self, clusters, a: torch.Tensor, b: torch.Tensor, every: int = 50,
+                 settle: int = 30):
+        ls, lt = clusters
+        self.ls, self.lt = ls.long().cpu(), lt.long().cpu()
+        self.m, self.mt = int(self.ls.max()) + 1, int(self.lt.max()) + 1
+        self.a_c = np.bincount(self.ls.numpy(), weights=a.cpu().numpy(), minlength=self.m)
+        self.b_c = np.bincount(self.lt.numpy(), weights=b.cpu().numpy(), minlength=self.mt)
+        self.every, self.active, self.settle = every, True, settle
+        self.pending = None  # (u, v, err) before the last correction
+        self.last = -every // 2  # first correction after every/2 iterations
+        self.applied = 0
+
+    def due(self, it: int) -> bool:
+        return self.active and self.pending is None and it - self.last >= self.every
+
+    def judge(self, err: float, it: int):
+        """``settle`` iterations after a correction: the saved (u, v) to restore if the error
+        did not fall, else None."""
+        if self.pending is None or it - self.last < self.settle:
+            return None
+        u, v, before = self.pending
+        self.pending = None
+
+        if not err < before:
+            self.active = False
+            return u, v
+        return None
+
+    def scalings(self, pbar: np.ndarray, err: float) -> tuple[np.ndarray, np.ndarray]:
+        # cluster marginals to 1% of the current error: enough for a correction
+        return _scale_matrix(pbar, self.a_c, self.b_c, rtol=max(1e-9, 0.01 * err))
+
+    def dense(self, kernel: torch.Tensor, u: torch.Tensor, v: torch.Tensor, err: float, it: int):
+        """Corrected (u, v), float64, on a dense kernel (the caller re-absorbs if out of range)."""
+        dev, kdt = kernel.device, kernel.dtype
+        lt, ls = self.lt.to(dev), self.ls.to(dev)
+        t1 = torch.zeros(kernel.shape[1], self.mt, dtype=kdt, device=dev)
+        t1[torch.arange(kernel.shape[1], device=dev), lt] = v
+        kt = kernel @ t1  # (N_s, m'): Σ_{j∈d} K_ij v_j
+        pbar = torch.zeros(self.m, self.mt, dtype=torch.float64, device=dev)
+        pbar.index_add_(0, ls, (u[:, None] * kt).double())
+        x, y = self.scalings(pbar.cpu().numpy(), err)
+        self.pending, self.last = (u, v, err), it
+        self.applied += 1
+        xs = torch.from_numpy(x).to(dev)[ls]
+        ys = torch.from_numpy(y).to(dev)[lt]
+        return u.double() * xs, v.double() * ys
+
+    def sparse(self, rows: np.ndarray, cols: np.ndarray, kdata: np.ndarray, u: np.ndarray,
+               v: np.ndarray, err: float, it: int):
+        """Corrected (u, v) on a sparse (COO rows/cols, values) kernel."""
+        ls, lt = self.ls.numpy(), self.lt.numpy()
+        mass = u[rows] * kdata * v[cols]
+        pbar = np.bincount(ls[rows] * self.mt + lt[cols], weights=mass,
+                           minlength=self.m * self.mt).reshape(self.m, self.mt)
+        x, y = self.scalings(pbar, err)
+        self.pending, self.last = (u, v, err), it
+        self.applied += 1
+        return u * x[ls], v * y[lt]
+
+
 def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torch.Tensor,
                   b: torch.Tensor, tol: float, budget: int, check_every: int,
-                  omega: float = 1.8):
+                  omega: float = 1.8, corr: "_CoarseCorrection | None" = None):
     """Scaling iterations on a fixed sparse support (float64, scipy CSR, CPU).
 
     Returns updated potentials ``(f, g)``, iterations done, the last row-marginal error and
@@ -370,6 +470,11 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
             # row error of the current (u, v) plus the column error left by the last
             # (possibly over-relaxed) column update
             err = float(np.abs(un * kv - an).sum() + np.abs(vn * ktu - bn).sum())
+            restore = corr.judge(err, done) if corr is not None else None
+            if restore is not None:  # the last coarse correction did not help: undo it
+                un, vn = restore
+                kv, ktu = k @ vn, kt @ un
+                err = float(np.abs(un * kv - an).sum() + np.abs(vn * ktu - bn).sum())
             if not np.isfinite(err):
                 stalled = True
                 break
@@ -395,6 +500,11 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
                 k.data[:] = np.exp((fn[rows] + gn[cols] - c_vals) / eps)
                 kt = k.T.tocsr()
                 kv = k @ vn
+                if corr is not None:
+                    corr.pending = None
+            if corr is not None and corr.due(done):
+                un, vn = corr.sparse(rows, cols, k.data, un, vn, err, done)
+                kv = k @ vn
         if w == 1.0:
             un = an / np.maximum(kv, 1e-300)
             ktu = kt @ un
@@ -413,12 +523,79 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
             done, err, False)
 
 
+def _reduced_cost_support(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
+                          theta: float, max_nnz: float, chunk_rows: int = 512):
+    """Sparse support from reduced costs ``r_ij = C_ij - f_i - g_j``, without a kernel.
+
+    Keeps the entries within ``θ·ε`` of their row's or their column's smallest reduced cost:
+    the entries whose coupling mass, once rows (columns) are renormalised, is within ``e^-θ``
+    of the largest mass of their row (column). Two chunked passes over C (minima, then the
+    mask), no exponentials. Returns ``(rows, cols, costs, indptr)`` in CSR order, or None when
+    the support has more than ``max_nnz`` entries (the stage then runs dense).
+    """
+    ns, nt = cost.shape
+    dt = cost.dtype
+    fr, gr = f.to(dt), g.to(dt)
+    row_min = torch.empty(ns, dtype=dt)
+    col_min = torch.full((nt,), math.inf, dtype=dt)
+    for lo in range(0, ns, chunk_rows):
+        r = cost[lo:lo + chunk_rows] - fr[lo:lo + chunk_rows, None] - gr[None, :]
+        row_min[lo:lo + chunk_rows] = r.min(1).values
+        torch.minimum(col_min, r.min(0).values, out=col_min)
+    band = float(theta * eps)
+    rows_l, cols_l, nnz = [], [], 0
+    for lo in range(0, ns, chunk_rows):
+        r = cost[lo:lo + chunk_rows] - fr[lo:lo + chunk_rows, None] - gr[None, :]
+        keep = (r <= (row_min[lo:lo + chunk_rows, None] + band)) | (r <= (col_min[None, :] + band))
+        rr, cc = keep.nonzero(as_tuple=True)
+        nnz += rr.numel()
+        if nnz > max_nnz:
+            return None
+        rows_l.append(rr + lo)
+        cols_l.append(cc)
+    rows_t, cols_t = torch.cat(rows_l), torch.cat(cols_l)
+    indptr = np.zeros(ns + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows_t.numpy(), minlength=ns), out=indptr[1:])
+    return rows_t.numpy(), cols_t.numpy(), cost[rows_t, cols_t].double().numpy(), indptr
+
+
+def _support_marginals(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
+                       support, chunk_rows: int = 512):
+    """Marginals of the coupling restricted to ``support`` (float64, exact) and a proven
+    upper bound on the mass outside it.
+
+    The bound: with ``m_i`` the smallest reduced cost ``C_ij - f_i - g_j`` of row i outside the
+    support (one chunked pass, no exponentials; lowered by a rounding margin), the off-support
+    mass of row i is at most ``N_t·exp(-m_i/ε)``. Returns ``(row (N_s,), col (N_t,), bound)``.
+    """
+    rows, cols, c_vals, indptr = support
+    ns, nt = cost.shape
+    fn, gn = f.cpu().numpy(), g.cpu().numpy()
+    mass = np.exp((fn[rows] + gn[cols] - c_vals) / eps)
+    row = np.bincount(rows, weights=mass, minlength=ns)
+    col = np.bincount(cols, weights=mass, minlength=nt)
+    dt = cost.dtype
+    fr, gr = f.to(dt), g.to(dt)
+    scale = float(cost.abs().max()) + float(f.abs().max()) + float(g.abs().max())
+    margin = 8 * torch.finfo(dt).eps * scale
+    bound = 0.0
+    rows_t, cols_t = torch.from_numpy(rows), torch.from_numpy(cols)
+    for lo in range(0, ns, chunk_rows):
+        hi = min(ns, lo + chunk_rows)
+        r = cost[lo:hi] - fr[lo:hi, None] - gr[None, :]
+        s0, s1 = int(indptr[lo]), int(indptr[hi])
+        r[rows_t[s0:s1] - lo, cols_t[s0:s1]] = math.inf
+        m = r.min(1).values.double() - margin
+        bound += float((nt * torch.exp(-m / eps)).sum())
+    return torch.from_numpy(row), torch.from_numpy(col), bound
+
+
 def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float = 1e-3,
                         max_iter: int = 20_000, a: torch.Tensor | None = None,
                         b: torch.Tensor | None = None, eps_scaling: float = 4.0,
                         sparse: str | bool = "auto", check_every: int = 10,
-                        sparse_fraction: float = 0.05, warmup_tol: float = 1e-3,
-                        omega: float = 1.8, init=None) -> SinkhornResult:
+                        sparse_fraction: float = 0.05, warmup_tol: float = 1e-2,
+                        omega: float = 1.8, init=None, clusters=None) -> SinkhornResult:
     r"""Entropic OT potentials for cost ``C: (N_s, N_t)`` with marginals ``a``, ``b``.
 
     Solves ``min <P,C> + ε Σ P(log P - 1)`` s.t. ``P1 = a, Pᵀ1 = b`` (uniform by default);
@@ -426,11 +603,17 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
     with absorption, an ε-scaling schedule with ratio ``eps_scaling`` (≤ 1 disables it) and,
     on CPU, sparse iterations on the support of the absorbed kernel (``sparse`` True, False
     or "auto": when fewer than 5% of the entries carry mass). Updates are over-relaxed by
-    ``omega`` (1 = plain Sinkhorn; see ``_Overrelaxation``). Warm-up stages run on the dense
-    kernel stop at a marginal error of ``warmup_tol`` (they only seed the next ε), sparse ones
-    at ``max(tol, 1e-3)``. Stops when ``||P1-a||₁ + ||Pᵀ1-b||₁ < tol``, measured on the full
-    kernel, or after ``max_iter`` scaling iterations. Memory: C plus one kernel buffer of C's
-    size.
+    ``omega`` (1 = plain Sinkhorn; see ``_Overrelaxation``). Warm-up stages stop at a
+    marginal error of ``max(tol, 1e-3)``; they only seed the next ε.
+
+    Multiscale: ``init`` = ``(f, g, ε_start, ...)`` (e.g. a :class:`CoarseStart` from
+    :func:`coarse_potentials`) starts the schedule at ``ε_start`` from the hard c-transforms
+    of those potentials; ``clusters`` = ``(source labels (N_s,), target labels (N_t,))``
+    turns on coarse corrections between those groups every 50 iterations
+    (``_CoarseCorrection``) and lets dense warm-up stages stop at ``warmup_tol``.
+
+    Stops when ``||P1-a||₁ + ||Pᵀ1-b||₁ < tol``, measured on the full kernel, or after
+    ``max_iter`` scaling iterations. Memory: C plus one kernel buffer of C's size.
     """
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
@@ -465,6 +648,8 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
     support = None  # (rows, cols, costs, indptr) of the sparse kernel of the current stage
     dense_stage = False  # set when a sparse support stalled twice: redo the stage on the full kernel
     stalls_here = 0
+    fitted = False  # (f, g) come from a finished stage (not the c-transform or a coarse guess)
+    kept = None  # (rows, cols, costs, bound) of a verified final support
     while True:
         final = eps <= epsilon * (1 + 1e-9)
         stages += 1
@@ -474,6 +659,12 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
         # N_s·N_t each; sparse ones are cheap and a tight start shortens the final stage)
         stage_tol = 0.5 * tol if final else max(tol, 1e-3)
         stage_cap = max_iter if final else iterations + max(1, (max_iter - iterations) // 2)
+        if support is None and allow_sparse and not dense_stage and fitted and dev.type == "cpu":
+            # potentials fitted at an earlier ε (or a stalled support): the next support
+            # straight from reduced costs, no dense kernel (θ: e^-θ ≈ 1e-9·tol / N)
+            theta = math.log(max(ns, nt) / (1e-9 * tol))
+            support = _reduced_cost_support(cost, f, g, eps, theta,
+                                            1.0 * ns * nt if sparse is True else sparse_fraction * ns * nt)
         if support is None:
             # the final dense stage runs a float64 kernel: in float32 the exponent of costs
             # ~10³ at ε = 0.1 is off by ~10⁻³ relative, a floor above the tolerance
@@ -506,11 +697,14 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                     g = g_hi + eps * torch.log(v.double())
                 del keep
         if support is None:
-            if not final:
+            if not final and clusters is not None:
+                # with coarse corrections a loosely converged dense stage is a safe start
+                # for the (cheap) sparse ones; without, they can stall on it (N=1000, D=256)
                 stage_tol = max(tol, warmup_tol)
             it = 0
             ktu = kernel.T @ u
             relax = _Overrelaxation(omega)
+            corr = _CoarseCorrection(clusters, a, b) if clusters is not None else None
             w = 1.0
             while iterations < stage_cap:
                 kv = kernel @ v
@@ -533,15 +727,28 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                     u, v = u.to(kdt), v.to(kdt)
                     kv = kernel @ v
                     ktu = kernel.T @ u
+                    if corr is not None:
+                        corr.pending = None
                 if it % check_every == 0 and it:
                     # row error of (u, v) + column error left by the last column update
                     err = float((u * kv - a_w).abs().sum().item()
                                 + (v * ktu - b_w).abs().sum().item())
+                    restore = corr.judge(err, it) if corr is not None else None
+                    if restore is not None:  # the coarse correction did not help: undo it
+                        u, v = restore
+                        kv, ktu = kernel @ v, kernel.T @ u
+                        err = float((u * kv - a_w).abs().sum().item()
+                                    + (v * ktu - b_w).abs().sum().item())
                     if err < stage_tol or not math.isfinite(err):
                         break
                     w = relax.update(err)
+                    if corr is not None and corr.due(it):
+                        u, v = corr.dense(kernel, u, v, err, it)  # float64
                     big = max(float(u.max()), float(v.max()))
                     small = min(float(u.min()), float(v.min()))
+                    if u.dtype != kdt and 1e-15 <= small and big <= 1e15:
+                        u, v = u.to(kdt), v.to(kdt)
+                        kv = kernel @ v
                     if big > 1e15 or small < 1e-15:
                         f_hi, u = _split(f_hi + eps * torch.log(u.double()), eps, kdt)
                         g_hi, v = _split(g_hi + eps * torch.log(v.double()), eps, kdt)
@@ -549,6 +756,8 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                         u, v = u.to(kdt), v.to(kdt)
                         kv = kernel @ v
                         ktu = kernel.T @ u
+                        if corr is not None:
+                            corr.pending = None
                 if w == 1.0:
                     u = a_w / kv.clamp_min(tiny)
                     ktu = kernel.T @ u
@@ -567,16 +776,18 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                     # a warm start (or over-relaxation) that broke the scaling: start over
                     # from the c-transform with plain updates (else the verification reports it)
                     log.debug("stage ε=%.4g: non-finite scaling; restarting plainly", eps)
-                    init, omega = None, 1.0
+                    init, omega, fitted = None, 1.0, False
                     f, g, eps = f0.clone(), g0.clone(), eps0
                     support, dense_stage, stalls_here = None, False, 0
                     continue
+            fitted = True
         else:
-            f, g, done, err, stalled = _sparse_stage(support, f, g, eps, a, b, stage_tol,
-                                                     max(1, stage_cap - iterations), check_every,
-                                                     omega)
+            f, g, done, err, stalled = _sparse_stage(
+                support, f, g, eps, a, b, stage_tol, max(1, stage_cap - iterations), check_every,
+                omega, _CoarseCorrection(clusters, a, b) if clusters is not None else None)
             iterations += done
             sparse_iterations += done
+            fitted = True
             if stalled and iterations < max_iter:
                 # first stall: refit the support to the progressed potentials; second: dense
                 dense_stage = stalls_here >= 1
@@ -589,9 +800,17 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
             log.debug("stage ε=%.4g sparse nnz=%d (%.3f%%) iterations=%d err=%.2e", eps,
                       len(support[0]), 100 * len(support[0]) / (ns * nt), iterations, err)
         if final:
-            # verify the marginals of the full (untruncated) kernel, exponent in float64
-            row, col = _marginals(cost, f, g, eps)
-            err = float((row - a).abs().sum() + (col - b).abs().sum())
+            # verify the marginals of the full (untruncated) kernel, exponent in float64:
+            # after a sparse stage, exactly on the support plus a proven bound on the rest
+            kept = None
+            if support is not None:
+                row, col, bound = _support_marginals(cost, f, g, eps, support)
+                if 2 * bound < 0.01 * tol:
+                    err = float((row - a).abs().sum() + (col - b).abs().sum()) + 2 * bound
+                    kept = (support[0], support[1], support[2], bound)
+            if kept is None:
+                row, col = _marginals(cost, f, g, eps)
+                err = float((row - a).abs().sum() + (col - b).abs().sum())
             converged = err < tol
             checks += 1
             log.debug("verify ε=%.4g full marginal error %.2e after %d iterations", eps, err, iterations)
@@ -601,7 +820,7 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
             if not err < 1.0 and (allow_sparse or not math.isfinite(err)):
                 # potentials fitted on a support that missed most of the mass: start over on
                 # the dense kernel (ε-scaling from the c-transform start)
-                allow_sparse = False
+                allow_sparse, fitted = False, False
                 f, g, eps = f0.clone(), g0.clone(), eps0
                 continue
             if checks >= 2 and allow_sparse:
@@ -613,7 +832,9 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
         stalls_here = 0
     return SinkhornResult(f=f, g=g, epsilon=float(epsilon), iterations=iterations,
                           converged=converged, marginal_error=err, stages=stages,
-                          sparse_iterations=sparse_iterations)
+                          sparse_iterations=sparse_iterations,
+                          support=None if kept is None else kept[:3],
+                          off_support_mass=math.nan if kept is None else kept[3])
 
 
 def coupling_from_potentials(cost: torch.Tensor, pot: SinkhornResult) -> torch.Tensor:
@@ -668,6 +889,19 @@ def label_joint(coupling: torch.Tensor | SinkhornResult, source_labels: np.ndarr
         if cost is None:
             raise ValueError("label_joint: the cost matrix is needed with potentials")
         dev = cost.device
+        if coupling.support is not None:
+            # the mass lives on the support (the rest is below coupling.off_support_mass)
+            rows, cols, c_vals = coupling.support
+            fn, gn = coupling.f.cpu().numpy(), coupling.g.cpu().numpy()
+            mass = np.exp((fn[rows] + gn[cols] - c_vals) / coupling.epsilon)
+            si = np.searchsorted(sc, np.asarray(source_labels))[rows]
+            ti = np.searchsorted(tc, np.asarray(target_labels))[cols]
+            j = np.bincount(si * len(tc) + ti, weights=mass,
+                            minlength=len(sc) * len(tc)).reshape(len(sc), len(tc))
+            total = j.sum()
+            if not total > 0:
+                raise ValueError("coupling has no mass (all entries underflowed)")
+            return j / total, float(mass @ c_vals)
         t_onehot = _one_hot(target_labels, tc, torch.float64, dev)
         s_idx = torch.from_numpy(np.searchsorted(sc, source_labels)).to(dev)
         joint = torch.zeros((len(sc), len(tc)), dtype=torch.float64, device=dev)
@@ -732,9 +966,19 @@ def _kmeans(x: torch.Tensor, m: int, iters: int = 10) -> tuple[torch.Tensor, tor
     return lab, torch.bincount(lab, minlength=m), centres
 
 
+class CoarseStart(NamedTuple):
+    """A multiscale warm start: per-point potentials, the ε to start at, and the groups
+    (labels in 0..m-1 per point) that :func:`sinkhorn_potentials` corrects between."""
+    f: torch.Tensor
+    g: torch.Tensor
+    epsilon: float
+    source_groups: torch.Tensor
+    target_groups: torch.Tensor
+
+
 def coarse_potentials(fs: torch.Tensor, ft: torch.Tensor, epsilon: float, *, scale: float = 1.0,
-                      clusters: int | None = None, min_points: int = 2048
-                      ) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+                      clusters: int | None = None, min_points: int = 2048,
+                      groups: int = 64) -> CoarseStart | None:
     """Multiscale warm start for :func:`sinkhorn_potentials`: ``(f, g, ε_start)`` or None.
 
     Sinkhorn is slow when the points form well-separated groups (classes do): mass moves
@@ -744,7 +988,9 @@ def coarse_potentials(fs: torch.Tensor, ft: torch.Tensor, epsilon: float, *, sca
     ``ε_start`` = an eighth of the mean within-cluster squared distance (scaled), and every
     point inherits its cluster's potential. The fine solve then starts at ``ε_start`` with
     the groups already balanced (Schmitzer 2019, multiscale ε-scaling). None when the pools
-    are smaller than ``min_points`` or the coarse solve does not converge.
+    are smaller than ``min_points`` or the coarse solve does not converge. The clusters,
+    merged into at most ``groups`` groups (k-means of the centres), also serve the solver's
+    coarse corrections.
     fs: (N_s, D), ft: (N_t, D) — the sampled features of one repetition.
     """
     ns, nt = fs.shape[0], ft.shape[0]
@@ -768,7 +1014,10 @@ def coarse_potentials(fs: torch.Tensor, ft: torch.Tensor, epsilon: float, *, sca
     fc = torch.zeros(m, dtype=torch.float64, device=pot.f.device)
     gc = torch.zeros(m, dtype=torch.float64, device=pot.g.device)
     fc[ks], gc[kt] = pot.f, pot.g
-    return fc[ls], gc[lt], eps_start
+    q = min(groups, m)
+    gs = _kmeans(ms, q)[0][ls]
+    gt = _kmeans(mt, q)[0][lt]
+    return CoarseStart(fc[ls], gc[lt], eps_start, gs, gt)
 
 
 def otce_repetition(fs: torch.Tensor, ys: np.ndarray, ft: torch.Tensor, yt: np.ndarray, *,
@@ -794,7 +1043,8 @@ def otce_repetition(fs: torch.Tensor, ys: np.ndarray, ft: torch.Tensor, yt: np.n
     if solver == "sinkhorn":
         init = coarse_potentials(fs, ft, epsilon, scale=scale) if multiscale else None
         pot = sinkhorn_potentials(cost, epsilon, tol=tol, max_iter=max_iter, eps_scaling=eps_scaling,
-                                  init=init)
+                                  init=init, clusters=None if init is None else
+                                  (init.source_groups, init.target_groups))
         joint, w_d = label_joint(pot, ys, yt, cost=cost)
         iterations, converged, merr = pot.iterations, pot.converged, pot.marginal_error
     elif solver == "emd":
