@@ -162,11 +162,19 @@ def _print_demo_results(result) -> None:
         keep = [c for c in ("metric", "target", "n_models", "pearson", "spearman", "kendall_tau",
                             "weighted_tau", "regret", "best_in_top3") if c in table.columns]
         table = table[keep]
-        print("\nAgreement with fine-tuning ground truth (correlation.csv; 1 = perfect, "
-              "regret in ground-truth points):")
+        mean = table[table["target"] == "__mean__"].drop(columns=["target", "n_models"],
+                                                           errors="ignore")
+        otce = table[(table["metric"] == "otce") & (table["target"] != "__mean__")]
         with pd.option_context("display.width", 160, "display.max_columns", 30,
                                "display.float_format", "{:.3f}".format):
-            print(table.to_string(index=False))
+            if not otce.empty:
+                print("\nSEG-OTCE against the fine-tuning ground truth, per target "
+                      "(1 = perfect; regret in ground-truth points):")
+                print(otce.drop(columns="metric").to_string(index=False))
+            if not mean.empty:
+                print("\nEvery metric side by side, mean over targets (per-target rows: "
+                      "correlation.csv):")
+                print(mean.to_string(index=False))
     print(f"\nheatmap: {result.run_dir / 'heatmap.png'}")
     print(f"report:  {result.run_dir / 'report.md'}")
 

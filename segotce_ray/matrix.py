@@ -240,7 +240,10 @@ class TransferabilityMatrix:
             gt = read_ground_truth(gt)
         s = self.summary()
         means = s.rename(columns={"mean": "score"})[["metric", "model", "target", "score"]]
-        return correlation_table(means, gt, higher_is_better=self.higher_is_better)
+        from segotce_ray.report import METRIC_ORDER
+
+        return correlation_table(means, gt, higher_is_better=self.higher_is_better,
+                                 metric_order=METRIC_ORDER)
 
     # ------------------------------------------------------------------ plots
 

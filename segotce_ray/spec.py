@@ -41,10 +41,11 @@ SCHEDULES_AVAILABLE = ("full", "adaptive")
 #: Every metric name a job may select (issue 7's peers next to SEG-OTCE).
 KNOWN_METRICS = ("otce", "nce", "leep", "nleep", "logme", "hscore", "hscore_shrinkage",
                  "gbc", "transrate")
-#: Metrics a job scores when its spec has no ``metrics`` key. SEG-OTCE only: the peers are
-#: opt-in (``metrics: [otce, logme, ...]``) because some are costly at N = 10⁴ (N-LEEP's
-#: mixture fit takes seconds per repetition).
-DEFAULT_METRICS = ("otce",)
+#: Metrics a job scores when its spec has no ``metrics`` key: every metric the pools allow.
+#: Pools always keep the source head's probabilities (NCE, LEEP) and the features (the
+#: others); SEG-OTCE also needs the model's source pool and is marked unavailable, with the
+#: reason, for a model without one. ``metrics: [otce]`` scores SEG-OTCE alone.
+DEFAULT_METRICS = KNOWN_METRICS
 #: Metrics that need the model's source-dataset pool (the others only need the target pool).
 SOURCE_METRICS = ("otce",)
 TORCHVISION_ARCHITECTURES = (

@@ -42,7 +42,8 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def write_job(tmp: Path, data_root: Path, models=None, **extra) -> Path:
+def write_job(tmp: Path, data_root: Path, models=None, metrics=("otce",), **extra) -> Path:
+    """A job spec over the module's data; ``metrics=None`` leaves the key out (the default)."""
     models = models if models is not None else MODELS
     spec = {
         "name": "nightly", "seed": 0,
@@ -56,6 +57,8 @@ def write_job(tmp: Path, data_root: Path, models=None, **extra) -> Path:
                        "source": src} for m, src in models.items()},
         "targets": ["t1", "t2"],
     }
+    if metrics is not None:
+        spec["metrics"] = list(metrics)
     spec.update(extra)
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "job.yaml"
@@ -104,6 +107,25 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, data_root, capsys):
     assert "pairs: 6 (model × target × metric), 0 complete, 6 to score (18 repetitions" in out
     assert "extract     m_a @ src_a" in out and "score 3/3   otce     m_b → t2" in out
     assert not (tmp_path / "store").exists() and not (tmp_path / "runs").exists()
+
+
+def test_spec_without_metrics_scores_every_metric_the_pools_allow(tmp_path, data_root, capsys):
+    from segotce_ray.spec import KNOWN_METRICS
+
+    # m_x has no source dataset: the peers still score it, SEG-OTCE is marked unavailable
+    path = write_job(tmp_path, data_root, metrics=None,
+                     models={"m_a": "src_a", "m_x": None})
+    spec = load_spec(path)
+    assert spec.metrics == list(KNOWN_METRICS) and spec.metrics[0] == "otce"
+    plan = make_plan(spec)
+    by_metric = {m: [p for p in plan.pairs if p.metric == m] for m in KNOWN_METRICS}
+    assert all(len(v) == 2 * 2 for v in by_metric.values())  # 2 models × 2 targets each
+    otce_x = [p for p in by_metric["otce"] if p.model == "m_x"]
+    assert otce_x and all(p.not_applicable and "source" in p.error for p in otce_x)
+    assert all(p.error is None for m in KNOWN_METRICS[1:] for p in by_metric[m])
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"pairs: {len(KNOWN_METRICS) * 4} (model × target × metric)" in out
 
 
 def test_resume_after_kill_computes_only_missing_rows_and_same_matrix(tmp_path, data_root, ray_local):
@@ -335,7 +357,8 @@ def test_issue_spec_plans_as_written(tmp_path, capsys):
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "pools: 6 needed, 0 cached, 6 to extract, 0 unavailable" in out
-    assert "pairs: 4 (model × target × metric), 0 complete, 4 to score (40 repetitions" in out
+    # no `metrics:` key: every metric (9) for each of the 4 model × target pairs
+    assert "pairs: 36 (model × target × metric), 0 complete, 36 to score (360 repetitions" in out
     for pool in ("lraspp_gta5 @ gta5", "lraspp_gta5 @ cs_aachen", "tiny_bdd @ bdd",
                  "tiny_bdd @ mine"):
         assert pool in out
@@ -351,7 +374,7 @@ def test_issue_spec_runs_as_written(tmp_path, ray_local, capsys):
                  "correlation.csv", "spec.yaml", "versions.json", "timings.json"):
         assert (run / name).is_file(), name
     table = pd.read_parquet(run / "matrix.parquet")
-    assert (table["status"] == "ok").all() and len(table) == 4 * 10
+    assert (table["status"] == "ok").all() and len(table) == 4 * 9 * 10
 
 
 def test_demo_command_prints_rankings_correlation_and_paths(tmp_path, data_root, ray_local,
@@ -360,7 +383,8 @@ def test_demo_command_prints_rankings_correlation_and_paths(tmp_path, data_root,
     import segotce_ray.demo
 
     def fake_build_demo(workdir):
-        path = write_job(Path(workdir), data_root, ground_truth="gt.csv")
+        path = write_job(Path(workdir), data_root, ground_truth="gt.csv",
+                         metrics=("logme", "otce"))
         (Path(workdir) / "gt.csv").write_text(
             "model,target,value\n" + "".join(f"{m},{t},{v}\n" for m, t, v in [
                 ("m_a", "t1", 50), ("m_b", "t1", 40), ("m_c", "t1", 45),
@@ -373,7 +397,12 @@ def test_demo_command_prints_rankings_correlation_and_paths(tmp_path, data_root,
     out = capsys.readouterr().out
     assert "SEG-OTCE ranking for target 't1'" in out and "SEG-OTCE ranking for target 't2'" in out
     assert " 1. m_a" in out                                   # best-separated features
-    assert "Agreement with fine-tuning ground truth" in out and "pearson" in out
+    assert "SEG-OTCE against the fine-tuning ground truth, per target" in out and "pearson" in out
+    side = out.split("Every metric side by side")[1].splitlines()
+    rows = [line.split()[0] for line in side[2:] if line.strip() and not line.startswith(("heat", "rep"))]
+    assert rows == ["otce", "logme"]                          # SEG-OTCE first
+    corr = pd.read_csv(latest_run(tmp_path / "demo" / "runs" / "nightly") / "correlation.csv")
+    assert list(dict.fromkeys(corr["metric"])) == ["otce", "logme"]
     run = latest_run(tmp_path / "demo" / "runs" / "nightly")
     assert f"heatmap: {run / 'heatmap.png'}" in out and f"report:  {run / 'report.md'}" in out
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segotce_ray.spec import SpecError, build_spec, check_spec_file, load_spec, validate
+from segotce_ray.spec import (KNOWN_METRICS, SpecError, build_spec, check_spec_file, load_spec,
+                              validate)
 
 ISSUE_SPEC = textwrap.dedent("""\
     name: nightly
@@ -74,7 +75,7 @@ def test_issue_spec_validates_and_resolves_against_its_folder(tmp_path):
     assert spec.models["lraspp_gta5"].constructor == "lraspp_mobilenet_v3_large"
     assert spec.models["tiny_bdd"].layer == "penultimate"  # falls back to otce.layer
     assert spec.otce.n_pixels == 10000 and spec.otce.repetitions == 10
-    assert spec.otce.solver == "sinkhorn" and spec.metrics == ["otce"]
+    assert spec.otce.solver == "sinkhorn" and spec.metrics == list(KNOWN_METRICS)
     assert spec.ground_truth == str(jobs / "gt.csv")
     assert spec.targets == ["cs_aachen", "mine"]
     # the resolved spec round-trips through YAML and validates again
@@ -165,8 +166,9 @@ def test_every_problem_listed_at_once(tmp_path):
      "models.lraspp_gta5.num_classes", "expected an integer, got boolean"),
     (lambda r: r["models"]["lraspp_gta5"].update(input_size=[512]),
      "models.lraspp_gta5.input_size", "[height, width]"),
-    (lambda r: r["models"]["lraspp_gta5"].pop("source"), "models.lraspp_gta5.source",
-     "needs the model's source dataset"),
+    (lambda r: r.update(metrics=["otce"]) or r["models"]["lraspp_gta5"].pop("source"),
+     "models.lraspp_gta5.source", "needs the model's source dataset"),
+    (lambda r: r["models"]["lraspp_gta5"].pop("source"), None, None),  # default: peers still run
     (lambda r: r.update(metrics=["otce", "logme"]) or r["models"]["lraspp_gta5"].pop("source"),
      None, None),                                                   # peers run without a source
     (lambda r: r.update(metrics=["otce", "logmee"]), "metrics[1]", "did you mean 'logme'"),

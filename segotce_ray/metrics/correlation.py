@@ -191,7 +191,8 @@ def measures_for_target(scores: Sequence[float], truth: Sequence[float]) -> dict
 
 def correlation_table(scores: pd.DataFrame, truth: pd.DataFrame,
                       score_column: str = "score", metric_column: str | None = "metric",
-                      higher_is_better: dict[str, bool] | None = None) -> pd.DataFrame:
+                      higher_is_better: dict[str, bool] | None = None,
+                      metric_order: Sequence[str] = ()) -> pd.DataFrame:
     """Per-target measures and their mean over targets.
 
     scores: long table with columns ``model``, ``target``, ``score_column`` and optionally
@@ -201,7 +202,8 @@ def correlation_table(scores: pd.DataFrame, truth: pd.DataFrame,
     ``higher_is_better[metric] = False`` is negated before correlating.
 
     Returns columns ``metric, target, n_models, <MEASURES...>, reason``: one row per
-    (metric, target) in sorted order, then per metric a row with ``target == MEAN_ROW``
+    (metric, target), metrics in ``metric_order`` first (in that order, then the others
+    sorted), targets sorted, then per metric a row with ``target == MEAN_ROW``
     holding the NaN-ignoring mean of each measure over targets (``n_models`` = number of
     targets with a defined Pearson r; ``reason`` lists targets left out).
     """
@@ -230,7 +232,10 @@ def correlation_table(scores: pd.DataFrame, truth: pd.DataFrame,
         sc = sc.groupby(key, sort=True, as_index=False)[score_column].mean()
     higher_is_better = higher_is_better or {}
     rows: list[dict[str, object]] = []
-    for metric in sorted(sc[metric_column].astype(str).unique()):
+    order = list(metric_order)
+    present = sorted(sc[metric_column].astype(str).unique(),
+                     key=lambda m: (order.index(m) if m in order else len(order), m))
+    for metric in present:
         per_metric = sc[sc[metric_column].astype(str) == metric]
         sign = 1.0 if higher_is_better.get(metric, True) else -1.0
         targets = sorted(set(per_metric["target"].astype(str)) | set(gt["target"]))
