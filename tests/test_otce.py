@@ -9,6 +9,7 @@ import torch
 
 from segotce_ray import otce_score
 from segotce_ray.metrics.otce import (
+    _CoarseCorrection,
     _Overrelaxation,
     coarse_potentials,
     conditional_entropy,
@@ -208,6 +209,42 @@ def test_overrelaxation_backs_off_on_overshoot():
     r.update(4.0)
     assert r.update(3.0) == pytest.approx(1.4)
     assert r.update(float("nan")) == 1.0 and r.target == 1.0
+
+
+def test_coarse_correction_balances_group_masses_and_is_undone_when_useless():
+    rng = np.random.default_rng(5)
+    ns, nt = 60, 50
+    kernel = torch.from_numpy(rng.random((ns, nt)) ** 4 + 1e-3)
+    u = torch.from_numpy(rng.random(ns) + 0.1)
+    v = torch.from_numpy(rng.random(nt) + 0.1)
+    gs = torch.from_numpy(rng.integers(0, 4, ns))
+    gt = torch.from_numpy(rng.integers(0, 3, nt))
+    a = torch.full((ns,), 1 / ns, dtype=torch.float64)
+    b = torch.full((nt,), 1 / nt, dtype=torch.float64)
+    corr = _CoarseCorrection((gs, gt), a, b, every=10, settle=5)
+    assert not corr.due(4) and corr.due(5)  # first one after every/2 iterations
+    u2, v2 = corr.dense(kernel, u, v, err=1e-6, it=5)  # scaled to 1% of err
+    p = u2[:, None] * kernel * v2[None, :]
+    # the coupling's mass per (source group) and per (target group) now equals theirs
+    row_g = torch.zeros(4, dtype=torch.float64).index_add_(0, gs, p.sum(1))
+    col_g = torch.zeros(3, dtype=torch.float64).index_add_(0, gt, p.sum(0))
+    np.testing.assert_allclose(row_g, np.bincount(gs.numpy(), minlength=4) / ns, rtol=1e-5)
+    np.testing.assert_allclose(col_g, np.bincount(gt.numpy(), minlength=3) / nt, rtol=1e-5)
+    # within a group the scaling is one factor
+    ratio = (u2 / u).numpy()
+    for g in range(4):
+        assert np.ptp(ratio[gs.numpy() == g]) < 1e-12
+    # the same correction on the sparse path (every entry kept) gives the same scalings
+    rows, cols = np.nonzero(np.ones((ns, nt), dtype=bool))
+    corr_sp = _CoarseCorrection((gs, gt), a, b)
+    u3, v3 = corr_sp.sparse(rows, cols, kernel.numpy()[rows, cols], u.numpy(), v.numpy(), 1e-6, 0)
+    np.testing.assert_allclose(u3 * v3[0], (u2 * v2[0]).numpy(), rtol=1e-8)
+    # judged `settle` iterations later: an error that did not fall restores (u, v), and
+    # the next correction waits twice as long
+    assert corr.judge(2.0, 7) is None          # too early to judge
+    restored = corr.judge(2.0, 10)
+    assert restored is not None and torch.equal(restored[0], u) and corr.every == 20
+    assert corr.active and not corr.due(24) and corr.due(25)  # 20 after the last one (5)
 
 
 def test_multiscale_warm_start_reaches_the_same_score():

@@ -329,7 +329,11 @@ class _Overrelaxation:
         self.target, self.warmup, self.window = omega, warmup, window
         self.w = 1.0
         self.history: list[float] = []
-        self.overshoots = 0
+        self.overshoots = self.checks = 0
+
+    def forget(self) -> None:
+        """Drop the error history (after an outside change of the scalings), keep ω."""
+        self.history = []
 
     def update(self, err: float) -> float:
         """Record a check's error; return the ω for the next iterations."""
@@ -338,11 +342,12 @@ class _Overrelaxation:
             return self.w
         h = self.history
         h.append(err)
+        self.checks += 1
         if self.w > 1.0 and err > 2.0 * min(h[-self.window:]):
             self.overshoots += 1
             self.target = 1.0 + (self.target - 1.0) / 2
             self.w, self.history = 1.0, [err]
-        elif len(h) > self.warmup:
+        elif self.checks > self.warmup:
             self.w = self.target
         return self.w
 
@@ -375,8 +380,8 @@ class _CoarseCorrection:
     ``P̄_cd = Σ_{i∈c, j∈d} u_i K_ij v_j``, which is scaled exactly to the clusters' masses;
     the scalings multiply ``u`` and ``v`` cluster-wise. That removes the inter-cluster error
     in one step (an aggregation coarse-grid correction); the ordinary iterations then fix the
-    fast, local part. A correction that does not lower the error at the next check is undone
-    and the stage goes on without them.
+    fast, local part. A correction that has not lowered the error ``settle`` iterations later
+    is undone and the interval doubles; after three such misses the stage goes on without.
     """
 
     def __init__(self, clusters, a: torch.Tensor, b: torch.Tensor, every: int = 50,
@@ -386,7 +391,7 @@ class _CoarseCorrection:
         self.m, self.mt = int(self.ls.max()) + 1, int(self.lt.max()) + 1
         self.a_c = np.bincount(self.ls.numpy(), weights=a.cpu().numpy(), minlength=self.m)
         self.b_c = np.bincount(self.lt.numpy(), weights=b.cpu().numpy(), minlength=self.mt)
-        self.every, self.active, self.settle = every, True, settle
+        self.every, self.active, self.settle, self.misses = every, True, settle, 0
         self.pending = None  # (u, v, err) before the last correction
         self.last = -every // 2  # first correction after every/2 iterations
         self.applied = 0
@@ -403,7 +408,10 @@ class _CoarseCorrection:
         self.pending = None
 
         if not err < before:
-            self.active = False
+            # back off: try again after twice the interval; give up after three misses
+            self.misses += 1
+            self.every *= 2
+            self.active = self.misses < 3
             return u, v
         return None
 
@@ -474,6 +482,7 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
             if restore is not None:  # the last coarse correction did not help: undo it
                 un, vn = restore
                 kv, ktu = k @ vn, kt @ un
+                relax.forget()
                 err = float(np.abs(un * kv - an).sum() + np.abs(vn * ktu - bn).sum())
             if not np.isfinite(err):
                 stalled = True
@@ -505,6 +514,7 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
             if corr is not None and corr.due(done):
                 un, vn = corr.sparse(rows, cols, k.data, un, vn, err, done)
                 kv = k @ vn
+                relax.forget()  # the error jump of a correction is not an overshoot
         if w == 1.0:
             un = an / np.maximum(kv, 1e-300)
             ktu = kt @ un
@@ -737,6 +747,7 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                     if restore is not None:  # the coarse correction did not help: undo it
                         u, v = restore
                         kv, ktu = kernel @ v, kernel.T @ u
+                        relax.forget()
                         err = float((u * kv - a_w).abs().sum().item()
                                     + (v * ktu - b_w).abs().sum().item())
                     if err < stage_tol or not math.isfinite(err):
@@ -744,6 +755,7 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                     w = relax.update(err)
                     if corr is not None and corr.due(it):
                         u, v = corr.dense(kernel, u, v, err, it)  # float64
+                        relax.forget()  # its error jump is not an overshoot
                     big = max(float(u.max()), float(v.max()))
                     small = min(float(u.min()), float(v.min()))
                     if u.dtype != kdt and 1e-15 <= small and big <= 1e15:
