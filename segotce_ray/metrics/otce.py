@@ -329,7 +329,7 @@ class _Overrelaxation:
         self.target, self.warmup, self.window = omega, warmup, window
         self.w = 1.0
         self.history: list[float] = []
-        self.overshoots = self.checks = 0
+        self.checks = 0
 
     def forget(self) -> None:
         """Drop the error history (after an outside change of the scalings), keep ω."""
@@ -344,7 +344,6 @@ class _Overrelaxation:
         h.append(err)
         self.checks += 1
         if self.w > 1.0 and err > 2.0 * min(h[-self.window:]):
-            self.overshoots += 1
             self.target = 1.0 + (self.target - 1.0) / 2
             self.w, self.history = 1.0, [err]
         elif self.checks > self.warmup:
@@ -394,7 +393,6 @@ class _CoarseCorrection:
         self.every, self.active, self.settle, self.misses = every, True, settle, 0
         self.pending = None  # (u, v, err) before the last correction
         self.last = -every // 2  # first correction after every/2 iterations
-        self.applied = 0
 
     def due(self, it: int) -> bool:
         return self.active and self.pending is None and it - self.last >= self.every
@@ -406,7 +404,6 @@ class _CoarseCorrection:
             return None
         u, v, before = self.pending
         self.pending = None
-
         if not err < before:
             # back off: try again after twice the interval; give up after three misses
             self.misses += 1
@@ -430,7 +427,6 @@ class _CoarseCorrection:
         pbar.index_add_(0, ls, (u[:, None] * kt).double())
         x, y = self.scalings(pbar.cpu().numpy(), err)
         self.pending, self.last = (u, v, err), it
-        self.applied += 1
         xs = torch.from_numpy(x).to(dev)[ls]
         ys = torch.from_numpy(y).to(dev)[lt]
         return u.double() * xs, v.double() * ys
@@ -444,7 +440,6 @@ class _CoarseCorrection:
                            minlength=self.m * self.mt).reshape(self.m, self.mt)
         x, y = self.scalings(pbar, err)
         self.pending, self.last = (u, v, err), it
-        self.applied += 1
         return u * x[ls], v * y[lt]
 
 
