@@ -528,6 +528,21 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
             done, err, False)
 
 
+def _c_transform(cost: torch.Tensor, pot: torch.Tensor, dim: int, chunk: int = 512) -> torch.Tensor:
+    """Hard c-transform in row chunks (no N_s×N_t temporary), float64.
+
+    dim = 1: ``f_i = min_j (C_ij - pot_j)``; dim = 0: ``g_j = min_i (C_ij - pot_i)``.
+    """
+    p = pot.to(cost.device, cost.dtype)
+    if dim == 1:
+        return torch.cat([(cost[lo:lo + chunk] - p[None, :]).min(1).values
+                          for lo in range(0, cost.shape[0], chunk)]).double()
+    out = torch.full((cost.shape[1],), math.inf, dtype=cost.dtype, device=cost.device)
+    for lo in range(0, cost.shape[0], chunk):
+        torch.minimum(out, (cost[lo:lo + chunk] - p[lo:lo + chunk, None]).min(0).values, out=out)
+    return out.double()
+
+
 def _reduced_cost_support(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
                           theta: float, max_nnz: float, chunk_rows: int = 512):
     """Sparse support from reduced costs ``r_ij = C_ij - f_i - g_j``, without a kernel.
@@ -629,7 +644,7 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
     allow_sparse = dev.type == "cpu" and sparse in ("auto", True)
     # c-transform start: f_i = min_j C_ij, g_j = min_i (C_ij - f_i)
     f = cost.min(1).values.double()
-    g = (cost - f.to(dt)[:, None]).min(0).values.double()
+    g = _c_transform(cost, f, 0)
     kernel = torch.empty_like(cost)
     if eps_scaling and eps_scaling > 1:
         spread = float((cost.mean() - f.mean() - g.mean()).item())
@@ -640,8 +655,8 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
     if init is not None:
         # hard c-transforms of the given potentials: f_i + g_j ≤ C_ij everywhere, so the
         # absorbed kernel cannot overflow whatever the quality of the guess
-        f = (cost - init[1].to(dev, dt)[None, :]).min(1).values.double()
-        g = (cost - f.to(dt)[:, None]).min(0).values.double()
+        f = _c_transform(cost, init[1], 1)
+        g = _c_transform(cost, f, 0)
         eps = max(float(epsilon), float(init[2]))
     iterations = sparse_iterations = stages = checks = 0
     err = math.inf
@@ -687,7 +702,11 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
             u = a_w / (kernel @ v).clamp_min(tiny)
             v = b_w / (kernel.T @ u).clamp_min(tiny)
             iterations += 1
-            if allow_sparse and not dense_stage:
+            # (rows sampled first: a kernel that is clearly too dense skips the full mask)
+            sample = torch.linspace(0, ns - 1, min(ns, 256), device=dev).long()
+            if allow_sparse and not dense_stage and (sparse is True or float(
+                    ((kernel[sample] * u[sample, None] * v[None, :]) > threshold).double().mean())
+                    < 2 * sparse_fraction):
                 mass = kernel * u[:, None]
                 keep = mass.mul_(v[None, :]) > threshold
                 del mass
