@@ -515,9 +515,10 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
             ktu = kt @ un
             vn = bn / np.maximum(ktu, 1e-300)
         else:
-            un = un ** (1.0 - w) * (an / np.maximum(kv, 1e-300)) ** w
+            # u^{1-ω} (a/Kv)^ω written with one power: u · (a / (u·Kv))^ω
+            un = un * (an / np.maximum(un * kv, 1e-300)) ** w
             ktu = kt @ un
-            vn = vn ** (1.0 - w) * (bn / np.maximum(ktu, 1e-300)) ** w
+            vn = vn * (bn / np.maximum(vn * ktu, 1e-300)) ** w
         done += 1
     if stalled:
         fn, gn = fn + eps * np.log(un), gn + eps * np.log(vn)
@@ -789,9 +790,9 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                     ktu = kernel.T @ u
                     v = b_w / ktu.clamp_min(tiny)
                 else:
-                    u = u.pow(1.0 - w).mul_((a_w / kv.clamp_min(tiny)).pow_(w))
+                    u = u * (a_w / (u * kv).clamp_min(tiny)).pow_(w)
                     ktu = kernel.T @ u
-                    v = v.pow(1.0 - w).mul_((b_w / ktu.clamp_min(tiny)).pow_(w))
+                    v = v * (b_w / (v * ktu).clamp_min(tiny)).pow_(w)
                 iterations += 1
                 it += 1
             f = f_hi + eps * torch.log(u.double())
