@@ -440,13 +440,15 @@ class _CoarseCorrection:
                            minlength=self.m * self.mt).reshape(self.m, self.mt)
         x, y = self.scalings(pbar, err)
         self.pending, self.last = (u, v, err), it
-        return u * x[ls], v * y[lt]
+        return (u * x[ls]).astype(u.dtype), (v * y[lt]).astype(v.dtype)
 
 
 def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torch.Tensor,
                   b: torch.Tensor, tol: float, budget: int, check_every: int,
-                  omega: float = 1.8, corr: "_CoarseCorrection | None" = None):
-    """Scaling iterations on a fixed sparse support (float64, scipy CSR, CPU).
+                  omega: float = 1.8, corr: "_CoarseCorrection | None" = None,
+                  dtype=np.float64):
+    """Scaling iterations on a fixed sparse support (scipy CSR, CPU; kernel and scalings in
+    ``dtype`` — float32 halves the memory traffic of warm-up stages — potentials float64).
 
     Returns updated potentials ``(f, g)``, iterations done, the last row-marginal error and
     whether it stalled: a support that misses entries the coupling needs makes the restricted
@@ -457,11 +459,14 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
 
     rows, cols, c_vals, indptr = support
     fn, gn = f.numpy().copy(), g.numpy().copy()
-    an, bn = a.numpy(), b.numpy()
+    an, bn = a.numpy().astype(dtype), b.numpy().astype(dtype)
     ns, nt = len(an), len(bn)
-    k = sp.csr_matrix((np.exp((fn[rows] + gn[cols] - c_vals) / eps), cols, indptr), shape=(ns, nt))
+    tiny = float(np.finfo(dtype).tiny)
+    big = 1e100 if dtype == np.float64 else 1e30
+    k = sp.csr_matrix((np.exp((fn[rows] + gn[cols] - c_vals) / eps).astype(dtype), cols, indptr),
+                      shape=(ns, nt))
     kt = k.T.tocsr()
-    un, vn = np.ones(ns), np.ones(nt)
+    un, vn = np.ones(ns, dtype), np.ones(nt, dtype)
     ktu = kt @ un
     done, err = 0, math.inf
     best, stalled, last_mark = math.inf, False, math.inf
@@ -496,7 +501,7 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
                     break
                 last_mark = err
             w = relax.update(err)
-            if max(un.max(), vn.max()) > 1e100 or min(un.min(), vn.min()) < 1e-100:
+            if max(un.max(), vn.max()) > big or min(un.min(), vn.min()) < 1 / big:
                 fn += eps * np.log(un)
                 gn += eps * np.log(vn)
                 un[:] = 1.0
@@ -511,14 +516,14 @@ def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torc
                 kv = k @ vn
                 relax.forget()  # the error jump of a correction is not an overshoot
         if w == 1.0:
-            un = an / np.maximum(kv, 1e-300)
+            un = an / np.maximum(kv, tiny)
             ktu = kt @ un
-            vn = bn / np.maximum(ktu, 1e-300)
+            vn = bn / np.maximum(ktu, tiny)
         else:
             # u^{1-ω} (a/Kv)^ω written with one power: u · (a / (u·Kv))^ω
-            un = un * (an / np.maximum(un * kv, 1e-300)) ** w
+            un = un * (an / np.maximum(un * kv, tiny)) ** w
             ktu = kt @ un
-            vn = vn * (bn / np.maximum(vn * ktu, 1e-300)) ** w
+            vn = vn * (bn / np.maximum(vn * ktu, tiny)) ** w
         done += 1
     if stalled:
         fn, gn = fn + eps * np.log(un), gn + eps * np.log(vn)
@@ -811,7 +816,8 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
         else:
             f, g, done, err, stalled = _sparse_stage(
                 support, f, g, eps, a, b, stage_tol, max(1, stage_cap - iterations), check_every,
-                omega, _CoarseCorrection(clusters, a, b) if clusters is not None else None)
+                omega, _CoarseCorrection(clusters, a, b) if clusters is not None else None,
+                np.float64 if final else np.float32)
             iterations += done
             sparse_iterations += done
             fitted = True
