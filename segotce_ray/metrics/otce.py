@@ -443,6 +443,18 @@ class _CoarseCorrection:
         return (u * x[ls]).astype(u.dtype), (v * y[lt]).astype(v.dtype)
 
 
+def _reabsorb(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
+              kernel: torch.Tensor):
+    """Absorb float64 potentials into ``kernel`` (in place, its dtype); returns
+    ``(f_hi, g_hi, u, v, K v, Kᵀ u)`` with the residual scalings ``u, v`` ≈ 1."""
+    kdt = kernel.dtype
+    f_hi, u = _split(f, eps, kdt)
+    g_hi, v = _split(g, eps, kdt)
+    _absorbed_kernel(cost, f_hi, g_hi, eps, kernel)
+    u, v = u.to(kdt), v.to(kdt)
+    return f_hi, g_hi, u, v, kernel @ v, kernel.T @ u
+
+
 def _sparse_stage(support, f: torch.Tensor, g: torch.Tensor, eps: float, a: torch.Tensor,
                   b: torch.Tensor, tol: float, budget: int, check_every: int,
                   omega: float = 1.8, corr: "_CoarseCorrection | None" = None,
@@ -751,12 +763,7 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                     if cols.numel():
                         g_full[cols] = eps * torch.log(b[cols]) - eps * torch.logsumexp(
                             (f_full[:, None] - cost[:, cols].double()) / eps, dim=0)
-                    f_hi, u = _split(f_full, eps, kdt)
-                    g_hi, v = _split(g_full, eps, kdt)
-                    _absorbed_kernel(cost, f_hi, g_hi, eps, kernel)
-                    u, v = u.to(kdt), v.to(kdt)
-                    kv = kernel @ v
-                    ktu = kernel.T @ u
+                    f_hi, g_hi, u, v, kv, ktu = _reabsorb(cost, f_full, g_full, eps, kernel)
                     if corr is not None:
                         corr.pending = None
                 if it % check_every == 0 and it:
@@ -782,12 +789,9 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                         u, v = u.to(kdt), v.to(kdt)
                         kv = kernel @ v
                     if big > 1e15 or small < 1e-15:
-                        f_hi, u = _split(f_hi + eps * torch.log(u.double()), eps, kdt)
-                        g_hi, v = _split(g_hi + eps * torch.log(v.double()), eps, kdt)
-                        _absorbed_kernel(cost, f_hi, g_hi, eps, kernel)
-                        u, v = u.to(kdt), v.to(kdt)
-                        kv = kernel @ v
-                        ktu = kernel.T @ u
+                        f_hi, g_hi, u, v, kv, ktu = _reabsorb(
+                            cost, f_hi + eps * torch.log(u.double()),
+                            g_hi + eps * torch.log(v.double()), eps, kernel)
                         if corr is not None:
                             corr.pending = None
                 if w == 1.0:
