@@ -561,6 +561,14 @@ def _c_transform(cost: torch.Tensor, pot: torch.Tensor, dim: int, chunk: int = 5
     return out.double()
 
 
+def _reduced_costs(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, chunk_rows: int = 512):
+    """Yield ``(lo, hi, r)`` with ``r = C[lo:hi] - f_i - g_j`` in C's dtype, row chunk by chunk."""
+    fr, gr = f.to(cost.dtype), g.to(cost.dtype)
+    for lo in range(0, cost.shape[0], chunk_rows):
+        hi = min(cost.shape[0], lo + chunk_rows)
+        yield lo, hi, cost[lo:hi] - fr[lo:hi, None] - gr[None, :]
+
+
 def _reduced_cost_support(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
                           theta: float, max_nnz: float, chunk_rows: int = 512):
     """Sparse support from reduced costs ``r_ij = C_ij - f_i - g_j``, without a kernel.
@@ -572,19 +580,15 @@ def _reduced_cost_support(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, 
     the support has more than ``max_nnz`` entries (the stage then runs dense).
     """
     ns, nt = cost.shape
-    dt = cost.dtype
-    fr, gr = f.to(dt), g.to(dt)
-    row_min = torch.empty(ns, dtype=dt)
-    col_min = torch.full((nt,), math.inf, dtype=dt)
-    for lo in range(0, ns, chunk_rows):
-        r = cost[lo:lo + chunk_rows] - fr[lo:lo + chunk_rows, None] - gr[None, :]
-        row_min[lo:lo + chunk_rows] = r.min(1).values
+    row_min = torch.empty(ns, dtype=cost.dtype)
+    col_min = torch.full((nt,), math.inf, dtype=cost.dtype)
+    for lo, hi, r in _reduced_costs(cost, f, g, chunk_rows):
+        row_min[lo:hi] = r.min(1).values
         torch.minimum(col_min, r.min(0).values, out=col_min)
     band = float(theta * eps)
     rows_l, cols_l, nnz = [], [], 0
-    for lo in range(0, ns, chunk_rows):
-        r = cost[lo:lo + chunk_rows] - fr[lo:lo + chunk_rows, None] - gr[None, :]
-        keep = (r <= (row_min[lo:lo + chunk_rows, None] + band)) | (r <= (col_min[None, :] + band))
+    for lo, hi, r in _reduced_costs(cost, f, g, chunk_rows):
+        keep = (r <= (row_min[lo:hi, None] + band)) | (r <= (col_min[None, :] + band))
         rr, cc = keep.nonzero(as_tuple=True)
         nnz += rr.numel()
         if nnz > max_nnz:
@@ -612,15 +616,11 @@ def _support_marginals(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps
     mass = np.exp((fn[rows] + gn[cols] - c_vals) / eps)
     row = np.bincount(rows, weights=mass, minlength=ns)
     col = np.bincount(cols, weights=mass, minlength=nt)
-    dt = cost.dtype
-    fr, gr = f.to(dt), g.to(dt)
     scale = float(cost.abs().max()) + float(f.abs().max()) + float(g.abs().max())
-    margin = 8 * torch.finfo(dt).eps * scale
+    margin = 8 * torch.finfo(cost.dtype).eps * scale
     bound = 0.0
     rows_t, cols_t = torch.from_numpy(rows), torch.from_numpy(cols)
-    for lo in range(0, ns, chunk_rows):
-        hi = min(ns, lo + chunk_rows)
-        r = cost[lo:hi] - fr[lo:hi, None] - gr[None, :]
+    for lo, hi, r in _reduced_costs(cost, f, g, chunk_rows):
         s0, s1 = int(indptr[lo]), int(indptr[hi])
         r[rows_t[s0:s1] - lo, cols_t[s0:s1]] = math.inf
         m = r.min(1).values.double() - margin
@@ -693,8 +693,9 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
         stages += 1
         # warm-up stages only seed the next one: a looser tolerance and at most half of the
         # remaining budget, so the final stage always gets iterations of its own
-        # (dense warm-up stages stop at the looser ``warmup_tol``: their iterations cost
-        # N_s·N_t each; sparse ones are cheap and a tight start shortens the final stage)
+        # (with coarse corrections, dense warm-up stages stop at the looser ``warmup_tol``:
+        # their iterations cost N_s·N_t each; sparse ones are cheap and a tight start
+        # shortens the final stage)
         stage_tol = 0.5 * tol if final else max(tol, 1e-3)
         stage_cap = max_iter if final else iterations + max(1, (max_iter - iterations) // 2)
         if support is None and allow_sparse and not dense_stage and fitted and dev.type == "cpu":
