@@ -76,6 +76,8 @@ def long_schema() -> pa.Schema:
         pa.field("error", pa.string()),
         pa.field("source", pa.string()),
         pa.field("seed", pa.int64()),
+        pa.field("solver", pa.string()),
+        pa.field("passes", pa.float64()),
     ])
 
 

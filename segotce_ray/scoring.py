@@ -89,7 +89,7 @@ __all__ = [
 #: Columns of the long results table, in order.
 RESULT_COLUMNS = ["model", "target", "metric", "k", "score", "w_t", "w_d", "iterations",
                   "converged", "n_source", "n_target", "seconds", "status", "error",
-                  "source", "seed"]
+                  "source", "seed", "solver", "passes"]
 #: GPU share per task when the cluster has GPUs and ``num_gpus`` is not given. One task per
 #: GPU: on an H100 at N = 10⁴ one repetition already saturates the card (2 or 4 processes
 #: sharing it gave 0.85–0.88× the throughput of one; ``bench_fanout.py --gpu-share``). Pass
@@ -121,7 +121,7 @@ class OTCESettings:
     n_pixels: int = 10_000
     repetitions: int = 10
     epsilon: float = 0.1
-    solver: str = "sinkhorn"
+    solver: str = "auto"
     sampling: str = "uniform"
     ignore_index: int = 255
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -176,7 +176,8 @@ def otce_repetition(source: PixelPool, target: PixelPool, seed: int, *, n_pixels
             "w_d": float(np.asarray(res.w_d).reshape(-1)[0]),
             "iterations": int(np.asarray(res.iterations).reshape(-1)[0]),
             "converged": bool(np.asarray(res.converged).reshape(-1)[0]),
-            "n_source": int(res.n_source), "n_target": int(res.n_target)}
+            "n_source": int(res.n_source), "n_target": int(res.n_target),
+            "solver": str(res.solvers[0]), "passes": float(res.passes[0])}
 
 
 def _task_has_gpu() -> bool:
@@ -274,7 +275,8 @@ def _row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -> dict
                            "k": int(k), "score": math.nan, "w_t": math.nan, "w_d": math.nan,
                            "iterations": None, "converged": None, "n_source": None,
                            "n_target": None, "seconds": math.nan, "status": "ok",
-                           "error": None, "source": pair.source, "seed": int(seed)}
+                           "error": None, "source": pair.source, "seed": int(seed),
+                           "solver": None, "passes": math.nan}
     row.update(values)
     return row
 
@@ -294,11 +296,11 @@ def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFr
         df = rows.reindex(columns=RESULT_COLUMNS).copy()
     else:
         df = pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
-    for col in ("model", "target", "metric", "status", "source"):
+    for col in ("model", "target", "metric", "status", "source", "solver"):
         df[col] = df[col].astype(object)
     df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
     df["k"] = df["k"].astype("int64")
-    for col in ("score", "w_t", "w_d", "seconds"):
+    for col in ("score", "w_t", "w_d", "seconds", "passes"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for col in ("iterations", "n_source", "n_target", "seed"):
         df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
@@ -326,7 +328,8 @@ def _run_repetitions(source: PixelPool, target: PixelPool, spec: MetricSpec, pai
             continue
         rows.append(_row(pair, spec.name, k, seed, seconds=time.perf_counter() - t0,
                          **{key: values[key] for key in ("score", "w_t", "w_d", "iterations",
-                                                         "converged", "n_source", "n_target")
+                                                         "converged", "n_source", "n_target",
+                                                         "solver", "passes")
                             if key in values}))
     return rows
 

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 DATASET_FORMATS = ("cityscapes", "bdd100k", "gta5", "folder")
-SOLVERS = ("sinkhorn", "emd")
+SOLVERS = ("auto", "sinkhorn", "emd", "exact+polish")
 SAMPLINGS = ("uniform", "class_balanced")
 SCHEDULES = ("full", "adaptive")
 #: Schedules this version runs (``adaptive``: issue 8's early pruning, :mod:`segotce_ray.adaptive`).
@@ -89,7 +89,7 @@ class OTCESettings:
     n_pixels: int = 10_000
     repetitions: int = 10
     epsilon: float = 0.1
-    solver: str = "sinkhorn"
+    solver: str = "auto"
     layer: str = "penultimate"
     sampling: str = "uniform"
 

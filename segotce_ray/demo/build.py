@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: SEG-OTCE settings of the demo job (chosen with benchmarks/bench_quality.py)
 DEMO_OTCE: dict[str, Any] = {"n_pixels": 1000, "repetitions": 5, "epsilon": 0.1,
-                             "solver": "sinkhorn", "layer": "penultimate", "sampling": "uniform"}
+                             "solver": "auto", "layer": "penultimate", "sampling": "uniform"}
 
 
 def demo_spec(workdir: Path, config: WorldConfig, zoo_dir: Path, members: list, gt_csv: Path | None,
