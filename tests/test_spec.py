@@ -75,7 +75,7 @@ def test_issue_spec_validates_and_resolves_against_its_folder(tmp_path):
     assert spec.models["lraspp_gta5"].constructor == "lraspp_mobilenet_v3_large"
     assert spec.models["tiny_bdd"].layer == "penultimate"  # falls back to otce.layer
     assert spec.otce.n_pixels == 10000 and spec.otce.repetitions == 10
-    assert spec.otce.solver == "sinkhorn" and spec.metrics == list(KNOWN_METRICS)
+    assert spec.otce.solver == "auto" and spec.metrics == list(KNOWN_METRICS)
     assert spec.ground_truth == str(jobs / "gt.csv")
     assert spec.targets == ["cs_aachen", "mine"]
     # the resolved spec round-trips through YAML and validates again

@@ -49,16 +49,20 @@ def north_west_corner(ns: int, nt: int) -> tuple[np.ndarray, np.ndarray]:
     return cuts // nt, cuts // ns
 
 
-def nearest_edges(cost: torch.Tensor, k: int, chunk_rows: int = 1024):
+def nearest_edges(cost: torch.Tensor, k: int, chunk_rows: int = 1024, duals=None):
     """Each source's ``k`` cheapest targets and each target's ``k`` cheapest sources, in one
-    chunked pass. Returns ``(rows, cols)`` int64 numpy (with repeats)."""
+    chunked pass — cheapest in reduced cost ``C_ij - f_i - g_j`` when ``duals = (f, g)`` are
+    given. Returns ``(rows, cols)`` int64 numpy (with repeats)."""
+    from segotce_ray.ot.support import reduced_costs
+
     ns, nt = cost.shape
+    if duals is None:
+        duals = (torch.zeros(ns, dtype=torch.float64), torch.zeros(nt, dtype=torch.float64))
     k_r, k_c = min(k, nt), min(k, ns)
     rows, cols = [], []
     best_v = torch.full((k_c, nt), math.inf, dtype=cost.dtype, device=cost.device)
     best_i = torch.zeros((k_c, nt), dtype=torch.long, device=cost.device)
-    for lo in range(0, ns, chunk_rows):
-        c = cost[lo:lo + chunk_rows]
+    for lo, _, c in reduced_costs(cost, duals[0], duals[1], chunk_rows):
         idx = c.topk(k_r, dim=1, largest=False).indices
         rows.append(torch.arange(lo, lo + c.shape[0], device=cost.device)[:, None].expand_as(idx))
         cols.append(idx)
@@ -75,16 +79,15 @@ def nearest_edges(cost: torch.Tensor, k: int, chunk_rows: int = 1024):
 
 def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, add: int,
                     chunk_rows: int = 1024):
-    """Edges to add: for every row with a reduced cost ``C_ij - α_i - β_j`` below minus the
-    rounding of C (or of the simplex's duals, summed along its tree: at least 1e-9 of the
-    cost scale), its ``add`` most negative entries. Returns ``(rows, cols)`` (empty when the
-    duals are feasible on the full cost, i.e. the plan is optimal)."""
-    scale = float(cost.abs().max()) + float(alpha.abs().max()) + float(beta.abs().max())
-    slack = -max(8 * torch.finfo(cost.dtype).eps, 1e-9) * scale
-    al, be = alpha.to(cost.device, cost.dtype), beta.to(cost.device, cost.dtype)
+    """Edges to add: for every row with a reduced cost ``C_ij - α_i - β_j`` below
+    ``-1e-9·max|C|`` (float64 arithmetic on C's stored values; the simplex's duals are sums
+    of edge costs along its tree), its ``add`` most negative entries. Returns ``(rows, cols)``
+    (empty when the duals are feasible on the full cost, i.e. the plan is optimal)."""
+    slack = -1e-9 * float(cost.abs().max())
+    al, be = alpha.to(cost.device), beta.to(cost.device)
     rows, cols = [], []
     for lo in range(0, cost.shape[0], chunk_rows):
-        red = cost[lo:lo + chunk_rows] - al[lo:lo + chunk_rows, None] - be[None, :]
+        red = cost[lo:lo + chunk_rows].double() - al[lo:lo + chunk_rows, None] - be[None, :]
         bad = (red.min(1).values < slack).nonzero().squeeze(1)
         if bad.numel():
             idx = red[bad].topk(min(add, cost.shape[1]), dim=1, largest=False).indices
@@ -96,8 +99,12 @@ def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
 
 
 def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 16, max_rounds: int = 100,
-                    max_iter: int = 10**9) -> ExactPlan:
+                    max_iter: int = 10**9, duals=None) -> ExactPlan:
     """Exact OT with uniform marginals for ``cost: (N_s, N_t)`` (any device; solved on CPU).
+
+    ``duals`` = ``(f, g)``: a guess of the optimal duals (e.g. :func:`coarse_duals`); the
+    first edges are then the smallest reduced costs, which follow the transport's global
+    shifts that plain nearest neighbours miss.
 
     Raises RuntimeError if the simplex reports a failure or the duals are still infeasible
     after ``max_rounds`` solves.
@@ -106,7 +113,7 @@ def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 16, max_rounds
 
     ns, nt = cost.shape
     a, b = np.full(ns, 1.0 / ns), np.full(nt, 1.0 / nt)
-    r, c = nearest_edges(cost, k)
+    r, c = nearest_edges(cost, k, duals=duals)
     nw_r, nw_c = north_west_corner(ns, nt)
     keys = np.unique(np.concatenate([r * nt + c, nw_r * nt + nw_c]))
     alpha = beta = None
@@ -129,3 +136,30 @@ def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 16, max_rounds
                              rounds, len(keys), passes)
         keys = np.union1d(keys, new_r * nt + new_c)
     raise RuntimeError(f"network simplex: duals still infeasible after {max_rounds} rounds")
+
+
+def coarse_duals(cost: torch.Tensor, fs: torch.Tensor, ft: torch.Tensor, clusters: int = 256):
+    """A guess of the exact duals: k-means on each side, exact OT between the cluster centres
+    (weights = cluster sizes; POT ``ot.emd``, small), each target point takes its cluster's
+    dual, then hard c-transforms on the full cost. Returns ``(f, g)`` float64."""
+    import ot
+
+    from segotce_ray.ot.multiscale import kmeans
+    from segotce_ray.ot.support import c_transform
+    from segotce_ray.ot.cost import squared_euclidean_cost
+
+    m = min(clusters, max(1, min(fs.shape[0], ft.shape[0]) // 25))
+    x, y = fs.float(), ft.float()
+    mean = torch.cat([x, y]).mean(0, keepdim=True)
+    ls, cs, ms = kmeans(x - mean, m)
+    lt, ct, mt = kmeans(y - mean, m)
+    ks, kt = cs > 0, ct > 0
+    coarse = squared_euclidean_cost(ms[ks], mt[kt], center=False).double().cpu().numpy()
+    a = (cs[ks].double() / fs.shape[0]).cpu().numpy()
+    b = (ct[kt].double() / ft.shape[0]).cpu().numpy()
+    _, log = ot.emd(a, b * a.sum() / b.sum(), coarse, log=True)
+    gc = torch.zeros(m, dtype=torch.float64)
+    gc[kt.cpu()] = torch.from_numpy(log["v"])
+    scale = float(cost.mean()) / max(float(coarse.mean()), 1e-30)
+    f = c_transform(cost, gc[lt.cpu()].to(cost.device) * scale, 1)
+    return f, c_transform(cost, f, 0)
