@@ -22,7 +22,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     opts: dict = {"ignore_reinit_error": True, "logging_level": logging.WARNING,
                   "log_to_driver": True}
     if address is None:
-        opts.update(include_dashboard=False, num_cpus=num_cpus)
+        # "local": always a new embedded instance — never the cluster another process on this
+        # machine started last (ray.init() with no address joins that one).
+        opts.update(address="local", include_dashboard=False, num_cpus=num_cpus)
         # Embedded default: keep the object store modest on laptops.
         opts.setdefault("object_store_memory", kwargs.pop("object_store_memory", 512 * 1024**2))
     else:
