@@ -764,8 +764,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
         table, extraction_errors, schedule = _execute(
             spec, plan, run_dir, timings, address=address, num_cpus=num_cpus,
             progress=progress, on_row=on_row)
-    except BaseException as exc:  # a kill, Ctrl-C or crash: say so, keep what finished
-        info.update(status="interrupted", error=f"{type(exc).__name__}: {exc}",
+    except BaseException as exc:  # Ctrl-C or crash: say which, keep what finished
+        info.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "error",
+                    error=f"{type(exc).__name__}: {exc}",
                     timings={k: round(v, 3) for k, v in timings.items()})
         _write_json(run_dir / "run.json", info)
         raise

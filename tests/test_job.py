@@ -90,8 +90,8 @@ def seed_pools(path: Path, dims: dict | None = None) -> int:
     return n
 
 
-class Killed(Exception):
-    """Stands in for the driver being killed."""
+class Killed(KeyboardInterrupt):
+    """Stands in for the driver being interrupted (Ctrl-C / SIGINT)."""
 
 
 def _scores(table: pd.DataFrame) -> pd.DataFrame:
