@@ -608,7 +608,7 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
             requests, store, batch_size=spec.extraction.batch_size,
             num_actors=spec.resources.actors, use_gpu=None if gpus is None else gpus > 0,
             cpu_threads=spec.resources.cpu_threads, bad_images=spec.extraction.bad_images,
-            progress=progress)
+            progress=progress, n_draws=spec.otce.n_pixels)
         for (model, dataset), out in got.items():
             pool_results[(model, dataset)] = out
             if isinstance(out, BaseException):
