@@ -742,11 +742,15 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     log.info("plan:\n%s", plan.render())
 
     job_dir = spec.job_dir
+    from segotce_ray.run_status import Heartbeat, driver_identity, mark_abandoned
+
+    mark_abandoned(job_dir)           # earlier runs left 'running' by a killed driver
     previous = latest_run(job_dir)
     run_dir = _new_run_dir(job_dir, run_id)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     info: dict[str, Any] = {
         "job": spec.name, "run_id": run_dir.name, "status": "running", "started": started,
+        **driver_identity(),
         "spec_path": spec.path, "spec_hash": spec.content_hash(),
         "previous_run": previous.name if previous else None, "versions": versions(),
         "settings": {"seed": spec.seed, **{f"otce.{k}": v for k, v in asdict(spec.otce).items()},
@@ -761,9 +765,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     _write_json(run_dir / "run.json", info)
 
     try:
-        table, extraction_errors, schedule = _execute(
-            spec, plan, run_dir, timings, address=address, num_cpus=num_cpus,
-            progress=progress, on_row=on_row)
+        with Heartbeat(run_dir / "run.json"):
+            table, extraction_errors, schedule = _execute(
+                spec, plan, run_dir, timings, address=address, num_cpus=num_cpus,
+                progress=progress, on_row=on_row)
     except BaseException as exc:  # Ctrl-C or crash: say which, keep what finished
         info.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "error",
                     error=f"{type(exc).__name__}: {exc}",

@@ -275,8 +275,18 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     out.append("")
     out.append("## Failures")
     out.append("")
+    unfinished = status not in ("ok", "failed")
+    if unfinished:
+        why = f": {info['error']}" if info.get("error") else ""
+        out.append(f"**The run did not finish** (status {status}{why}). "
+                   + ("No pair finished. " if ranks.empty else "Its results are partial. ")
+                   + "Rerun the job: it continues where this run stopped.")
+        out.append("")
     if failed.empty and not errors:
-        out.append("None: every applicable pair finished.")
+        if not unfinished and not ranks.empty:
+            out.append("None: every applicable pair finished.")
+        elif not unfinished:
+            out.append("No pair finished, and none failed: there was nothing to score.")
     else:
         for what, msg in sorted(errors.items()):
             out.append(f"- **{what}**: {msg}")
