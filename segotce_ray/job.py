@@ -543,6 +543,26 @@ class JobResult:
         return "\n".join(lines)
 
 
+def _skipped_images(spec: JobSpec, plan: Plan) -> dict[str, list[dict[str, str]]]:
+    """``{"model@dataset": [{image_id, error}, ...]}``: images the job's pools left out
+    (``extraction.bad_images: skip``), read from the pool manifests (cached pools included)."""
+    from segotce_ray.store import PoolStore
+
+    store = PoolStore(spec.store)
+    out: dict[str, list[dict[str, str]]] = {}
+    for p in plan.pools:
+        if p.key is None or not store.has(p.key):
+            continue
+        try:
+            skipped = store.manifest(p.key).get("skipped") or []
+        except Exception:  # noqa: BLE001 - an unreadable manifest fails elsewhere, not here
+            continue
+        if skipped:
+            out[f"{p.model}@{p.dataset}"] = [{"image_id": str(e.get("image_id")),
+                                               "error": str(e.get("error", ""))} for e in skipped]
+    return out
+
+
 def _metric_specs(spec: JobSpec) -> dict[str, Any]:
     """Scoring :class:`MetricSpec` per selected metric."""
     from segotce_ray import scoring
@@ -777,10 +797,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
         raise
     errors = {**plan.errors, **extraction_errors}
     failed = table[table["status"] == "failed"]
-    failures = []
-    for (model, target, metric), grp in failed.groupby(["model", "target", "metric"], sort=True):
-        err = str(grp["error"].dropna().iloc[0]) if grp["error"].notna().any() else "failed"
-        failures.append(f"{metric} {model} → {target}: {len(grp)} repetition(s) failed: {err}")
+    from segotce_ray.report import failure_groups
+
+    failures = [f"{', '.join(g['metrics'])} {g['model']} → {g['target']}: {g['rows']} "
+                f"repetition(s) failed: {g['error']}" for g in failure_groups(failed)]
     for what, msg in sorted(errors.items()):
         if not any(msg in f for f in failures):
             failures.append(f"{what}: {msg}")
@@ -796,7 +816,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
                       pairs_pruned=int((ran["schedule_status"] == "pruned").sum()))
     timings["total"] = time.perf_counter() - t_start
     info.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                counts=counts, errors=errors, timings={k: round(v, 3) for k, v in timings.items()})
+                counts=counts, errors=errors, timings={k: round(v, 3) for k, v in timings.items()},
+                skipped_images=_skipped_images(spec, plan))
     _write_json(run_dir / "run.json", info)
     _write_json(run_dir / "versions.json", info["versions"])
     _write_json(run_dir / "timings.json", info["timings"])
