@@ -272,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if args.quiet:
+        from segotce_ray.runtime import set_quiet
+
+        set_quiet(True)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -19,6 +19,27 @@ log = logging.getLogger(__name__)
 #: Seconds to wait for a cluster address to answer before giving up (``init_ray``).
 CONNECT_TIMEOUT_S = 10.0
 
+_quiet = False
+
+
+def set_quiet(quiet: bool = True) -> None:
+    """``segotce-ray -q``: keep Ray's own chatter off the terminal (call before Ray starts).
+
+    Ray's driver loggers (``ray``, ``ray.data``) report errors only (no INFO lines, no
+    token-auth or progress-bar hints), and worker/raylet output is not forwarded to the
+    driver (``log_to_driver=False``: Ray prints it to stdout otherwise). It stays in Ray's
+    session logs (``/tmp/ray/session_latest/logs``). The tool's own warnings and errors still
+    show, and so do error lines of Ray's C++ core worker (its level can only be lowered by
+    ``RAY_BACKEND_LOG_LEVEL``, which itself prints a line).
+    """
+    global _quiet
+    _quiet = bool(quiet)
+    if not quiet:
+        return
+    os.environ["RAY_DATA_LOG_LEVEL"] = "ERROR"        # read when ray.data configures logging
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
 
 class ClusterUnreachable(ConnectionError):
     """The Ray cluster named by an address cannot be reached; the message names the address."""
@@ -60,8 +81,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    opts: dict = {"ignore_reinit_error": True, "logging_level": logging.WARNING,
-                  "log_to_driver": True}
+    opts: dict = {"ignore_reinit_error": True,
+                  "logging_level": logging.ERROR if _quiet else logging.WARNING,
+                  "log_to_driver": not _quiet}
     if address is None:
         # "local": always a new embedded instance — never the cluster another process on this
         # machine started last (ray.init() with no address joins that one).
@@ -75,6 +97,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     log.info("starting Ray (%s)", "embedded local" if address is None else address)
     try:
         ray.init(**opts)
+        if _quiet:            # ray.data may have been imported (and configured) by now
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
     except ConnectionError as exc:
         if address is None or isinstance(exc, ClusterUnreachable):
             raise
