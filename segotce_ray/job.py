@@ -543,6 +543,18 @@ class JobResult:
         return "\n".join(lines)
 
 
+def _failure_lines(failed: Any, errors: Mapping[str, str]) -> list[str]:
+    """One line per (pair, cause) with the metrics it hit, then errors no pair mentions."""
+    from segotce_ray.report import failure_groups
+
+    lines = [f"{', '.join(g['metrics'])} {g['model']} → {g['target']}: {g['rows']} "
+             f"repetition(s) failed: {g['error']}" for g in failure_groups(failed)]
+    for what, msg in sorted(errors.items()):
+        if not any(msg in line for line in lines):
+            lines.append(f"{what}: {msg}")
+    return lines
+
+
 def _skipped_images(spec: JobSpec, plan: Plan) -> dict[str, list[dict[str, str]]]:
     """``{"model@dataset": [{image_id, error}, ...]}``: images the job's pools left out
     (``extraction.bad_images: skip``), read from the pool manifests (cached pools included)."""
@@ -797,13 +809,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
         raise
     errors = {**plan.errors, **extraction_errors}
     failed = table[table["status"] == "failed"]
-    from segotce_ray.report import failure_groups
-
-    failures = [f"{', '.join(g['metrics'])} {g['model']} → {g['target']}: {g['rows']} "
-                f"repetition(s) failed: {g['error']}" for g in failure_groups(failed)]
-    for what, msg in sorted(errors.items()):
-        if not any(msg in f for f in failures):
-            failures.append(f"{what}: {msg}")
+    failures = _failure_lines(failed, errors)
     status = "failed" if len(failed) or errors else "ok"
     counts = plan.counts()
     counts.update(rows=len(table), rows_ok=int((table["status"] == "ok").sum()),
