@@ -233,8 +233,8 @@ def read_state_dict(spec: ModelSpec) -> "OrderedDict[str, torch.Tensor]":
         raise ModelError(spec.name, f"checkpoint not found: {path}")
     kind = checkpoint_format(path)
     if kind is None:
-        raise ModelError(spec.name, f"checkpoint {path} is not a PyTorch checkpoint (neither a zip "
-                         f"archive nor a pickle; it starts with {_head(path)!r})")
+        raise ModelError(spec.name, f"cannot read checkpoint {path}: not a PyTorch checkpoint "
+                         f"(neither a zip archive nor a pickle; it starts with {_head(path)!r})")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, not a checkpoint, unsafe pickle...

@@ -70,7 +70,7 @@ def test_good_job_validates(tmp_path, capsys):
 @pytest.mark.parametrize("kind, fragment", [
     ("not_a_state_dict", "holds no state dict"),
     ("truncated", "cannot read checkpoint"),
-    ("text", "is not a PyTorch checkpoint"),
+    ("text", "not a PyTorch checkpoint (neither a zip archive nor a pickle"),
     ("wrong_num_classes", "the checkpoint has 5 classes but num_classes=2"),
     ("code_payload", "cannot read checkpoint"),
 ])
