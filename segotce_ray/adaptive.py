@@ -75,7 +75,6 @@ import hashlib
 import heapq
 import logging
 import math
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -322,7 +321,8 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
     same). ``on_result`` sees each newly computed row as it arrives.
     """
     import ray
-    from tqdm.auto import tqdm
+
+    from segotce_ray.progress import RepetitionProgress
 
     sched = schedule or AdaptiveSettings()
     spec = metric or otce_metric(settings)
@@ -420,9 +420,7 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
                         else:
                             want(c, c.decided)
 
-    bar = tqdm(total=len(pair_list) * K, desc="scoring (adaptive)", unit="rep",
-               dynamic_ncols=True,
-               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    bar = RepetitionProgress(len(pair_list) * K, "scoring (adaptive)", progress)
     new_rows: list[dict[str, Any]] = []
 
     def finish(out_rows: list[dict[str, Any]]) -> None:
@@ -432,7 +430,7 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
             record(row)
             if on_result is not None:
                 on_result(row)
-        bar.update(len(out_rows))
+        bar.update(out_rows)
 
     in_flight: list[Any] = []
     try:

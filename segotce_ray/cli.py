@@ -2,7 +2,7 @@
 
 ::
 
-    segotce-ray validate JOB                 # every problem in the spec, with its path
+    segotce-ray validate JOB [--deep]        # every problem in the spec and its inputs
     segotce-ray run JOB [--address auto] [--dry-run] [--store DIR] [--output DIR]
     segotce-ray report RUN_DIR               # re-render RUN_DIR/report.md and print it
     segotce-ray demo [--workdir DIR]         # build the demo world + zoo, run it, print results
@@ -71,9 +71,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if spec is None:
         return EXIT_INVALID
     if not args.shallow:
-        from segotce_ray.job import input_problems
+        from segotce_ray.checks import validate_inputs
 
-        problems = input_problems(spec)
+        problems = validate_inputs(spec, deep=args.deep)
         if problems:
             print(f"{args.job}: {len(problems)} problem(s) found opening the inputs:", file=sys.stderr)
             for prob in problems:
@@ -210,11 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a job spec and its inputs; list every problem",
                        description="Check a job spec: unknown keys, types, ranges, missing files "
                                    "and roots, undeclared targets/sources, output roots that "
-                                   "escape via '..'; then open every dataset and build every "
-                                   "model spec. Every problem is printed with its path in the spec.")
+                                   "escape via '..'; then open every dataset, load every "
+                                   "checkpoint on CPU (weights_only, keys, class count) and "
+                                   "verify every image and label header (--deep: decode them "
+                                   "and check the label ids). Every problem is printed with its "
+                                   "path in the spec; exit 2 if there is any.")
     p.add_argument("job", metavar="JOB", help="job spec (YAML)")
     p.add_argument("--shallow", action="store_true",
-                   help="check the spec only; do not open the datasets")
+                   help="check the spec only; do not open the datasets or load the models")
+    p.add_argument("--deep", action="store_true",
+                   help="also decode every image and label file and check every label id "
+                        "against the dataset's label map (reads all the data once)")
     p.set_defaults(func=cmd_validate)
 
     def ray_opts(q: argparse.ArgumentParser) -> None:
@@ -266,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if args.quiet:
+        from segotce_ray.runtime import set_quiet
+
+        set_quiet(True)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

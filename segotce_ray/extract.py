@@ -323,6 +323,7 @@ class _PendingPool:
     images: int = 0
     failed: ExtractionError | None = None
     started: float = field(default_factory=time.time)
+    draws: int = TARGET_DRAWS      # SEG-OTCE's N: a smaller pool is used whole (warned)
 
 
 def _cluster_gpus() -> int:
@@ -336,7 +337,8 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
                   cpu_threads: int | None = None, bad_images: BadImagePolicy = "fail",
                   rows_per_shard: int = 262_144, progress: bool | None = None,
                   address: str | None = None,
-                  stats: dict[str, dict[str, float]] | None = None) -> dict[tuple[str, str], str | ExtractionError]:
+                  stats: dict[str, dict[str, float]] | None = None,
+                  n_draws: int = TARGET_DRAWS) -> dict[tuple[str, str], str | ExtractionError]:
     """Produce every requested pool that is not in ``store`` yet, on Ray.
 
     batch_size: images per forward pass (one chunk); num_actors: actors per model (default:
@@ -348,7 +350,8 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
     ``probe_s`` (driver-side load + probe), ``pipeline_s`` (Ray Data run), ``first_output_s``
     (pipeline start to the first finished chunk: actor start-up included), ``images`` and
     ``after_first_images_per_s`` (images after the first chunk / time after it: the rate once
-    the actors are up).
+    the actors are up). n_draws: the job's ``otce.n_pixels``; a pool with fewer pixels is
+    warned about (SEG-OTCE then uses it whole).
 
     Returns ``{(model name, dataset name): pool key | ExtractionError}``, one entry per
     request; pools finished before a failure are kept.
@@ -404,7 +407,7 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
         if n == 0:
             results[r.pair] = ExtractionError(m, d, f"dataset {d!r} has no samples")
             continue
-        pending[m].append(_PendingPool(i, r, key, fp, math.ceil(n / batch_size)))
+        pending[m].append(_PendingPool(i, r, key, fp, math.ceil(n / batch_size), draws=n_draws))
 
     if pending:
         gpus = _cluster_gpus()
@@ -554,9 +557,10 @@ def _consume_chunk(p: _PendingPool, table: pa.Table | None, errors: list[dict[st
             p.failed = ExtractionError(m, d, "no valid pixels in any image (everything ignored or skipped)")
             return
         r = p.request
-        if p.writer.rows < TARGET_DRAWS:
-            log.warning("pool %s@%s has %d pixels, fewer than the N=%d draws of SEG-OTCE; raise "
-                        "pixels_per_image or the number of images", m, d, p.writer.rows, TARGET_DRAWS)
+        if p.writer.rows < p.draws:
+            log.warning("pool %s@%s has %d pixels, fewer than the N=%d draws of SEG-OTCE "
+                        "(otce.n_pixels); raise pixels_per_image or the number of images",
+                        m, d, p.writer.rows, p.draws)
         p.writer.commit({"model": r.model.to_dict(), "dataset": d,
                          "dataset_format": getattr(r.dataset, "format", ""), "fingerprint": p.fingerprint,
                          "layer": r.model.layer, "sampling": r.sampling_params(), "seed": r.seed,

@@ -543,6 +543,38 @@ class JobResult:
         return "\n".join(lines)
 
 
+def _failure_lines(failed: Any, errors: Mapping[str, str]) -> list[str]:
+    """One line per (pair, cause) with the metrics it hit, then errors no pair mentions."""
+    from segotce_ray.report import failure_groups
+
+    lines = [f"{', '.join(g['metrics'])} {g['model']} → {g['target']}: {g['rows']} "
+             f"repetition(s) failed: {g['error']}" for g in failure_groups(failed)]
+    for what, msg in sorted(errors.items()):
+        if not any(msg in line for line in lines):
+            lines.append(f"{what}: {msg}")
+    return lines
+
+
+def _skipped_images(spec: JobSpec, plan: Plan) -> dict[str, list[dict[str, str]]]:
+    """``{"model@dataset": [{image_id, error}, ...]}``: images the job's pools left out
+    (``extraction.bad_images: skip``), read from the pool manifests (cached pools included)."""
+    from segotce_ray.store import PoolStore
+
+    store = PoolStore(spec.store)
+    out: dict[str, list[dict[str, str]]] = {}
+    for p in plan.pools:
+        if p.key is None or not store.has(p.key):
+            continue
+        try:
+            skipped = store.manifest(p.key).get("skipped") or []
+        except Exception:  # noqa: BLE001 - an unreadable manifest fails elsewhere, not here
+            continue
+        if skipped:
+            out[f"{p.model}@{p.dataset}"] = [{"image_id": str(e.get("image_id")),
+                                               "error": str(e.get("error", ""))} for e in skipped]
+    return out
+
+
 def _metric_specs(spec: JobSpec) -> dict[str, Any]:
     """Scoring :class:`MetricSpec` per selected metric."""
     from segotce_ray import scoring
@@ -608,7 +640,7 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
             requests, store, batch_size=spec.extraction.batch_size,
             num_actors=spec.resources.actors, use_gpu=None if gpus is None else gpus > 0,
             cpu_threads=spec.resources.cpu_threads, bad_images=spec.extraction.bad_images,
-            progress=progress)
+            progress=progress, n_draws=spec.otce.n_pixels)
         for (model, dataset), out in got.items():
             pool_results[(model, dataset)] = out
             if isinstance(out, BaseException):
@@ -742,11 +774,15 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     log.info("plan:\n%s", plan.render())
 
     job_dir = spec.job_dir
+    from segotce_ray.run_status import Heartbeat, driver_identity, mark_abandoned
+
+    mark_abandoned(job_dir)           # earlier runs left 'running' by a killed driver
     previous = latest_run(job_dir)
     run_dir = _new_run_dir(job_dir, run_id)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     info: dict[str, Any] = {
         "job": spec.name, "run_id": run_dir.name, "status": "running", "started": started,
+        **driver_identity(),
         "spec_path": spec.path, "spec_hash": spec.content_hash(),
         "previous_run": previous.name if previous else None, "versions": versions(),
         "settings": {"seed": spec.seed, **{f"otce.{k}": v for k, v in asdict(spec.otce).items()},
@@ -761,23 +797,19 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     _write_json(run_dir / "run.json", info)
 
     try:
-        table, extraction_errors, schedule = _execute(
-            spec, plan, run_dir, timings, address=address, num_cpus=num_cpus,
-            progress=progress, on_row=on_row)
-    except BaseException as exc:  # a kill, Ctrl-C or crash: say so, keep what finished
-        info.update(status="interrupted", error=f"{type(exc).__name__}: {exc}",
+        with Heartbeat(run_dir / "run.json"):
+            table, extraction_errors, schedule = _execute(
+                spec, plan, run_dir, timings, address=address, num_cpus=num_cpus,
+                progress=progress, on_row=on_row)
+    except BaseException as exc:  # Ctrl-C or crash: say which, keep what finished
+        info.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "error",
+                    error=f"{type(exc).__name__}: {exc}",
                     timings={k: round(v, 3) for k, v in timings.items()})
         _write_json(run_dir / "run.json", info)
         raise
     errors = {**plan.errors, **extraction_errors}
     failed = table[table["status"] == "failed"]
-    failures = []
-    for (model, target, metric), grp in failed.groupby(["model", "target", "metric"], sort=True):
-        err = str(grp["error"].dropna().iloc[0]) if grp["error"].notna().any() else "failed"
-        failures.append(f"{metric} {model} → {target}: {len(grp)} repetition(s) failed: {err}")
-    for what, msg in sorted(errors.items()):
-        if not any(msg in f for f in failures):
-            failures.append(f"{what}: {msg}")
+    failures = _failure_lines(failed, errors)
     status = "failed" if len(failed) or errors else "ok"
     counts = plan.counts()
     counts.update(rows=len(table), rows_ok=int((table["status"] == "ok").sum()),
@@ -790,7 +822,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
                       pairs_pruned=int((ran["schedule_status"] == "pruned").sum()))
     timings["total"] = time.perf_counter() - t_start
     info.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                counts=counts, errors=errors, timings={k: round(v, 3) for k, v in timings.items()})
+                counts=counts, errors=errors, timings={k: round(v, 3) for k, v in timings.items()},
+                skipped_images=_skipped_images(spec, plan))
     _write_json(run_dir / "run.json", info)
     _write_json(run_dir / "versions.json", info["versions"])
     _write_json(run_dir / "timings.json", info["timings"])

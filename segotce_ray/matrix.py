@@ -21,8 +21,10 @@ temporary name and renamed, so a reader never sees half a file):
 - ``summary.csv`` — long: metric, model, target, mean, std, n, n_failed, status, error.
 - ``rankings.csv`` — metric, target, rank, model, mean, std, n (all metrics; failed pairs last
   with an empty rank).
-- ``heatmap.png`` — models × targets, colour = mean, annotated ``mean`` and ``#rank`` (only
-  the top 3 per target above 400 cells); other metrics get ``heatmap_<m>.png``.
+- ``heatmap.png`` — models × targets, colour = the model's position between the target's
+  lowest and highest mean (one scale per target column: scores compare only within a
+  target), annotated ``mean`` and ``#rank`` (only the top 3 per target above 400 cells);
+  other metrics get ``heatmap_<m>.png``.
 - ``correlation.csv`` and ``ground_truth.csv`` — when ground truth is given: the per-target
   measures of :func:`segotce_ray.metrics.correlation.correlation_table` (metric, target,
   n_models, pearson, …, reason; ``target == "__mean__"`` is the mean over targets) and the
@@ -39,6 +41,7 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -250,12 +253,23 @@ class TransferabilityMatrix:
     # ------------------------------------------------------------------ plots
 
     def heatmap(self, path: str | Path, metric: str | None = None) -> Path:
-        """Write a models × targets heatmap of the means (annotated mean and #rank) as PNG.
+        """Write :meth:`heatmap_figure` as a PNG; returns its path."""
+        fig = self.heatmap_figure(metric)
+        path = Path(path)
+        _atomic_write(path, lambda p: fig.savefig(p, format="png"))
+        return path
 
-        Rows are ordered by the mean rank over targets (best first); failed cells are grey
-        and say "failed". Above :data:`FULL_ANNOTATION_CELLS` cells only the top 3 per
-        target are annotated (``#rank``; failed cells "×"), so a 100 × 20 zoo stays legible
-        and quick to draw. Uses the Agg canvas directly (no pyplot, no display needed).
+    def heatmap_figure(self, metric: str | None = None) -> Any:
+        """A models × targets heatmap of the means, annotated mean and #rank (a Figure).
+
+        Scores compare only within a target, so the colour scale is **per target column**:
+        colour = the model's position between the target's lowest (0) and highest (1) mean
+        (0.5 when they are equal); the annotations give the means themselves. Rows are
+        ordered by the mean rank over targets (best first); failed cells are grey and say
+        "failed". Above :data:`FULL_ANNOTATION_CELLS` cells only the top 3 per target are
+        annotated (``#rank``; failed cells "×"), so a 100 × 20 zoo stays legible and quick
+        to draw. Constrained layout keeps every label inside the figure. Uses the Agg canvas
+        directly (no pyplot, no display needed).
         """
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -269,40 +283,36 @@ class TransferabilityMatrix:
         n_models, n_targets = wide.shape
         cell_w = 1.4 if n_targets <= 10 else 0.8
         cell_h = 0.45 if n_models <= 30 else 0.25
-        fig = Figure(figsize=(max(4.0, cell_w * n_targets + 2.5),
-                              max(2.5, cell_h * n_models + 1.5)), dpi=100)
+        fig = Figure(figsize=(max(5.0, cell_w * n_targets + 3.5),
+                              max(3.0, cell_h * n_models + 2.0)), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
-        values = np.ma.masked_invalid(wide.to_numpy(dtype=np.float64))
-        cmap = _colormap()
-        im = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest")
-        fig.colorbar(im, ax=ax, label=f"{metric} (mean; higher = more transferable)")
+        raw = wide.to_numpy(dtype=np.float64)
+        values = np.ma.masked_invalid(column_positions(raw))
+        im = ax.imshow(values, aspect="auto", cmap=_colormap(), interpolation="nearest",
+                       vmin=0.0, vmax=1.0)
+        fig.colorbar(im, ax=ax, label="position within the target\n(0 = lowest mean, 1 = highest)")
         ax.set_xticks(range(n_targets), labels=list(wide.columns), rotation=30, ha="right")
         ax.set_yticks(range(n_models), labels=list(wide.index))
         ax.set_xlabel("target dataset")
         ax.set_ylabel("model")
         ax.set_title(f"{metric}: transferability per target (#1 = best)")
-        finite = values.compressed()
-        mid = float(np.mean([finite.min(), finite.max()])) if finite.size else 0.0
         full = n_models * n_targets <= FULL_ANNOTATION_CELLS
         fontsize = 8 if n_models * n_targets <= 200 else 6
         for i in range(n_models):
             for j in range(n_targets):
-                v, r = wide.iat[i, j], ranks.iat[i, j]
+                v, r = raw[i, j], ranks.iat[i, j]
+                color = "white" if np.isfinite(v) and values[i, j] < 0.5 else "black"
                 if not np.isfinite(v):
                     text, color = ("failed" if full else "×"), "black"
                 elif full:
                     text = f"{v:.3g}\n#{int(r)}" if not pd.isna(r) else f"{v:.3g}"
-                    color = "white" if v < mid else "black"
                 elif not pd.isna(r) and r <= 3:
-                    text, color = f"#{int(r)}", ("white" if v < mid else "black")
+                    text = f"#{int(r)}"
                 else:
                     continue
                 ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
-        fig.tight_layout()
-        path = Path(path)
-        _atomic_write(path, lambda p: fig.savefig(p, format="png"))
-        return path
+        return fig
 
     # ------------------------------------------------------------------ files
 
@@ -373,6 +383,21 @@ class TransferabilityMatrix:
         gt_path = run_dir / "ground_truth.csv"
         gt = read_ground_truth(gt_path) if gt_path.is_file() else None
         return cls(df, ground_truth=gt, higher_is_better=higher_is_better)
+
+
+def column_positions(values: np.ndarray) -> np.ndarray:
+    """Per column, ``(v − min) / (max − min)`` over its finite entries (0.5 when max = min);
+    NaN stays NaN. values: (models, targets)."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.full_like(values, np.nan)
+    for j in range(values.shape[1]):
+        col = values[:, j]
+        ok = np.isfinite(col)
+        if not ok.any():
+            continue
+        lo, hi = col[ok].min(), col[ok].max()
+        out[ok, j] = (col[ok] - lo) / (hi - lo) if hi > lo else 0.5
+    return out
 
 
 def _colormap():

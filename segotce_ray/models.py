@@ -231,10 +231,15 @@ def read_state_dict(spec: ModelSpec) -> "OrderedDict[str, torch.Tensor]":
     path = Path(spec.checkpoint)  # type: ignore[arg-type]
     if not path.is_file():
         raise ModelError(spec.name, f"checkpoint not found: {path}")
+    kind = checkpoint_format(path)
+    if kind is None:
+        raise ModelError(spec.name, f"cannot read checkpoint {path}: not a PyTorch checkpoint "
+                         f"(neither a zip archive nor a pickle; it starts with {_head(path)!r})")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, not a checkpoint, unsafe pickle...
-        raise ModelError(spec.name, f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise ModelError(spec.name, f"cannot read checkpoint {path} ({kind}): "
+                         f"{type(exc).__name__}: {exc}") from exc
     state: Any = obj
     if isinstance(obj, dict) and not _is_tensor_dict(obj):
         for k in ("state_dict", "model"):
@@ -249,6 +254,23 @@ def read_state_dict(spec: ModelSpec) -> "OrderedDict[str, torch.Tensor]":
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return OrderedDict(state)
+
+
+def _head(path: Path, n: int = 16) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def checkpoint_format(path: Path) -> str | None:
+    """``"zip"`` (``torch.save``'s default), ``"pickle"`` (legacy format: a pickle protocol
+    2+ header) or None for anything else — a text file, an empty file, an image. Read from
+    the first bytes, so a text file is named as such instead of failing deep in unpickling."""
+    head = _head(path, 4)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    return None
 
 
 def _is_tensor_dict(d: dict) -> bool:

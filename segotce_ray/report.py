@@ -37,6 +37,9 @@ MAX_RANK_ROWS = 30
 #: Rank moves listed (new/gone models first, then the largest moves).
 MAX_MOVE_ROWS = 40
 
+#: Skipped images listed in the report (all of them are in run.json).
+MAX_SKIPPED_ROWS = 20
+
 METRIC_ORDER = ("otce", "logme", "hscore", "hscore_shrinkage", "gbc", "transrate", "nleep",
                 "leep", "nce")
 
@@ -131,6 +134,57 @@ def rank_changes(current: pd.DataFrame, previous: pd.DataFrame | None) -> pd.Dat
     return m[cols].reset_index(drop=True)
 
 
+def failure_groups(failed: pd.DataFrame) -> list[dict[str, Any]]:
+    """Failed rows grouped per (model, target, cause): one entry per pair and reason, with
+    the metrics it hit (SEG-OTCE first) and the number of failed repetitions."""
+    if failed.empty:
+        return []
+    df = failed.assign(_err=failed["error"].fillna("failed").astype(str))
+    out = []
+    for (model, target, err), grp in df.groupby(["model", "target", "_err"], sort=True):
+        metrics = sorted(set(map(str, grp["metric"])), key=metric_sort_key)
+        out.append({"model": model, "target": target, "error": err, "metrics": metrics,
+                    "rows": len(grp)})
+    return out
+
+
+def _target_table(sub: pd.DataFrame, target: str, metrics: list[str],
+                  truth: dict[tuple[str, str], float],
+                  pruned: dict[tuple[str, str, str], str]) -> list[str]:
+    """One target's ranking: rank, model, the primary metric's mean ± std, the ground truth
+    (when given) and the model's rank by each other metric in one compact column."""
+    primary, others = metrics[0], metrics[1:]
+    order = sub[sub["metric"] == primary].sort_values("rank")["model"].tolist()
+    order += sorted(set(sub["model"]) - set(order))
+    has_truth = any((model, target) in truth for model in order)
+    header = ["rank", "model", f"{primary} mean ± std"] + (["ground truth"] if has_truth else [])
+    if others:
+        header.append("rank by " + ", ".join(others))
+    by = {(r.metric, r.model): r for r in sub.itertuples(index=False)}
+    rows = []
+    shown = order[:MAX_RANK_ROWS]
+    for model in shown:
+        h = by.get((primary, model))
+        mark = pruned.get((primary, model, target))
+        if h is None:
+            row: list[Any] = ["–", model, "–"]
+        else:
+            row = [int(h.rank), model, f"{_fmt(float(h.mean))} ± {float(h.std):.2g}"
+                   + (f" (k={int(h.n)})" if primary == "otce" and not mark else "")
+                   + (f" — {mark}" if mark else "")]
+        if has_truth:
+            row.append(truth.get((model, target), math.nan))
+        if others:
+            row.append(" · ".join(
+                (str(int(by[(m, model)].rank)) if (m, model) in by else "–")
+                + (" (pruned)" if (m, model, target) in pruned else "") for m in others))
+        rows.append(row)
+    lines = [_table(header, rows)]
+    if len(order) > len(shown):
+        lines += ["", f"… and {len(order) - len(shown)} more models (all of them in `rankings.csv`)."]
+    return lines
+
+
 # ---------------------------------------------------------------------------- rendering
 
 
@@ -211,37 +265,7 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         out.append("")
         out.append(f"### {target}")
         out.append("")
-        sub = ranks[ranks["target"] == target]
-        primary = metrics[0]
-        order = sub[sub["metric"] == primary].sort_values("rank")["model"].tolist()
-        order += sorted(set(sub["model"]) - set(order))
-        header = ["model"]
-        for m in metrics:
-            header += [f"{m} rank", f"{m} mean ± std"]
-        has_truth = any((model, target) in truth for model in order)
-        if has_truth:
-            header.append("ground truth")
-        rows = []
-        shown = order[:MAX_RANK_ROWS]
-        for model in shown:
-            row: list[Any] = [model]
-            for m in metrics:
-                hit = sub[(sub["metric"] == m) & (sub["model"] == model)]
-                if hit.empty:
-                    row += ["–", "–"]
-                else:
-                    h = hit.iloc[0]
-                    mark = pruned.get((m, model, target))
-                    row += [int(h["rank"]), f"{_fmt(float(h['mean']))} ± {float(h['std']):.2g}"
-                            + (f" (k={int(h['n'])})" if m == "otce" and not mark else "")
-                            + (f" — {mark}" if mark else "")]
-            if has_truth:
-                row.append(truth.get((model, target), math.nan))
-            rows.append(row)
-        out.append(_table(header, rows))
-        if len(order) > len(shown):
-            out.append("")
-            out.append(f"… and {len(order) - len(shown)} more models (all of them in `rankings.csv`).")
+        out.extend(_target_table(ranks[ranks["target"] == target], target, metrics, truth, pruned))
 
     # -- correlation with ground truth
     corr_path = run_dir / "correlation.csv"
@@ -275,19 +299,26 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     out.append("")
     out.append("## Failures")
     out.append("")
+    unfinished = status not in ("ok", "failed")
+    if unfinished:
+        why = f": {info['error']}" if info.get("error") else ""
+        out.append(f"**The run did not finish** (status {status}{why}). "
+                   + ("No pair finished. " if ranks.empty else "Its results are partial. ")
+                   + "Rerun the job: it continues where this run stopped.")
+        out.append("")
     if failed.empty and not errors:
-        out.append("None: every applicable pair finished.")
+        if not unfinished and not ranks.empty:
+            out.append("None: every applicable pair finished.")
+        elif not unfinished:
+            out.append("No pair finished, and none failed: there was nothing to score.")
     else:
         for what, msg in sorted(errors.items()):
             out.append(f"- **{what}**: {msg}")
         if not failed.empty:
-            by_pair = failed.groupby(["model", "target", "metric"], sort=True)
-            rows = []
-            for (model, target, metric), grp in by_pair:
-                err = str(grp["error"].dropna().iloc[0]) if grp["error"].notna().any() else ""
-                rows.append([model, target, metric, len(grp), err[:200]])
+            rows = [[g["model"], g["target"], ", ".join(g["metrics"]), g["rows"], g["error"][:200]]
+                    for g in failure_groups(failed)]
             out.append("")
-            out.append(_table(["model", "target", "metric", "failed rows", "error"], rows))
+            out.append(_table(["model", "target", "metrics", "failed rows", "error"], rows))
 
     if not unavailable.empty:
         out.append("")
@@ -295,6 +326,25 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         for (model, target, metric), grp in unavailable.groupby(["model", "target", "metric"], sort=True):
             err = str(grp["error"].dropna().iloc[0]) if grp["error"].notna().any() else ""
             out.append(f"- {metric} for {model} → {target}: {err}")
+
+    # -- images left out of the pools (extraction.bad_images: skip)
+    skipped = info.get("skipped_images") or {}
+    if skipped:
+        n = sum(len(v) for v in skipped.values())
+        out.append("")
+        out.append("## Skipped images")
+        out.append("")
+        out.append(f"{n} image(s) were left out of {len(skipped)} pool(s) "
+                   "(`extraction.bad_images: skip`); the scores use the other images.")
+        out.append("")
+        shown = 0
+        for pool, items in sorted(skipped.items()):
+            for item in items:
+                if shown < MAX_SKIPPED_ROWS:
+                    out.append(f"- {pool}: `{item.get('image_id')}`: {item.get('error', '')}")
+                shown += 1
+        if shown > MAX_SKIPPED_ROWS:
+            out.append(f"- … and {shown - MAX_SKIPPED_ROWS} more (`run.json`, `skipped_images`).")
 
     # -- changes vs previous run
     out.append("")

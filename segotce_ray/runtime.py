@@ -1,15 +1,77 @@
 """Ray start-up in one place: an embedded local Ray by default, a cluster when asked.
 
 ``address=None`` and no ``RAY_ADDRESS`` in the environment start an embedded local Ray
-(``ray.init()``); ``address="auto"`` or a ``ray://``/``host:port`` address joins a cluster.
+(``ray.init(address="local")``, never a cluster another process started);
+``address="auto"`` or a ``ray://``/``host:port`` address joins a cluster. A ``host:port``
+address is probed first (one TCP connect, :data:`CONNECT_TIMEOUT_S`), so a wrong address
+fails in seconds instead of after Ray's minutes of retries; any failure to join raises
+:class:`ClusterUnreachable` naming the address.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 
 log = logging.getLogger(__name__)
+
+#: Seconds to wait for a cluster address to answer before giving up (``init_ray``).
+CONNECT_TIMEOUT_S = 10.0
+
+_quiet = False
+
+
+def set_quiet(quiet: bool = True) -> None:
+    """``segotce-ray -q``: keep Ray's own chatter off the terminal (call before Ray starts).
+
+    Ray's driver loggers (``ray``, ``ray.data``) report errors only (no INFO lines, no
+    token-auth or progress-bar hints), and worker/raylet output is not forwarded to the
+    driver (``log_to_driver=False``: Ray prints it to stdout otherwise). It stays in Ray's
+    session logs (``/tmp/ray/session_latest/logs``). The tool's own warnings and errors still
+    show, and so do error lines of Ray's C++ core worker (its level can only be lowered by
+    ``RAY_BACKEND_LOG_LEVEL``, which itself prints a line).
+    """
+    global _quiet
+    _quiet = bool(quiet)
+    if not quiet:
+        return
+    os.environ["RAY_DATA_LOG_LEVEL"] = "ERROR"        # read when ray.data configures logging
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class ClusterUnreachable(ConnectionError):
+    """The Ray cluster named by an address cannot be reached; the message names the address."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``host:port`` / ``ray://host:port`` (None for ``auto`` and the like)."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def probe_address(address: str, timeout: float | None = None) -> None:
+    """Fail fast with :class:`ClusterUnreachable` when nothing listens at ``address``.
+
+    ``ray.init`` retries an unreachable GCS for minutes; one TCP connect with a timeout tells
+    a wrong address, a head node that is down or a firewall apart from a slow start.
+    """
+    hp = _host_port(address)
+    if hp is None:
+        return
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+    try:
+        socket.create_connection(hp, timeout=timeout).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        raise ClusterUnreachable(
+            f"Ray cluster at {address!r} is unreachable ({reason}; waited at most "
+            f"{timeout:.0f} s): check the address, that the head node is up and that its "
+            f"port is open to this machine") from exc
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
@@ -19,14 +81,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    opts: dict = {"ignore_reinit_error": True, "logging_level": logging.WARNING,
-                  "log_to_driver": True}
+    opts: dict = {"ignore_reinit_error": True,
+                  "logging_level": logging.ERROR if _quiet else logging.WARNING,
+                  "log_to_driver": not _quiet}
     if address is None:
-        opts.update(include_dashboard=False, num_cpus=num_cpus)
+        # "local": always a new embedded instance — never the cluster another process on this
+        # machine started last (ray.init() with no address joins that one).
+        opts.update(address="local", include_dashboard=False, num_cpus=num_cpus)
         # Embedded default: keep the object store modest on laptops.
         opts.setdefault("object_store_memory", kwargs.pop("object_store_memory", 512 * 1024**2))
     else:
         opts["address"] = address
+        probe_address(address)
     opts.update(kwargs)
     log.info("starting Ray (%s)", "embedded local" if address is None else address)
-    ray.init(**opts)
+    try:
+        ray.init(**opts)
+        if _quiet:            # ray.data may have been imported (and configured) by now
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+    except ConnectionError as exc:
+        if address is None or isinstance(exc, ClusterUnreachable):
+            raise
+        raise ClusterUnreachable(f"cannot join the Ray cluster at {address!r}: {exc}") from exc

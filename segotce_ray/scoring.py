@@ -54,7 +54,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -620,10 +619,12 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
     num_gpus: GPU share per task (default: :data:`DEFAULT_GPU_FRACTION` on a cluster with
     GPUs, else 0). max_retries: retries of a task whose worker died. fail_infeasible: fail a
     pair at once when its task needs more memory than the largest node has (set False on an
-    autoscaling cluster that can add bigger nodes). progress: tqdm bar over repetitions (default: when stderr is a terminal).
+    autoscaling cluster that can add bigger nodes). progress: tqdm bar over repetitions
+    (default: when stderr is a terminal; otherwise INFO log lines every 30 s and per finished pair, :mod:`segotce_ray.progress`).
     """
     import ray
-    from tqdm.auto import tqdm
+
+    from segotce_ray.progress import RepetitionProgress
 
     specs = list(metrics) if metrics is not None else [otce_metric(settings)]
     if not specs:
@@ -654,15 +655,18 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
              total, len(old_rows))
 
     new_rows: list[dict[str, Any]] = []
-    bar = tqdm(total=total, desc="scoring", unit="rep", dynamic_ncols=True,
-               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    per_pair: dict[tuple[str, str, str], int] = {}
+    for pair, spec, ks in units:
+        key = (spec.name, pair.model, pair.target)
+        per_pair[key] = per_pair.get(key, 0) + len(ks)
+    bar = RepetitionProgress(total, "scoring", progress, per_pair)
 
     def finish(rows: list[dict[str, Any]]) -> None:
         for row in rows:
             new_rows.append(row)
             if on_result is not None:
                 on_result(row)
-        bar.update(len(rows))
+        bar.update(rows)
 
     in_flight: list[Any] = []
     queue = iter(units)

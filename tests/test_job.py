@@ -90,8 +90,8 @@ def seed_pools(path: Path, dims: dict | None = None) -> int:
     return n
 
 
-class Killed(Exception):
-    """Stands in for the driver being killed."""
+class Killed(KeyboardInterrupt):
+    """Stands in for the driver being interrupted (Ctrl-C / SIGINT)."""
 
 
 def _scores(table: pd.DataFrame) -> pd.DataFrame:
@@ -307,8 +307,8 @@ def test_peer_metrics_side_by_side_and_model_without_source(tmp_path, data_root,
     assert set(ranks["metric"]) == {"otce", "logme", "leep"}
     assert (run / "scores_logme.csv").is_file() and (run / "heatmap_leep.png").is_file()
     report = (run / "report.md").read_text()
-    header = next(ln for ln in report.splitlines() if ln.startswith("| model | otce rank"))
-    assert header.index("otce rank") < header.index("logme rank") < header.index("leep rank")
+    header = next(ln for ln in report.splitlines() if ln.startswith("| rank | model | otce mean"))
+    assert header.endswith("| rank by logme, leep |")
     assert "Not applicable" in report and "otce for m_nosrc → t1" in report
 
 
@@ -486,10 +486,10 @@ def test_adaptive_job_prunes_marks_and_resumes_to_the_same_decisions(tmp_path, d
     assert f"Adaptive schedule: {spent} repetitions spent instead of {full}" in report
     one = pruned.iloc[0]
     row = next(line for line in report.splitlines()
-               if line.startswith(f"| {one['model']} |") and "pruned after" in line)
+               if f"| {one['model']} |" in line and "pruned after" in line)
     assert f"pruned after {one['repetitions_done']}/{ADAPTIVE_K}" in row
     for r in complete.itertuples():
-        assert not any(line.startswith(f"| {r.model} |") and "pruned" in line
+        assert not any(f"| {r.model} |" in line and "pruned" in line
                        for line in report.split(f"### {r.target}")[1].split("###")[0].splitlines())
     info = json.loads((run / "run.json").read_text())
     assert info["settings"]["schedule"] == "adaptive"
