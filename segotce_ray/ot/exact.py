@@ -78,33 +78,50 @@ def nearest_edges(cost: torch.Tensor, k: int, chunk_rows: int = 1024, duals=None
 
 
 def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, add: int,
-                    chunk_rows: int = 1024):
-    """Edges to add: for every row with a reduced cost ``C_ij - α_i - β_j`` below
-    ``-1e-9·max|C|`` (float64 arithmetic on C's stored values; the simplex's duals are sums
-    of edge costs along its tree), its ``add`` most negative entries. Returns ``(rows, cols)``
-    (empty when the duals are feasible on the full cost, i.e. the plan is optimal)."""
-    slack = -1e-9 * float(cost.abs().max())
-    al, be = alpha.to(cost.device), beta.to(cost.device)
+                    exact: bool = True, chunk_rows: int = 256):
+    """Edges to add where the duals are infeasible: every row with a reduced cost
+    ``C_ij - α_i - β_j < -1e-9·max|C|`` gets its ``add`` most negative entries, every such
+    column its most negative one. ``exact``: reduced costs in float64 from C's stored values
+    (the simplex's duals are sums of edge costs along its tree); else in C's dtype with a
+    per-row rounding allowance (cheaper; may miss violations below that allowance).
+    Returns ``(rows, cols)`` — empty when no violation is found."""
+    top = float(cost.abs().max())
+    dt = torch.float64 if exact else cost.dtype
+    al, be = alpha.to(cost.device, dt), beta.to(cost.device, dt)
+    slack = -1e-9 * top - (0.0 if exact else 4 * torch.finfo(dt).eps * (top + float(be.abs().max())))
+    row_slack = slack - (0 if exact else 4 * torch.finfo(dt).eps) * al.abs()
+    nt = cost.shape[1]
+    col_min = torch.full((nt,), math.inf, dtype=dt, device=cost.device)
+    col_arg = torch.zeros(nt, dtype=torch.long, device=cost.device)
+    buf = torch.empty((min(chunk_rows, cost.shape[0]), nt), dtype=dt, device=cost.device)
     rows, cols = [], []
     for lo in range(0, cost.shape[0], chunk_rows):
-        red = cost[lo:lo + chunk_rows].double() - al[lo:lo + chunk_rows, None] - be[None, :]
-        bad = (red.min(1).values < slack).nonzero().squeeze(1)
+        c = cost[lo:lo + chunk_rows]
+        red = torch.sub(c.to(dt) if exact else c, al[lo:lo + chunk_rows, None], out=buf[:c.shape[0]])
+        red.sub_(be[None, :])
+        bad = (red.min(1).values < row_slack[lo:lo + chunk_rows]).nonzero().squeeze(1)
         if bad.numel():
-            idx = red[bad].topk(min(add, cost.shape[1]), dim=1, largest=False).indices
+            idx = red[bad].topk(min(add, nt), dim=1, largest=False).indices
             rows.append((bad + lo)[:, None].expand_as(idx).reshape(-1))
             cols.append(idx.reshape(-1))
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        m, i = red.min(0)
+        better = m < col_min
+        col_min = torch.where(better, m, col_min)
+        col_arg = torch.where(better, i + lo, col_arg)
+    bad_c = (col_min < slack - (0 if exact else 4 * torch.finfo(dt).eps) * al.abs().max()).nonzero().squeeze(1)
+    rows.append(col_arg[bad_c])
+    cols.append(bad_c)
     return torch.cat(rows).cpu().numpy(), torch.cat(cols).cpu().numpy()
 
 
-def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 16, max_rounds: int = 100,
-                    max_iter: int = 10**9, duals=None) -> ExactPlan:
+def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 32, max_rounds: int = 100,
+                    max_iter: int = 10**9, duals=None, multiscale_above: int = 2000) -> ExactPlan:
     """Exact OT with uniform marginals for ``cost: (N_s, N_t)`` (any device; solved on CPU).
 
-    ``duals`` = ``(f, g)``: a guess of the optimal duals (e.g. :func:`coarse_duals`); the
-    first edges are then the smallest reduced costs, which follow the transport's global
-    shifts that plain nearest neighbours miss.
+    ``duals`` = ``(f, g)``: a guess of the optimal duals; the first edges are then the
+    smallest reduced costs, which follow the transport's global shifts that plain nearest
+    neighbours miss. By default the guess comes from a subsample (:func:`subsample_duals`)
+    when the problem has more than ``multiscale_above`` points per side.
 
     Raises RuntimeError if the simplex reports a failure or the duals are still infeasible
     after ``max_rounds`` solves.
@@ -113,6 +130,8 @@ def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 16, max_rounds
 
     ns, nt = cost.shape
     a, b = np.full(ns, 1.0 / ns), np.full(nt, 1.0 / nt)
+    if duals is None and min(ns, nt) > multiscale_above:
+        duals = subsample_duals(cost)
     r, c = nearest_edges(cost, k, duals=duals)
     nw_r, nw_c = north_west_corner(ns, nt)
     keys = np.unique(np.concatenate([r * nt + c, nw_r * nt + nw_c]))
@@ -127,7 +146,11 @@ def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 16, max_rounds
         if code != 1:
             raise RuntimeError(f"network simplex failed: {check_result(code)}")
         al, be = torch.from_numpy(alpha), torch.from_numpy(beta)
-        new_r, new_c = dual_violations(cost, al, be, add)
+        # rounds check in C's dtype; the last word is a float64 check
+        new_r, new_c = dual_violations(cost, al, be, add, exact=False)
+        if not len(new_r):
+            new_r, new_c = dual_violations(cost, al, be, add, exact=True)
+            passes += 1
         passes += 1
         if not len(new_r):
             fr, fc = fr.astype(np.int64), fc.astype(np.int64)
@@ -138,28 +161,27 @@ def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 16, max_rounds
     raise RuntimeError(f"network simplex: duals still infeasible after {max_rounds} rounds")
 
 
-def coarse_duals(cost: torch.Tensor, fs: torch.Tensor, ft: torch.Tensor, clusters: int = 256):
-    """A guess of the exact duals: k-means on each side, exact OT between the cluster centres
-    (weights = cluster sizes; POT ``ot.emd``, small), each target point takes its cluster's
-    dual, then hard c-transforms on the full cost. Returns ``(f, g)`` float64."""
-    import ot
 
-    from segotce_ray.ot.multiscale import kmeans
+def subsample_duals(cost: torch.Tensor, factor: int = 4, dense_below: int = 1500):
+    """A guess of the exact duals from a smaller problem: every ``factor``-th point of each
+    side (a fixed stride: deterministic), solved exactly (recursively, by
+    :func:`network_simplex`; POT's dense ``ot.emd`` below ``dense_below`` points), then
+    extended to all points by hard c-transforms (``f_i = min_{j∈sub} C_ij - β_j``,
+    ``g_j = min_i C_ij - f_i``). Returns ``(f, g)`` float64."""
     from segotce_ray.ot.support import c_transform
-    from segotce_ray.ot.cost import squared_euclidean_cost
 
-    m = min(clusters, max(1, min(fs.shape[0], ft.shape[0]) // 25))
-    x, y = fs.float(), ft.float()
-    mean = torch.cat([x, y]).mean(0, keepdim=True)
-    ls, cs, ms = kmeans(x - mean, m)
-    lt, ct, mt = kmeans(y - mean, m)
-    ks, kt = cs > 0, ct > 0
-    coarse = squared_euclidean_cost(ms[ks], mt[kt], center=False).double().cpu().numpy()
-    a = (cs[ks].double() / fs.shape[0]).cpu().numpy()
-    b = (ct[kt].double() / ft.shape[0]).cpu().numpy()
-    _, log = ot.emd(a, b * a.sum() / b.sum(), coarse, log=True)
-    gc = torch.zeros(m, dtype=torch.float64)
-    gc[kt.cpu()] = torch.from_numpy(log["v"])
-    scale = float(cost.mean()) / max(float(coarse.mean()), 1e-30)
-    f = c_transform(cost, gc[lt.cpu()].to(cost.device) * scale, 1)
+    ns, nt = cost.shape
+    si = torch.arange(0, ns, factor, device=cost.device)
+    ti = torch.arange(0, nt, factor, device=cost.device)
+    sub = cost[si][:, ti]
+    if max(len(si), len(ti)) <= dense_below:
+        import ot
+
+        m = sub.double().cpu().numpy()
+        _, log = ot.emd(np.full(len(si), 1.0 / len(si)), np.full(len(ti), 1.0 / len(ti)), m,
+                        numItermax=10**9, log=True)
+        beta = torch.from_numpy(log["v"]).to(cost.device)
+    else:
+        beta = network_simplex(sub).beta.to(cost.device)
+    f = c_transform(cost[:, ti], beta, 1)
     return f, c_transform(cost, f, 0)

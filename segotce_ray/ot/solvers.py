@@ -20,7 +20,7 @@ import logging
 
 import torch
 
-from segotce_ray.ot.exact import ExactPlan, coarse_duals, network_simplex
+from segotce_ray.ot.exact import ExactPlan, network_simplex
 from segotce_ray.ot.multiscale import coarse_potentials, kmeans
 from segotce_ray.ot.sinkhorn import SinkhornResult, sinkhorn_potentials
 
@@ -61,20 +61,13 @@ def feature_groups(fs: torch.Tensor, ft: torch.Tensor, groups: int = 64):
     return kmeans(x - mean, m)[0], kmeans(y - mean, m)[0]
 
 
-def exact(cost: torch.Tensor, features=None) -> ExactPlan:
-    """The exact plan, its first edges guided by :func:`coarse_duals` when the features
-    ``(fs, ft)`` behind the cost are given."""
-    duals = coarse_duals(cost, *features) if features is not None else None
-    return network_simplex(cost, duals=duals)
-
-
 def polish(cost: torch.Tensor, epsilon: float, *, tol: float = 1e-3, max_iter: int = 20_000,
            features=None, sparse_fraction: float = 0.2) -> SinkhornResult:
     """Entropic coupling at ``epsilon`` from the exact duals (``exact+polish``): the scaling
     loop at ε alone, on the support of reduced costs within θε of the exact duals' (kept
     while it holds at most ``sparse_fraction`` of the entries), coarse corrections between
     feature groups when ``features`` are given."""
-    plan = exact(cost, features)
+    plan = network_simplex(cost)
     groups = feature_groups(*features) if features is not None else None
     pot = sinkhorn_potentials(cost, epsilon, tol=tol, max_iter=max_iter, eps_scaling=0,
                               init=(plan.alpha, plan.beta, epsilon), init_fitted=True,
@@ -96,7 +89,7 @@ def solve(cost: torch.Tensor, epsilon: float, solver: str = "auto", *, tol: floa
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver == "emd":
-        return exact(cost, features)
+        return network_simplex(cost)
     if solver == "auto":
         solver = choose_solver(cost, epsilon)
     if solver == "exact+polish":
