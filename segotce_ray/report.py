@@ -37,7 +37,7 @@ MAX_RANK_ROWS = 30
 #: Rank moves listed (new/gone models first, then the largest moves).
 MAX_MOVE_ROWS = 40
 
-METRIC_ORDER = ("otce", "logme", "hscore", "hscore_shrinkage", "gbc", "transrate", "nleep",
+METRIC_ORDER = ("otce", "otce_calibrated", "logme", "hscore", "hscore_shrinkage", "gbc", "transrate", "nleep",
                 "leep", "nce")
 
 
@@ -131,6 +131,72 @@ def rank_changes(current: pd.DataFrame, previous: pd.DataFrame | None) -> pd.Dat
     return m[cols].reset_index(drop=True)
 
 
+def degenerate_models(long: pd.DataFrame) -> dict[str, list[str]]:
+    """Model → the distinct reasons its rows are marked ``degenerate`` (sorted by model)."""
+    if long.empty or "degenerate" not in long.columns:
+        return {}
+    marked = long[long["degenerate"].notna()]
+    out: dict[str, list[str]] = {}
+    for model, grp in marked.groupby("model", sort=True):
+        reasons: list[str] = []
+        for text in grp["degenerate"].astype(str):
+            reasons += [r for r in _split_reasons(text) if r not in reasons]
+        out[str(model)] = reasons
+    return out
+
+
+def _split_reasons(text: str) -> list[str]:
+    """A ``degenerate`` cell (``"m@a: why | m@b: why"``) as its per-pool reasons."""
+    return [part for part in text.split(" | ") if part]
+
+
+def degenerate_section(degenerate: dict[str, list[str]]) -> list[str]:
+    """Report lines warning about degenerate models (none when there are none)."""
+    if not degenerate:
+        return []
+    out = ["", "## Warning: degenerate models", "",
+           f"{len(degenerate)} model(s) have degenerate pools (features constant, or fewer "
+           "labelled pixels than otce.n_pixels). They are still ranked (marked ⚠), but their "
+           "scores say little about transfer; `degenerate` in `matrix.parquet` and "
+           "`rankings.csv` gives the reason per row.", ""]
+    for model, reasons in degenerate.items():
+        out.append(f"- **{model}**: " + "; ".join(reasons))
+    return out
+
+
+def calibration_section(run_dir: Path) -> list[str]:
+    """Report lines for ``calibration.json`` (the fitted form and its LOTO figures)."""
+    data = _read_json(run_dir / "calibration.json")
+    if not data:
+        return []
+    c = data.get("coefficients", {})
+    loto = data.get("loto", {})
+    raw, cal = loto.get("raw", {}), loto.get("calibrated", {})
+    out = ["", "## Calibrated SEG-OTCE", "",
+           f"`otce_calibrated` = {_fmt(c.get('w_d'))}·x_D + {_fmt(c.get('w_t'))}·x_T + "
+           f"{_fmt(c.get('intercept'))}, form **{data.get('form')}** (x = W_D, W_T for the "
+           f"linear form; per-target standardised or ranked otherwise), fitted on "
+           f"{len(data.get('pairs', []))} pairs of `{data.get('path', '?')}` for "
+           + ", ".join(f"{k}={v}" for k, v in data.get("settings", {}).items())
+           + f" (fingerprint {str(data.get('fingerprint', ''))[:12]}).", "",
+           "Leave-one-target-out validation (fit on the other targets, score the held-out one):", ""]
+    rows = []
+    for target in sorted(set(raw.get("per_target", {})) | set(cal.get("per_target", {}))):
+        r = raw.get("per_target", {}).get(target, {})
+        k = cal.get("per_target", {}).get(target, {})
+        rows.append([target, _num(r.get("pearson")), _num(k.get("pearson")),
+                     _num(r.get("regret")), _num(k.get("regret"))])
+    rows.append(["mean", _num(raw.get("pearson")), _num(cal.get("pearson")),
+                 _num(raw.get("regret")), _num(cal.get("regret"))])
+    out.append(_table(["target", "raw Pearson", "calibrated Pearson", "raw top-1 regret",
+                       "calibrated top-1 regret"], rows))
+    return out
+
+
+def _num(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
 # ---------------------------------------------------------------------------- rendering
 
 
@@ -199,6 +265,8 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     out.append("")
     out.append("Higher score = more transferable; rank 1 = the model to try first. "
                "Scores of different metrics are on different scales: compare ranks, not values.")
+    degenerate = degenerate_models(long)
+    out.extend(degenerate_section(degenerate))
 
     # -- rankings per target, metrics side by side (SEG-OTCE first)
     out.append("")
@@ -224,7 +292,7 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         rows = []
         shown = order[:MAX_RANK_ROWS]
         for model in shown:
-            row: list[Any] = [model]
+            row: list[Any] = [f"{model} ⚠" if model in degenerate else model]
             for m in metrics:
                 hit = sub[(sub["metric"] == m) & (sub["model"] == model)]
                 if hit.empty:
@@ -267,6 +335,8 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
             corr["reason"] = corr["reason"].fillna("")
         out.append("")
         out.append(_table(keep, corr.itertuples(index=False)))
+
+    out.extend(calibration_section(run_dir))
 
     # -- failures
     failed = long[long.get("status", "ok") == "failed"] if not long.empty else long
