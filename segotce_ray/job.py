@@ -679,7 +679,7 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
 def _calibrate(spec: JobSpec, table: Any, run_dir: Path, errors: dict[str, str]) -> Any:
     """The table plus the ``otce_calibrated`` rows when ``otce.calibration`` is set.
 
-    The calibration file is copied to ``run_dir/calibration.json`` (the report shows its
+    The calibration file is copied to ``run_dir/calibration_applied.json`` (the report shows its
     LOTO figures). A file that no longer reads is an error of the job (``otce.calibration``),
     never of the raw results.
     """
@@ -694,7 +694,7 @@ def _calibrate(spec: JobSpec, table: Any, run_dir: Path, errors: dict[str, str])
         errors["otce.calibration"] = str(exc)
         return table
     data = {**cal.to_dict(), "path": spec.otce.calibration}
-    _write_json(run_dir / "calibration.json", data)
+    _write_json(run_dir / "calibration_applied.json", data)
     extra = cal_mod.calibrated_rows(table, cal)
     return results_frame([*table.to_dict("records"), *extra.to_dict("records")])
 

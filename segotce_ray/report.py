@@ -165,8 +165,8 @@ def degenerate_section(degenerate: dict[str, list[str]]) -> list[str]:
 
 
 def calibration_section(run_dir: Path) -> list[str]:
-    """Report lines for ``calibration.json`` (the fitted form and its LOTO figures)."""
-    data = _read_json(run_dir / "calibration.json")
+    """Report lines for ``calibration_applied.json`` (the applied form and its LOTO figures)."""
+    data = _read_json(run_dir / "calibration_applied.json")
     if not data:
         return []
     c = data.get("coefficients", {})
