@@ -688,7 +688,11 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
     if "metrics" in raw:
         metrics = c.string_list("metrics", raw["metrics"], allow_scalar=True)
         for i, m in enumerate(metrics or []):
-            if m not in KNOWN_METRICS:
+            if m == "otce_calibrated":
+                c.add(f"metrics[{i}]", "otce_calibrated is not selected here: set "
+                                       "otce.calibration to a calibration file (it adds "
+                                       "the metric) and select otce")
+            elif m not in KNOWN_METRICS:
                 hint = difflib.get_close_matches(m, KNOWN_METRICS, n=1, cutoff=0.6)
                 c.add(f"metrics[{i}]", f"unknown metric {m!r}" + (
                     f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(KNOWN_METRICS)})"))

@@ -228,3 +228,8 @@ def test_spec_checks_the_calibration_file(tmp_path):
     assert any("fitted for 'penultimate', the job uses 'logits'" in p for p in other)
     assert any("fitted for 0.1, the job uses 1.0" in p for p in other)
     assert "needs metric 'otce'" in problems({"calibration": "cal.json"}, metrics=("logme",))[0]
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
+        "name": "j", "metrics": ["otce", "otce_calibrated"], "datasets": {}, "models": {},
+        "targets": []}))
+    assert any("set otce.calibration" in str(p) for p in check_spec_file(tmp_path / "job.yaml")
+               if p.path == "metrics[1]")
