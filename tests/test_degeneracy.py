@@ -137,3 +137,38 @@ def test_job_marks_degenerate_models_and_adds_calibrated_metric(tmp_path, data_r
     assert main(["run", str(path), "--run-id", "r3"]) == 2
     err = capsys.readouterr().err
     assert "otce.calibration" in err and "fitted for 1.0, the job uses 2.0" in err
+
+
+@pytest.mark.slow  # ~70 s on the 2-core VM: real extraction of 2 models × 3 datasets
+def test_real_extraction_of_a_dead_network_is_flagged(tmp_path, data_root, ray_local):
+    """A network whose weights are all zero has constant features after extraction: its
+    rows are marked and the report warns, while a live network's rows are not."""
+    import torch
+
+    from segotce_ray.job import run_job
+    from tests.tiny_segmodels import tiny_segnet
+
+    dead = tiny_segnet(3)
+    torch.save({k: torch.zeros_like(v) for k, v in dead.state_dict().items()},
+               tmp_path / "dead.pt")
+    live = tiny_segnet(3)
+    torch.manual_seed(0)
+    for p in live.parameters():
+        torch.nn.init.normal_(p, 0, 0.5)
+    torch.save(live.state_dict(), tmp_path / "live.pt")
+    models = {name: {"architecture": "tests.tiny_segmodels:tiny_segnet", "num_classes": 3,
+                     "source": "src_a", "checkpoint": str(tmp_path / f"{name}.pt")}
+              for name in ("dead", "live")}
+    path = write_job(tmp_path, data_root, models={}, metrics=("otce", "transrate"))
+    raw = yaml.safe_load(path.read_text())
+    raw["models"] = models
+    raw["otce"]["repetitions"] = 1
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result = run_job(load_spec(path), run_id="r")
+    assert result.status == "ok"
+    long = pd.read_parquet(result.run_dir / "matrix.parquet")
+    flags = long.groupby("model")["degenerate"].apply(lambda s: s.notna().all()).to_dict()
+    assert flags == {"dead": True, "live": False}
+    assert long[long["model"] == "dead"]["degenerate"].str.contains("(nearly) constant",
+                                                                     regex=False).all()
+    assert "- **dead**: dead@" in (result.run_dir / "report.md").read_text()
