@@ -729,9 +729,14 @@ def pool_checks(store: Any, pool_results: Mapping[tuple[str, str], Any]) -> dict
         except Exception as exc:  # noqa: BLE001 - a bad pool fails its pairs elsewhere
             log.warning("pool %s@%s: degeneracy check skipped: %s", *pool, exc)
             continue
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(memo, stats)
         out[pool] = stats
+        try:  # the memo only saves time: two runs writing it at once may both lose
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(stats), encoding="utf-8")
+            os.replace(tmp, memo)
+        except OSError as exc:
+            log.info("pool %s@%s: check not memoised: %s", *pool, exc)
     return out
 
 
