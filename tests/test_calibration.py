@@ -13,9 +13,10 @@ from segotce_ray import calibration as cal
 from segotce_ray.cli import main
 from segotce_ray.matrix import TransferabilityMatrix
 from segotce_ray.scoring import results_frame
-from segotce_ray.spec import check_spec_file
+from segotce_ray.spec import OTCESettings, check_spec_file
 
-SETTINGS = {"layer": "penultimate", "cost_scale": "none", "epsilon": 0.1, "solver": "sinkhorn"}
+DEFAULT_SOLVER = OTCESettings().solver
+SETTINGS = {"layer": "penultimate", "cost_scale": "none", "epsilon": 0.1, "solver": DEFAULT_SOLVER}
 
 
 def long_table(w: dict[tuple[str, str], tuple[float, float]], reps: int = 2, jitter: float = 0.0,
@@ -154,7 +155,7 @@ def test_settings_of_a_spec_and_their_mismatch():
     raw = {"otce": {"epsilon": 0.5, "layer": "logits"},
            "models": {"a": {}, "b": {"layer": "logits"}}}
     s = cal.otce_settings(raw)
-    assert s == {"layer": "logits", "cost_scale": "none", "epsilon": 0.5, "solver": "sinkhorn"}
+    assert s == {"layer": "logits", "cost_scale": "none", "epsilon": 0.5, "solver": DEFAULT_SOLVER}
     mixed = cal.otce_settings({"models": {"a": {}, "b": {"layer": "logits"}}})
     assert mixed["layer"] == ["logits", "penultimate"]
     assert cal.settings_mismatch(s, s) == []
