@@ -5,6 +5,7 @@
     segotce-ray validate JOB [--deep]        # every problem in the spec and its inputs
     segotce-ray run JOB [--address auto] [--dry-run] [--store DIR] [--output DIR]
     segotce-ray report RUN_DIR               # re-render RUN_DIR/report.md and print it
+    segotce-ray calibrate RUN_DIR --ground-truth FILE [--out FILE]   # fit otce_calibrated
     segotce-ray demo [--workdir DIR]         # build the demo world + zoo, run it, print results
 
 Exit status: 0 all done; 1 some pairs failed (the run still wrote everything that finished,
@@ -120,18 +121,22 @@ def _print_top(table, n: int = 3) -> None:
         print(f"  {target}: " + ", ".join(f"{int(r.rank)}. {r.model}" for r in best.itertuples()))
 
 
+def _run_dir(path: str) -> Path:
+    """A run directory from RUN_DIR as given: a job folder or a 'latest' link means its latest run."""
+    from segotce_ray.job import latest_run
+
+    run_dir = Path(path)
+    if run_dir.name != "latest" and (run_dir / "latest").exists():
+        return latest_run(run_dir) or run_dir
+    if run_dir.name == "latest":
+        return latest_run(run_dir.parent) or run_dir
+    return run_dir
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from segotce_ray.report import write_report
 
-    run_dir = Path(args.run_dir)
-    if run_dir.name != "latest" and (run_dir / "latest").exists():
-        from segotce_ray.job import latest_run
-
-        run_dir = latest_run(run_dir) or run_dir  # a job folder: its latest run
-    elif run_dir.name == "latest":
-        from segotce_ray.job import latest_run
-
-        run_dir = latest_run(run_dir.parent) or run_dir
+    run_dir = _run_dir(args.run_dir)
     if not (run_dir / "matrix.parquet").is_file() and not (run_dir / "run.json").is_file():
         print(f"{run_dir}: not a run directory (no matrix.parquet / run.json)", file=sys.stderr)
         return EXIT_INVALID
@@ -141,6 +146,55 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(path.read_text(encoding="utf-8"))
     return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from segotce_ray.calibration import (CalibrationError, calibrate, otce_settings,
+                                         write_calibration)
+    from segotce_ray.matrix import read_ground_truth
+    from segotce_ray.report import load_long
+
+    run_dir = _run_dir(args.run_dir)
+    if not (run_dir / "matrix.parquet").is_file() or not (run_dir / "spec.yaml").is_file():
+        print(f"{run_dir}: not a finished run directory (needs matrix.parquet and spec.yaml)",
+              file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        truth = read_ground_truth(args.ground_truth)
+        settings = otce_settings(yaml.safe_load((run_dir / "spec.yaml").read_text("utf-8")) or {})
+        cal = calibrate(load_long(run_dir), truth, settings)
+    except (CalibrationError, ValueError) as exc:
+        print(f"calibrate {run_dir}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    out = Path(args.out) if args.out else run_dir / "otce_calibration.json"
+    write_calibration(out, cal)
+    _print_calibration(cal)
+    print(f"calibration file: {out}")
+    print(f"use it in a job with:  otce: {{calibration: {out}}}")
+    return EXIT_OK
+
+
+def _print_calibration(cal) -> None:
+    """LOTO figures of the raw and the calibrated SEG-OTCE, per target and their mean."""
+    def f(v) -> str:
+        return "   –   " if v is None else f"{v:7.3f}"
+
+    raw, fit = cal.loto["raw"], cal.loto["calibrated"]
+    print(f"form: {cal.form}   score = {cal.w_d:.6g}·x_D + {cal.w_t:.6g}·x_T + {cal.intercept:.6g}"
+          f"   ({len(cal.pairs)} pairs; fitted for "
+          + ", ".join(f"{k}={v}" for k, v in cal.settings.items()) + ")")
+    print("leave-one-target-out (Pearson r, top-1 regret in ground-truth units):")
+    print(f"  {'target':<24} {'raw r':>7} {'cal. r':>7} {'raw reg':>7} {'cal. reg':>8}")
+    for t in sorted(raw["per_target"]):
+        r, c = raw["per_target"][t], fit["per_target"].get(t, {})
+        print(f"  {t:<24} {f(r['pearson'])} {f(c.get('pearson'))} {f(r['regret'])} "
+              f"{f(c.get('regret'))}")
+    print(f"  {'mean':<24} {f(raw['pearson'])} {f(fit['pearson'])} {f(raw['regret'])} "
+          f"{f(fit['regret'])}")
+    forms = ", ".join(f"{k} {f(v['pearson']).strip()}" for k, v in cal.loto["forms"].items())
+    print(f"forms tried (LOTO mean r): {forms}")
 
 
 def _print_demo_results(result) -> None:
@@ -253,6 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--previous", default=None,
                    help="run directory to compare with (default: the one recorded in run.json)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("calibrate", help="fit the calibrated SEG-OTCE (λ1·W_D + λ2·W_T + b) "
+                                         "on a finished run and ground truth",
+                       description="Fit score = λ1·W_D + λ2·W_T + b (or a per-target "
+                                   "standardised/rank form, when it validates better) on the "
+                                   "SEG-OTCE pairs of RUN_DIR that have ground truth; print "
+                                   "leave-one-target-out Pearson r and top-1 regret for the raw "
+                                   "and the calibrated score; write the calibration file that "
+                                   "'otce: {calibration: FILE}' in a job applies.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="runs/<name>/<run-id> (or runs/<name>)")
+    p.add_argument("--ground-truth", required=True, metavar="FILE",
+                   help="CSV with columns model,target,value (as a job's ground_truth)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="calibration file to write (default: RUN_DIR/otce_calibration.json)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="build the demo world and zoo, rank it, compare with ground truth",
                        description="Generate a small multi-domain street-scene world and a zoo "

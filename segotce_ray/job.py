@@ -695,6 +695,8 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
     t0 = time.perf_counter()
     from segotce_ray import matrix as matrix_mod
 
+    table = _calibrate(spec, table, run_dir, errors)
+    table = mark_degenerate(table, pool_checks(store, pool_results), spec.otce.n_pixels)
     mat = matrix_mod.TransferabilityMatrix(table)
     mat.save(run_dir, ground_truth=spec.ground_truth)
     schedule = None
@@ -704,6 +706,95 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
     timings["matrix"] = time.perf_counter() - t0
 
     return table, errors, schedule
+
+
+def _calibrate(spec: JobSpec, table: Any, run_dir: Path, errors: dict[str, str]) -> Any:
+    """The table plus the ``otce_calibrated`` rows when ``otce.calibration`` is set.
+
+    The calibration file is copied to ``run_dir/calibration_applied.json`` (the report shows its
+    LOTO figures). A file that no longer reads is an error of the job (``otce.calibration``),
+    never of the raw results.
+    """
+    if not spec.otce.calibration or "otce" not in spec.metrics:
+        return table
+    from segotce_ray import calibration as cal_mod
+    from segotce_ray.scoring import results_frame
+
+    try:
+        cal = cal_mod.read_calibration(spec.otce.calibration)
+    except cal_mod.CalibrationError as exc:
+        errors["otce.calibration"] = str(exc)
+        return table
+    data = {**cal.to_dict(), "path": spec.otce.calibration}
+    _write_json(run_dir / "calibration_applied.json", data)
+    extra = cal_mod.calibrated_rows(table, cal)
+    return results_frame([*table.to_dict("records"), *extra.to_dict("records")])
+
+
+def pool_checks(store: Any, pool_results: Mapping[tuple[str, str], Any]) -> dict[tuple[str, str], dict]:
+    """:func:`segotce_ray.degeneracy.pool_stats` of every committed pool, memoised in the store.
+
+    The memo is ``<store>/checks/<key[:2]>/<key>.json`` (a pool key fixes its content), so a
+    pool is read for the check once, whatever the number of runs and repetitions. A pool that
+    cannot be read is left out (its pairs fail on their own).
+    """
+    from segotce_ray.degeneracy import STATS_VERSION, pool_stats
+
+    out: dict[tuple[str, str], dict] = {}
+    for pool, key in pool_results.items():
+        if not isinstance(key, str):
+            continue
+        memo = Path(store.root) / "checks" / key[:2] / f"{key}.json"
+        try:
+            stats = json.loads(memo.read_text(encoding="utf-8"))
+            if stats.get("version") == STATS_VERSION:
+                out[pool] = stats
+                continue
+        except (OSError, ValueError):
+            pass
+        try:
+            table = store.read_table(key, columns=["label", "feature"]).combine_chunks()
+            width = table.schema.field("feature").type.list_size
+            feats = table.column("feature").combine_chunks().flatten() \
+                .to_numpy(zero_copy_only=False).reshape(-1, width)
+            stats = pool_stats(feats, table.column("label").to_numpy())
+        except Exception as exc:  # noqa: BLE001 - a bad pool fails its pairs elsewhere
+            log.warning("pool %s@%s: degeneracy check skipped: %s", *pool, exc)
+            continue
+        out[pool] = stats
+        try:  # the memo only saves time: two runs writing it at once may both lose
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(stats), encoding="utf-8")
+            os.replace(tmp, memo)
+        except OSError as exc:
+            log.info("pool %s@%s: check not memoised: %s", *pool, exc)
+    return out
+
+
+def mark_degenerate(table: Any, stats: Mapping[tuple[str, str], dict], n_pixels: int) -> Any:
+    """``table`` with column ``degenerate``: per row, the reasons of the pools its metric reads.
+
+    SEG-OTCE rows (and ``otce_calibrated``) read the model's source and target pools, the
+    peers the target pool; the cell reads ``model@dataset: why`` (several joined by `` | ``;
+    None when all are fine).
+    """
+    from segotce_ray.calibration import CALIBRATED_METRIC
+    from segotce_ray.degeneracy import degenerate_reason
+
+    reasons = {pool: degenerate_reason(s, n_pixels) for pool, s in stats.items()}
+
+    def why(model: str, target: str, metric: str, source: Any) -> str | None:
+        pools = [(model, target)]
+        if metric in (*SOURCE_METRICS, CALIBRATED_METRIC) and isinstance(source, str) and source:
+            pools.insert(0, (model, source))
+        found = [f"{m}@{d}: {reasons[(m, d)]}" for m, d in pools if reasons.get((m, d))]
+        return " | ".join(found) or None
+
+    out = table.copy()
+    out["degenerate"] = [why(str(r.model), str(r.target), str(r.metric), r.source)
+                         for r in out[["model", "target", "metric", "source"]].itertuples()]
+    return out
 
 
 #: Columns of ``schedule.csv`` (an adaptive run's decisions, one row per pair).

@@ -18,9 +18,12 @@ temporary name and renamed, so a reader never sees half a file):
 - ``scores.csv`` — wide means, models × targets (first column ``model``), for SEG-OTCE
   (``otce``; the first metric when there is no ``otce``). Every other metric m gets
   ``scores_<m>.csv`` in the same layout.
-- ``summary.csv`` — long: metric, model, target, mean, std, n, n_failed, status, error.
-- ``rankings.csv`` — metric, target, rank, model, mean, std, n (all metrics; failed pairs last
-  with an empty rank).
+- ``summary.csv`` — long: metric, model, target, mean, std, n, n_failed, status, error,
+  degenerate.
+- ``rankings.csv`` — metric, target, rank, model, mean, std, n, status, degenerate (all
+  metrics; failed pairs last with an empty rank). ``degenerate`` is the reason a pair's
+  pools are degenerate (:mod:`segotce_ray.degeneracy`), empty when they are fine: such a
+  model is still ranked, but its score means little.
 - ``heatmap.png`` — models × targets, colour = the model's position between the target's
   lowest and highest mean (one scale per target column: scores compare only within a
   target), annotated ``mean`` and ``#rank`` (only the top 3 per target above 400 cells);
@@ -81,6 +84,7 @@ def long_schema() -> pa.Schema:
         pa.field("seed", pa.int64()),
         pa.field("solver", pa.string()),
         pa.field("passes", pa.float64()),
+        pa.field("degenerate", pa.string()),
     ])
 
 
@@ -176,7 +180,8 @@ class TransferabilityMatrix:
         return sorted(self.long["target"].unique())
 
     def summary(self) -> pd.DataFrame:
-        """metric, model, target, mean, std, n (ok repetitions), n_failed, status, error."""
+        """metric, model, target, mean, std, n (ok repetitions), n_failed, status, error,
+        degenerate (why the pair's pools are degenerate, or None)."""
         df = self.long
         ok = (df["status"] == "ok") & np.isfinite(df["score"])
         keys = df[_GROUP].drop_duplicates().sort_values(_GROUP).reset_index(drop=True)
@@ -193,7 +198,12 @@ class TransferabilityMatrix:
         out["status"] = np.where(out["n"] == 0, "failed",
                                  np.where(out["n_failed"] > 0, "partial", "ok"))
         out["error"] = out["error"].astype(object).where(out["error"].notna(), None)
-        return out[["metric", "model", "target", "mean", "std", "n", "n_failed", "status", "error"]]
+        deg = df.groupby(_GROUP, sort=True)["degenerate"].first().rename("degenerate") \
+            .reset_index() if "degenerate" in df.columns else keys.assign(degenerate=None)
+        out = out.merge(deg, on=_GROUP, how="left")
+        out["degenerate"] = out["degenerate"].astype(object).where(out["degenerate"].notna(), None)
+        return out[["metric", "model", "target", "mean", "std", "n", "n_failed", "status", "error",
+                    "degenerate"]]
 
     def _metric(self, metric: str | None) -> str:
         if metric is None:
@@ -215,7 +225,8 @@ class TransferabilityMatrix:
         return wide
 
     def rankings(self, metric: str | None = None) -> pd.DataFrame:
-        """metric, target, rank, model, mean, std, n: rank 1 = most transferable per target.
+        """metric, target, rank, model, mean, std, n, status, degenerate: rank 1 = most
+        transferable per target.
 
         ``metric=None`` ranks every metric. Pairs without an ok repetition come last with an
         empty rank. A metric with ``higher_is_better[m] = False`` ranks the lowest mean first.
@@ -231,7 +242,7 @@ class TransferabilityMatrix:
             rank = np.arange(1, len(grp) + 1, dtype=np.float64)
             rank[grp["mean"].isna().to_numpy()] = np.nan
             parts.append(grp.assign(rank=pd.array(rank, dtype="Int64")).drop(columns="_key"))
-        cols = ["metric", "target", "rank", "model", "mean", "std", "n", "status"]
+        cols = ["metric", "target", "rank", "model", "mean", "std", "n", "status", "degenerate"]
         if not parts:
             return pd.DataFrame(columns=cols)
         return pd.concat(parts, ignore_index=True)[cols]

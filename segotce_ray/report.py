@@ -40,7 +40,7 @@ MAX_MOVE_ROWS = 40
 #: Skipped images listed in the report (all of them are in run.json).
 MAX_SKIPPED_ROWS = 20
 
-METRIC_ORDER = ("otce", "logme", "hscore", "hscore_shrinkage", "gbc", "transrate", "nleep",
+METRIC_ORDER = ("otce", "otce_calibrated", "logme", "hscore", "hscore_shrinkage", "gbc", "transrate", "nleep",
                 "leep", "nce")
 
 
@@ -150,9 +150,11 @@ def failure_groups(failed: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _target_table(sub: pd.DataFrame, target: str, metrics: list[str],
                   truth: dict[tuple[str, str], float],
-                  pruned: dict[tuple[str, str, str], str]) -> list[str]:
-    """One target's ranking: rank, model, the primary metric's mean ± std, the ground truth
-    (when given) and the model's rank by each other metric in one compact column."""
+                  pruned: dict[tuple[str, str, str], str],
+                  degenerate: dict[str, list[str]] | None = None) -> list[str]:
+    """One target's ranking: rank, model (⚠ when degenerate), the primary metric's mean ±
+    std, the ground truth (when given) and the model's rank by each other metric in one
+    compact column."""
     primary, others = metrics[0], metrics[1:]
     order = sub[sub["metric"] == primary].sort_values("rank")["model"].tolist()
     order += sorted(set(sub["model"]) - set(order))
@@ -166,10 +168,11 @@ def _target_table(sub: pd.DataFrame, target: str, metrics: list[str],
     for model in shown:
         h = by.get((primary, model))
         mark = pruned.get((primary, model, target))
+        name = f"{model} ⚠" if model in (degenerate or {}) else model
         if h is None:
-            row: list[Any] = ["–", model, "–"]
+            row: list[Any] = ["–", name, "–"]
         else:
-            row = [int(h.rank), model, f"{_fmt(float(h.mean))} ± {float(h.std):.2g}"
+            row = [int(h.rank), name, f"{_fmt(float(h.mean))} ± {float(h.std):.2g}"
                    + (f" (k={int(h.n)})" if primary == "otce" and not mark else "")
                    + (f" — {mark}" if mark else "")]
         if has_truth:
@@ -183,6 +186,72 @@ def _target_table(sub: pd.DataFrame, target: str, metrics: list[str],
     if len(order) > len(shown):
         lines += ["", f"… and {len(order) - len(shown)} more models (all of them in `rankings.csv`)."]
     return lines
+
+
+def degenerate_models(long: pd.DataFrame) -> dict[str, list[str]]:
+    """Model → the distinct reasons its rows are marked ``degenerate`` (sorted by model)."""
+    if long.empty or "degenerate" not in long.columns:
+        return {}
+    marked = long[long["degenerate"].notna()]
+    out: dict[str, list[str]] = {}
+    for model, grp in marked.groupby("model", sort=True):
+        reasons: list[str] = []
+        for text in grp["degenerate"].astype(str):
+            reasons += [r for r in _split_reasons(text) if r not in reasons]
+        out[str(model)] = reasons
+    return out
+
+
+def _split_reasons(text: str) -> list[str]:
+    """A ``degenerate`` cell (``"m@a: why | m@b: why"``) as its per-pool reasons."""
+    return [part for part in text.split(" | ") if part]
+
+
+def degenerate_section(degenerate: dict[str, list[str]]) -> list[str]:
+    """Report lines warning about degenerate models (none when there are none)."""
+    if not degenerate:
+        return []
+    out = ["", "## Warning: degenerate models", "",
+           f"{len(degenerate)} model(s) have degenerate pools (features constant, or fewer "
+           "labelled pixels than otce.n_pixels). They are still ranked (marked ⚠), but their "
+           "scores say little about transfer; `degenerate` in `matrix.parquet` and "
+           "`rankings.csv` gives the reason per row.", ""]
+    for model, reasons in degenerate.items():
+        out.append(f"- **{model}**: " + "; ".join(reasons))
+    return out
+
+
+def calibration_section(run_dir: Path) -> list[str]:
+    """Report lines for ``calibration_applied.json`` (the applied form and its LOTO figures)."""
+    data = _read_json(run_dir / "calibration_applied.json")
+    if not data:
+        return []
+    c = data.get("coefficients", {})
+    loto = data.get("loto", {})
+    raw, cal = loto.get("raw", {}), loto.get("calibrated", {})
+    out = ["", "## Calibrated SEG-OTCE", "",
+           f"`otce_calibrated` = {_fmt(c.get('w_d'))}·x_D + {_fmt(c.get('w_t'))}·x_T + "
+           f"{_fmt(c.get('intercept'))}, form **{data.get('form')}** (x = W_D, W_T for the "
+           f"linear form; per-target standardised or ranked otherwise), fitted on "
+           f"{len(data.get('pairs', []))} pairs of `{data.get('path', '?')}` for "
+           + ", ".join(f"{k}={v}" for k, v in data.get("settings", {}).items())
+           + f" (fingerprint {str(data.get('fingerprint', ''))[:12]}).", "",
+           "Leave-one-target-out validation (fit on the other targets, score the held-out one):", ""]
+    rows = []
+    for target in sorted(set(raw.get("per_target", {})) | set(cal.get("per_target", {}))):
+        r = raw.get("per_target", {}).get(target, {})
+        k = cal.get("per_target", {}).get(target, {})
+        rows.append([target, _num(r.get("pearson")), _num(k.get("pearson")),
+                     _num(r.get("regret")), _num(k.get("regret"))])
+    rows.append(["mean", _num(raw.get("pearson")), _num(cal.get("pearson")),
+                 _num(raw.get("regret")), _num(cal.get("regret"))])
+    out.append(_table(["target", "raw Pearson", "calibrated Pearson", "raw top-1 regret",
+                       "calibrated top-1 regret"], rows))
+    return out
+
+
+def _num(v: Any) -> float:
+    return math.nan if v is None else float(v)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -253,6 +322,8 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     out.append("")
     out.append("Higher score = more transferable; rank 1 = the model to try first. "
                "Scores of different metrics are on different scales: compare ranks, not values.")
+    degenerate = degenerate_models(long)
+    out.extend(degenerate_section(degenerate))
 
     # -- rankings per target, metrics side by side (SEG-OTCE first)
     out.append("")
@@ -265,7 +336,8 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         out.append("")
         out.append(f"### {target}")
         out.append("")
-        out.extend(_target_table(ranks[ranks["target"] == target], target, metrics, truth, pruned))
+        out.extend(_target_table(ranks[ranks["target"] == target], target, metrics, truth, pruned,
+                                 degenerate))
 
     # -- correlation with ground truth
     corr_path = run_dir / "correlation.csv"
@@ -291,6 +363,8 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
             corr["reason"] = corr["reason"].fillna("")
         out.append("")
         out.append(_table(keep, corr.itertuples(index=False)))
+
+    out.extend(calibration_section(run_dir))
 
     # -- failures
     failed = long[long.get("status", "ok") == "failed"] if not long.empty else long

@@ -88,7 +88,7 @@ __all__ = [
 #: Columns of the long results table, in order.
 RESULT_COLUMNS = ["model", "target", "metric", "k", "score", "w_t", "w_d", "iterations",
                   "converged", "n_source", "n_target", "seconds", "status", "error",
-                  "source", "seed", "solver", "passes"]
+                  "source", "seed", "solver", "passes", "degenerate"]
 #: GPU share per task when the cluster has GPUs and ``num_gpus`` is not given. One task per
 #: GPU: on an H100 at N = 10⁴ one repetition already saturates the card (2 or 4 processes
 #: sharing it gave 0.85–0.88× the throughput of one; ``bench_fanout.py --gpu-share``). Pass
@@ -275,7 +275,7 @@ def _row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -> dict
                            "iterations": None, "converged": None, "n_source": None,
                            "n_target": None, "seconds": math.nan, "status": "ok",
                            "error": None, "source": pair.source, "seed": int(seed),
-                           "solver": None, "passes": math.nan}
+                           "solver": None, "passes": math.nan, "degenerate": None}
     row.update(values)
     return row
 
@@ -297,7 +297,8 @@ def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFr
         df = pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
     for col in ("model", "target", "metric", "status", "source", "solver"):
         df[col] = df[col].astype(object)
-    df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
+    for col in ("error", "degenerate"):
+        df[col] = df[col].astype(object).where(df[col].notna(), None)
     df["k"] = df["k"].astype("int64")
     for col in ("score", "w_t", "w_d", "seconds", "passes"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")

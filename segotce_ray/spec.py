@@ -84,7 +84,8 @@ class SpecError(ValueError):
 
 @dataclass
 class OTCESettings:
-    """SEG-OTCE settings: N pixels per side, K repetitions, entropic ε, solver, layer, sampling."""
+    """SEG-OTCE settings: N pixels per side, K repetitions, entropic ε, solver, layer, sampling,
+    and an optional calibration file (adds the ``otce_calibrated`` metric)."""
 
     n_pixels: int = 10_000
     repetitions: int = 10
@@ -92,6 +93,7 @@ class OTCESettings:
     solver: str = "auto"
     layer: str = "penultimate"
     sampling: str = "uniform"
+    calibration: str | None = None
 
 
 @dataclass
@@ -438,7 +440,7 @@ class _Checker:
 
 _TOP_KEYS = ("name", "output", "store", "seed", "otce", "metrics", "schedule", "extraction",
              "datasets", "models", "targets", "ground_truth", "resources", "description")
-_OTCE_KEYS = ("n_pixels", "repetitions", "epsilon", "solver", "layer", "sampling")
+_OTCE_KEYS = ("n_pixels", "repetitions", "epsilon", "solver", "layer", "sampling", "calibration")
 _EXTRACTION_KEYS = ("pixels_per_image", "batch_size", "max_images", "sampling", "bad_images")
 _RESOURCE_KEYS = ("gpus_per_actor", "actors", "cpu_threads", "gpus_per_task")
 _SCHEDULE_KEYS = ("mode", "min_repetitions", "top_k", "alpha")
@@ -471,6 +473,28 @@ def _check_otce(c: _Checker, raw: Any) -> None:
         c.string("otce.sampling", raw["sampling"], SAMPLINGS)
     if "layer" in raw:
         _check_layer(c, "otce.layer", raw["layer"])
+
+
+def _check_calibration(c: _Checker, raw: dict) -> None:
+    """``otce.calibration``: a readable, well-formed calibration file fitted for this job's
+    layer, cost scale, ε and solver (:mod:`segotce_ray.calibration`), with ``otce`` selected."""
+    p = c.input_path("otce.calibration", raw["otce"]["calibration"], "file")
+    if p is None or not Path(p).is_file():
+        return
+    from segotce_ray.calibration import (CalibrationError, otce_settings, read_calibration,
+                                         settings_mismatch)
+
+    try:
+        cal = read_calibration(p)
+    except CalibrationError as exc:
+        c.add("otce.calibration", str(exc))
+        return
+    for line in settings_mismatch(cal.settings, otce_settings(raw)):
+        c.add("otce.calibration", f"{p}: {line}")
+    metrics = raw.get("metrics", list(DEFAULT_METRICS))
+    if "otce" not in ([metrics] if isinstance(metrics, str) else metrics or []):
+        c.add("otce.calibration", "needs metric 'otce' selected (the calibrated score is "
+                                  "computed from its W_D and W_T)")
 
 
 def _dataset_keys(fmt: Any) -> tuple[str, ...]:
@@ -658,11 +682,17 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
         c.integer("seed", raw["seed"], lo=0, hi=2**63 - 1)
     if "otce" in raw:
         _check_otce(c, raw["otce"])
+        if isinstance(raw["otce"], dict) and raw["otce"].get("calibration") is not None:
+            _check_calibration(c, raw)
 
     if "metrics" in raw:
         metrics = c.string_list("metrics", raw["metrics"], allow_scalar=True)
         for i, m in enumerate(metrics or []):
-            if m not in KNOWN_METRICS:
+            if m == "otce_calibrated":
+                c.add(f"metrics[{i}]", "otce_calibrated is not selected here: set "
+                                       "otce.calibration to a calibration file (it adds "
+                                       "the metric) and select otce")
+            elif m not in KNOWN_METRICS:
                 hint = difflib.get_close_matches(m, KNOWN_METRICS, n=1, cutoff=0.6)
                 c.add(f"metrics[{i}]", f"unknown metric {m!r}" + (
                     f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(KNOWN_METRICS)})"))
@@ -796,6 +826,8 @@ def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) 
     c = _Checker(base)
     otce = OTCESettings(**raw.get("otce", {}))
     otce.epsilon = float(otce.epsilon)
+    if otce.calibration:
+        otce.calibration = str(c.resolve(otce.calibration).absolute())
     sched_raw = raw.get("schedule", "full")
     schedule = Schedule(mode=sched_raw) if isinstance(sched_raw, str) else Schedule(**sched_raw)
     extraction = ExtractionSettings(**raw.get("extraction", {}))

@@ -116,7 +116,8 @@ def test_save_load_round_trip_and_readers(long, tmp_path):
     np.testing.assert_allclose(scores.to_numpy(), mat.scores("otce").to_numpy(), rtol=1e-9)
     assert math.isnan(scores.loc["delta", "bdd"])
     ranks = pd.read_csv(run / "rankings.csv")
-    assert list(ranks.columns) == ["metric", "target", "rank", "model", "mean", "std", "n", "status"]
+    assert list(ranks.columns) == ["metric", "target", "rank", "model", "mean", "std", "n", "status",
+                                   "degenerate"]
 
     corr = pd.read_csv(run / "correlation.csv").set_index(["metric", "target"])
     cs_means = mat.scores("otce")["cs"].loc[MODELS].to_numpy()
