@@ -114,52 +114,83 @@ def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
     return torch.cat(rows).cpu().numpy(), torch.cat(cols).cpu().numpy()
 
 
-def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 32, max_rounds: int = 100,
-                    max_iter: int = 10**9, duals=None, multiscale_above: int = 2000) -> ExactPlan:
+def dense_simplex(cost: torch.Tensor, duals=None, rounds: int = 0, passes: float = 0.0) -> ExactPlan:
+    """POT's dense network simplex ``ot.emd`` (float64 copy of C), warm-started from
+    ``duals`` when given. The fallback for small or very degenerate problems."""
+    import ot
+
+    ns, nt = cost.shape
+    m = cost.double().cpu().numpy()
+    init = None if duals is None else tuple(d.cpu().numpy() for d in duals)
+    g, log = ot.emd(np.full(ns, 1.0 / ns), np.full(nt, 1.0 / nt), m, numItermax=10**9,
+                    log=True, potentials_init=init)
+    if log.get("result_code", 1) != 1:
+        raise RuntimeError(f"network simplex failed: {log.get('warning')}")
+    fr, fc = np.nonzero(g)
+    return ExactPlan(fr.astype(np.int64), fc.astype(np.int64), g[fr, fc], m[fr, fc],
+                     torch.from_numpy(log["u"]), torch.from_numpy(log["v"]),
+                     rounds + 1, ns * nt, passes + 2)
+
+
+def _sparse_round(cost, keys, a, b, duals, add: int, max_iter: int):
+    """One sparse simplex solve on ``keys`` (row·N_t + col) and its dual check: returns
+    ``(flows (rows, cols, mass), duals (α, β), new edges (rows, cols), passes)``."""
+    from ot.lp.emd_wrap import check_result, emd_c_sparse
+
+    nt = cost.shape[1]
+    r, c = keys // nt, keys % nt
+    cv = cost[torch.from_numpy(r).to(cost.device), torch.from_numpy(c).to(cost.device)]
+    alpha, beta = (None, None) if duals is None else (d.numpy() for d in duals)
+    fr, fc, mass, _, alpha, beta, code = emd_c_sparse(
+        a, b, r.astype(np.uint64), c.astype(np.uint64), cv.double().cpu().numpy(), max_iter,
+        alpha, beta)
+    if code != 1:
+        raise RuntimeError(f"network simplex failed: {check_result(code)}")
+    al, be = torch.from_numpy(alpha), torch.from_numpy(beta)
+    # rounds check in C's dtype; the last word is a float64 check
+    new, passes = dual_violations(cost, al, be, add, exact=False), 1
+    if not len(new[0]):
+        new, passes = dual_violations(cost, al, be, add, exact=True), 2
+    return (fr.astype(np.int64), fc.astype(np.int64), mass), (al, be), new, passes
+
+
+def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 32, max_rounds: int = 30,
+                    max_iter: int = 10**9, duals=None, multiscale_above: int = 2000,
+                    dense_below: int = 1500, max_degree: float = 48.0) -> ExactPlan:
     """Exact OT with uniform marginals for ``cost: (N_s, N_t)`` (any device; solved on CPU).
 
     ``duals`` = ``(f, g)``: a guess of the optimal duals; the first edges are then the
     smallest reduced costs, which follow the transport's global shifts that plain nearest
     neighbours miss. By default the guess comes from a subsample (:func:`subsample_duals`)
-    when the problem has more than ``multiscale_above`` points per side.
-
-    Raises RuntimeError if the simplex reports a failure or the duals are still infeasible
-    after ``max_rounds`` solves.
+    when the problem has more than ``multiscale_above`` points per side. Problems with at
+    most ``dense_below`` points per side, and edge sets that grow past ``max_degree`` edges per
+    point or ``max_rounds`` solves (near-duplicate points make many near-optima), go to the
+    dense simplex, warm-started from the current duals. Raises RuntimeError if a simplex
+    reports a failure.
     """
-    from ot.lp.emd_wrap import check_result, emd_c_sparse
-
     ns, nt = cost.shape
+    if max(ns, nt) <= dense_below:
+        return dense_simplex(cost, duals)
     a, b = np.full(ns, 1.0 / ns), np.full(nt, 1.0 / nt)
     if duals is None and min(ns, nt) > multiscale_above:
         duals = subsample_duals(cost)
     r, c = nearest_edges(cost, k, duals=duals)
     nw_r, nw_c = north_west_corner(ns, nt)
     keys = np.unique(np.concatenate([r * nt + c, nw_r * nt + nw_c]))
-    alpha = beta = None
-    passes = 1.0
+    passes, sparse_duals = 1.0, None
     for rounds in range(1, max_rounds + 1):
-        r, c = keys // nt, keys % nt
-        cv = cost[torch.from_numpy(r).to(cost.device), torch.from_numpy(c).to(cost.device)]
-        cv = cv.double().cpu().numpy()
-        fr, fc, mass, total, alpha, beta, code = emd_c_sparse(
-            a, b, r.astype(np.uint64), c.astype(np.uint64), cv, max_iter, alpha, beta)
-        if code != 1:
-            raise RuntimeError(f"network simplex failed: {check_result(code)}")
-        al, be = torch.from_numpy(alpha), torch.from_numpy(beta)
-        # rounds check in C's dtype; the last word is a float64 check
-        new_r, new_c = dual_violations(cost, al, be, add, exact=False)
+        flows, sparse_duals, (new_r, new_c), p = _sparse_round(cost, keys, a, b, sparse_duals, add,
+                                                               max_iter)
+        passes += p
         if not len(new_r):
-            new_r, new_c = dual_violations(cost, al, be, add, exact=True)
-            passes += 1
-        passes += 1
-        if not len(new_r):
-            fr, fc = fr.astype(np.int64), fc.astype(np.int64)
-            flow_costs = cost[torch.from_numpy(fr).to(cost.device), torch.from_numpy(fc).to(cost.device)]
-            return ExactPlan(fr, fc, mass, flow_costs.double().cpu().numpy(), al, be,
+            fr, fc, mass = flows
+            costs = cost[torch.from_numpy(fr).to(cost.device), torch.from_numpy(fc).to(cost.device)]
+            return ExactPlan(fr, fc, mass, costs.double().cpu().numpy(), *sparse_duals,
                              rounds, len(keys), passes)
         keys = np.union1d(keys, new_r * nt + new_c)
-    raise RuntimeError(f"network simplex: duals still infeasible after {max_rounds} rounds")
-
+        if len(keys) > max_degree * (ns + nt) / 2:
+            break
+    return dense_simplex(cost, sparse_duals, rounds, passes)
 
 
 def subsample_duals(cost: torch.Tensor, factor: int = 4, dense_below: int = 1500):
