@@ -66,7 +66,7 @@ from segotce_ray.store import PoolStore, pool_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExtractionError", "ExtractionRequest", "extract_pools", "request_key"]
+__all__ = ["ExtractionError", "ExtractionRequest", "extract_in_process", "extract_pools", "request_key"]
 
 BadImagePolicy = Literal["fail", "skip"]
 TARGET_DRAWS = 10_000   # SEG-OTCE draws N = 10^4 pixels per side
@@ -306,6 +306,37 @@ def _probe_model(spec: ModelSpec, weights_hash: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         return {"error": str(exc) if isinstance(exc, ModelError) else
                 str(ModelError(spec.name, f"{type(exc).__name__}: {exc}"))}
+
+
+def extract_in_process(req: ExtractionRequest, batch_size: int = 8) -> "PixelPool":
+    """One pool computed in this process, without Ray or a store: the same read step and
+    actor chunk code as :func:`extract_pools`, chunk by chunk (the reference that tests and
+    benchmarks compare a cluster's pools with). Any bad image or model raises
+    :class:`ExtractionError`."""
+    from segotce_ray.pools import PixelPool
+
+    m, d = req.pair
+    weights_hash = model_weights_hash(req.model)
+    fingerprint = req.dataset.fingerprint()
+    key = request_key(req, weights_hash, fingerprint)
+    jobs = {0: {"dataset": req.dataset, "model": m, "seed": req.seed,
+                "pixels_per_image": int(req.pixels_per_image), "sampling": req.sampling}}
+    extractor = ChunkFeatureExtractor(req.model, weights_hash, {0: _pool_meta(req, key, fingerprint, weights_hash)},
+                                      {0: bool(req.keep_probs)})
+    tables = []
+    n = len(req.dataset.samples)
+    for c in range(math.ceil(n / batch_size)):
+        batch = {"request": np.array([0]), "chunk": np.array([c]), "start": np.array([c * batch_size]),
+                 "stop": np.array([min(n, (c + 1) * batch_size)])}
+        out = extractor(load_chunk(batch, jobs=jobs))
+        errors = json.loads(out["errors"][0])
+        if errors:
+            raise ExtractionError(m, d, f"image {errors[0]['image_id']!r}: {errors[0]['error']}")
+        if (t := _read_ipc(out["table"][0])) is not None:
+            tables.append(t)
+    if not tables:
+        raise ExtractionError(m, d, "no valid pixels in any image")
+    return PixelPool.from_table(pa.concat_tables(tables))
 
 
 # --------------------------------------------------------------------------- driver
