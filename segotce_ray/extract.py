@@ -357,17 +357,22 @@ class _PendingPool:
     draws: int = TARGET_DRAWS      # SEG-OTCE's N: a smaller pool is used whole (warned)
 
 
-def _cluster_gpus() -> int:
+def _cluster_gpus(autoscaling: str = "auto") -> int:
+    """GPUs up now, or those an autoscaler can add when none is up (see placement)."""
     import ray
 
-    return int(ray.cluster_resources().get("GPU", 0))
+    from segotce_ray.placement import autoscaler_node_types, cluster_gpus
+
+    live = ray.cluster_resources().get("GPU", 0)
+    return cluster_gpus(live, None if live or autoscaling == "off" else autoscaler_node_types(),
+                        autoscaling)
 
 
 def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_size: int = 8,
                   num_actors: int | None = None, use_gpu: bool | None = None,
                   cpu_threads: int | None = None, bad_images: BadImagePolicy = "fail",
                   rows_per_shard: int = 262_144, progress: bool | None = None,
-                  address: str | None = None,
+                  address: str | None = None, autoscaling: str = "auto",
                   stats: dict[str, dict[str, float]] | None = None,
                   n_draws: int = TARGET_DRAWS) -> dict[tuple[str, str], str | ExtractionError]:
     """Produce every requested pool that is not in ``store`` yet, on Ray.
@@ -376,7 +381,9 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
     the cluster's GPUs, or 1 on CPU — one actor using all cores' threads is the fastest CPU
     setup); use_gpu: default = the cluster has GPUs (``num_gpus=1`` per actor, autocast
     float16); cpu_threads: torch threads per CPU actor (default: cluster CPUs // actors);
-    bad_images: ``"fail"`` | ``"skip"`` (module docstring); progress: tqdm bar (default: when
+    bad_images: ``"fail"`` | ``"skip"`` (module docstring); autoscaling: ``auto`` | ``on`` |
+    ``off``: with no GPU up yet, ``auto``/``on`` plan for the GPUs an autoscaler can add
+    (:mod:`segotce_ray.placement`); progress: tqdm bar (default: when
     stderr is a tty; otherwise log lines); stats: if a dict, filled per model with
     ``probe_s`` (driver-side load + probe), ``pipeline_s`` (Ray Data run), ``first_output_s``
     (pipeline start to the first finished chunk: actor start-up included), ``images`` and
@@ -441,7 +448,7 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
         pending[m].append(_PendingPool(i, r, key, fp, math.ceil(n / batch_size), draws=n_draws))
 
     if pending:
-        gpus = _cluster_gpus()
+        gpus = _cluster_gpus(autoscaling)
         gpu = bool(gpus) if use_gpu is None else bool(use_gpu)
         if gpu and not gpus:
             raise ValueError("use_gpu=True but the Ray cluster has no GPUs")

@@ -444,15 +444,19 @@ class PairScorer:
     def __init__(self, pools: Mapping[tuple[str, str], PoolSource] | None = None, store: Any = None,
                  *, seed: int = 0, ignore_index: int = 255, num_cpus: float = 1,
                  num_gpus: float | None = None, max_retries: int = 3,
-                 fail_infeasible: bool = True) -> None:
+                 fail_infeasible: bool = True, autoscaling: str = "auto") -> None:
         import ray
+
+        from segotce_ray.placement import autoscaler_node_types, memory_limit
 
         if not ray.is_initialized():
             raise RuntimeError("Ray is not initialised: call segotce_ray.runtime.init_ray() first")
-        # A task asking more memory than any node has would wait forever on a fixed cluster.
-        self.max_node_memory = max((n.get("Resources", {}).get("memory", 0)
-                                    for n in ray.nodes() if n.get("Alive")), default=0)
-        self.fail_infeasible = fail_infeasible and self.max_node_memory > 0
+        # A task asking more memory than any node has (or than any node the autoscaler can
+        # add) would wait forever: see segotce_ray.placement.
+        limit = memory_limit(ray.nodes(), None if autoscaling == "off" else autoscaler_node_types(),
+                             autoscaling)
+        self.max_node_memory = limit or 0
+        self.fail_infeasible = fail_infeasible and limit is not None
         if num_gpus is None:
             num_gpus = DEFAULT_GPU_FRACTION if ray.cluster_resources().get("GPU", 0) > 0 else 0
         self.seed = int(seed)
@@ -507,7 +511,8 @@ class PairScorer:
             msg = (f"{spec.name} for {pair.model!r} → {pair.target!r} needs "
                    f"{memory / 2**30:.1f} GiB per task (n_pixels={spec.n_pixels}), more than "
                    f"the largest node offers ({self.max_node_memory / 2**30:.1f} GiB): "
-                   f"lower n_pixels or add bigger nodes")
+                   f"lower n_pixels or add bigger nodes (resources.autoscaling: on if an "
+                   f"autoscaler can add them)")
             return [_failed(pair, spec.name, k, s, msg) for k, s in zip(ks, seeds)]
         ref = self._remote.options(
             num_cpus=self.num_cpus, num_gpus=self.num_gpus, memory=memory,
@@ -578,8 +583,8 @@ def _chunks(ks: list[int], size: int) -> Iterator[list[int]]:
 
 def open_scorer(pairs: Iterable[ScorePair | Sequence[str]], pools: Mapping[str, Any],
                 store: Any, *, seed: int, ignore_index: int, num_gpus: float | None,
-                max_retries: int, fail_infeasible: bool, max_in_flight: int | None
-                ) -> tuple[list[ScorePair], "PairScorer", int]:
+                max_retries: int, fail_infeasible: bool, max_in_flight: int | None,
+                autoscaling: str = "auto") -> tuple[list[ScorePair], "PairScorer", int]:
     """Sorted unique pairs (a (model, target) with two sources is a ValueError), a
     :class:`PairScorer` over ``pools``, and the in-flight bound (default 4 tasks per CPU, ≥ 16)."""
     pair_list = sorted({_as_pair(p) for p in pairs})
@@ -588,7 +593,8 @@ def open_scorer(pairs: Iterable[ScorePair | Sequence[str]], pools: Mapping[str, 
         m, t = [(p.model, p.target) for p in pair_list][int(np.argmax(clash.to_numpy()))]
         raise ValueError(f"model {m!r} → target {t!r} is listed with two source datasets")
     scorer = PairScorer(pools, store, seed=seed, ignore_index=ignore_index, num_gpus=num_gpus,
-                        max_retries=max_retries, fail_infeasible=fail_infeasible)
+                        max_retries=max_retries, fail_infeasible=fail_infeasible,
+                        autoscaling=autoscaling)
     if max_in_flight is None:
         import ray
 
@@ -606,7 +612,8 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
                 on_result: Callable[[dict[str, Any]], None] | None = None,
                 max_in_flight: int | None = None, reps_per_task: int = 1,
                 num_gpus: float | None = None, max_retries: int = 3,
-                fail_infeasible: bool = True, progress: bool | None = None) -> pd.DataFrame:
+                fail_infeasible: bool = True, autoscaling: str = "auto",
+                progress: bool | None = None) -> pd.DataFrame:
     """Score every pair K times on Ray and return the long results table.
 
     pairs: (model, source dataset, target) triples or :class:`ScorePair`.
@@ -619,8 +626,9 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
     CPUs, at least 16); 1 runs one task at a time. reps_per_task: repetitions per task.
     num_gpus: GPU share per task (default: :data:`DEFAULT_GPU_FRACTION` on a cluster with
     GPUs, else 0). max_retries: retries of a task whose worker died. fail_infeasible: fail a
-    pair at once when its task needs more memory than the largest node has (set False on an
-    autoscaling cluster that can add bigger nodes). progress: tqdm bar over repetitions
+    pair at once when its task needs more memory than any live node or any node the
+    autoscaler can add has; autoscaling: ``auto`` | ``on`` | ``off``, how the autoscaler's
+    node types count (:mod:`segotce_ray.placement`). progress: tqdm bar over repetitions
     (default: when stderr is a terminal; otherwise INFO log lines every 30 s and per finished pair, :mod:`segotce_ray.progress`).
     """
     import ray
@@ -637,7 +645,7 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
     pair_list, scorer, max_in_flight = open_scorer(
         pairs, pools, store, seed=seed, ignore_index=int(specs[0].params.get("ignore_index", 255)),
         num_gpus=num_gpus, max_retries=max_retries, fail_infeasible=fail_infeasible,
-        max_in_flight=max_in_flight)
+        max_in_flight=max_in_flight, autoscaling=autoscaling)
 
     wanted = {(p.model, p.target, spec.name, k) for p in pair_list for spec in specs
               for k in range(spec.repetitions)}
