@@ -301,7 +301,7 @@ def main() -> None:
                         and np.allclose(a_.features.astype(np.float32), b_.features.astype(np.float32),
                                         atol=1e-2, rtol=1e-2))
                 print(f"  {count} images, rep {rep}: plain {plain_s:.1f}s ({count / plain_s:.2f} img/s) | Ray "
-                      f"{ray_s:.1f}s ({count / ray_s:.2f} img/s; probe {st['probe_s']:.1f}s, first chunk out "
+                      f"{ray_s:.1f}s ({count / ray_s:.2f} img/s; probe {st.get('probe_s', 0.0):.1f}s, first chunk out "
                       f"after {st.get('first_output_s', float('nan')):.1f}s) | pools equal: {same}")
                 if not same:
                     raise SystemExit("the Ray pool differs from the plain loop's pool")
@@ -309,7 +309,7 @@ def main() -> None:
                         "plain_after": max(best["plain_after"], plain["after_first_images_per_s"]),
                         "ray_after": max(best["ray_after"], st.get("after_first_images_per_s", 0.0)),
                         "plain_first": min(best["plain_first"], plain["first_batch_s"]),
-                        "ray_first": min(best["ray_first"], st["probe_s"] + st.get("first_output_s", float("nan")))}
+                        "ray_first": min(best["ray_first"], st.get("probe_s", 0.0) + st.get("first_output_s", float("nan")))}
             times[count] = best
         device = "1 GPU actor" if cuda else "1 CPU actor"
         n = sizes[-1]

@@ -3,20 +3,24 @@
 Plan (per call of :func:`extract_pools`)::
 
     weights hash per model (driver, no forward) ─► pool key per request ─► cached? done
-    missing pools, per model:
-      probe (driver: load checkpoint strictly, tap the layer, one tiny 64×64 forward on CPU)
-      Ray Data:  from_items(chunks) ─► map_batches(load_chunk)          CPU tasks: read +
-                                                                         resize images, draw pixels
-                                   ─► map_batches(ChunkFeatureExtractor) actor pool, one model
-                                                                         per actor, num_gpus=1 each
-                                                                         on a GPU cluster
-                                   ─► driver: iter_batches ─► PoolWriter per request (streaming)
+    missing pools of every model: ONE Ray Data pipeline for the whole zoo
+      from_items(chunks) ─► map_batches(load_chunk)           CPU tasks: read + resize images,
+                                                              draw pixels
+                         ─► map_batches(ChunkFeatureExtractor) actor pool (num_gpus=1 each on a
+                                                              GPU cluster); an actor loads each
+                                                              model on first use, keeps an LRU of
+                                                              MODEL_CACHE, and writes each chunk's
+                                                              shard into the store itself
+                         ─► driver: iter_batches of shard metadata (file, rows, sha256, bytes,
+                                   errors) ─► manifest + rename once a pool's last chunk is in
 
 Why chunks: the driver cuts every dataset's sorted sample list into fixed chunks of
-``batch_size`` images and each chunk is one forward batch, so the batches — and hence the
-floating-point results — are the same whatever the number of actors or the scheduling;
-``preserve_order`` keeps the output in chunk order, so shards are written in image order.
-The driver only holds one chunk's rows at a time (Ray Data streams with backpressure).
+``batch_size`` images and each chunk is one forward batch and one shard
+(``part-<chunk>.parquet``, listed in chunk order by the manifest), so the batches — and hence
+the floating-point results and the pool — are the same whatever the number of actors, the
+completion order or a chunk redone after a lost node (a shard is written under a tmp name and
+renamed). No pool byte passes through the driver: it receives a few hundred bytes per chunk.
+The store must be a path every node mounts (see the README's cluster section).
 
 Pixel draws are seeded from ``(seed, model, dataset, image_id)`` (see
 :mod:`segotce_ray.sampling`) and made in the read step, so only the image and the sampled
@@ -32,7 +36,8 @@ read tasks take a quarter CPU each, so N actors on N CPUs still leave room to re
 Progress: a tqdm bar over images on a tty, a log line every 30 s otherwise (Ray Data's own
 bars are switched off for the run).
 
-Failures: a model that cannot be built/loaded/tapped fails its own requests only; a
+Failures: a model that cannot be built/loaded/tapped fails its own requests only (the actor
+reports it per chunk, the failure is remembered, the pipeline goes on for the others); a
 dataset whose fingerprint cannot be taken fails its own requests only. A bad image file
 (unreadable, truncated, label/image size mismatch, unknown label id) fails its pool by
 default (``bad_images="fail"``: a pool keyed as complete must hold every image); with
@@ -326,23 +331,6 @@ def _weights_hash_or_error(spec: ModelSpec) -> dict[str, str]:
                 str(ModelError(spec.name, f"{type(exc).__name__}: {exc}"))}
 
 
-def _probe_model(spec: ModelSpec, weights_hash: str) -> dict[str, Any]:
-    """Load strictly and run one tiny forward on CPU, in the driver: catches bad keys, shapes,
-    layers and factories before any actor starts, with a plain error (no Ray traceback).
-    ``{"dim", "num_logits"}`` or ``{"error"}``. Peak driver memory: one model at a time."""
-    import torch
-
-    try:
-        model = load_model(spec, weights_hash=weights_hash)
-        size = spec.input_size or (64, 64)
-        with torch.inference_mode():
-            feat, logits = model.features(torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)))
-        return {"dim": int(feat.shape[1]), "num_logits": int(logits.shape[1])}
-    except Exception as exc:  # noqa: BLE001
-        return {"error": str(exc) if isinstance(exc, ModelError) else
-                str(ModelError(spec.name, f"{type(exc).__name__}: {exc}"))}
-
-
 def extract_in_process(req: ExtractionRequest, batch_size: int = 8) -> "PixelPool":
     """One pool computed in this process, without Ray or a store: the same read step and
     actor chunk code as :func:`extract_pools`, chunk by chunk (the reference that tests and
@@ -424,19 +412,20 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
                   n_draws: int = TARGET_DRAWS) -> dict[tuple[str, str], str | ExtractionError]:
     """Produce every requested pool that is not in ``store`` yet, on Ray.
 
-    batch_size: images per forward pass (one chunk); num_actors: actors per model (default:
+    batch_size: images per forward pass (one chunk); num_actors: extraction actors (default:
     the cluster's GPUs, or 1 on CPU — one actor using all cores' threads is the fastest CPU
     setup); use_gpu: default = the cluster has GPUs (``num_gpus=1`` per actor, autocast
     float16); cpu_threads: torch threads per CPU actor (default: cluster CPUs // actors);
     bad_images: ``"fail"`` | ``"skip"`` (module docstring); autoscaling: ``auto`` | ``on`` |
     ``off``: with no GPU up yet, ``auto``/``on`` plan for the GPUs an autoscaler can add
     (:mod:`segotce_ray.placement`); progress: tqdm bar (default: when
-    stderr is a tty; otherwise log lines); stats: if a dict, filled per model with
-    ``probe_s`` (driver-side load + probe), ``pipeline_s`` (Ray Data run), ``first_output_s``
-    (pipeline start to the first finished chunk: actor start-up included), ``images`` and
-    ``after_first_images_per_s`` (images after the first chunk / time after it: the rate once
-    the actors are up). n_draws: the job's ``otce.n_pixels``; a pool with fewer pixels is
-    warned about (SEG-OTCE then uses it whole).
+    stderr is a tty; otherwise log lines); stats: if a dict, each model extracted gets the
+    figures of the one pipeline that served them all: ``pipeline_s`` (Ray Data run),
+    ``first_output_s`` (pipeline start to the first finished chunk: actor start-up included),
+    ``images``, ``after_first_images_per_s`` (the rate once the actors are up),
+    ``driver_bytes`` (metadata the driver received) and ``pool_bytes`` (shard bytes written).
+    n_draws: the job's ``otce.n_pixels``; a pool with fewer pixels is warned about (SEG-OTCE
+    then uses it whole).
 
     Returns ``{(model name, dataset name): pool key | ExtractionError}``, one entry per
     request; pools finished before a failure are kept.
@@ -502,22 +491,17 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
         actors = num_actors or (max(1, gpus) if gpu else 1)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = None if gpu else (cpu_threads or max(1, cpus // actors))
-        for m, pools in pending.items():
-            t_probe = time.perf_counter()
-            err = _probe_model(specs[m], str(hashes[m])).get("error")
-            model_stats = {"probe_s": time.perf_counter() - t_probe}
-            if stats is not None:
-                stats[m] = model_stats
-            if err:                                       # bad checkpoint/keys/layer/num_classes
-                for p in pools:
-                    results[p.request.pair] = ExtractionError(m, p.request.dataset.name, err)
-                log.error("model %r failed to load: %s", m, err)
-                continue
-            _run_pipeline(pools, {m: (specs[m], str(hashes[m]))}, store, batch_size=batch_size,
-                          actors=actors, gpu=gpu, threads=threads, bad_images=bad_images,
-                          progress=progress, stats=model_stats)
-            for p in pools:
-                results[p.request.pair] = p.failed if p.failed is not None else p.key
+        # one pipeline for the whole zoo: actors load each model on first use (a bad model
+        # fails its own pools there), so start-up is paid per actor, not per model
+        pools = [p for m in pending for p in pending[m]]
+        run_stats: dict[str, float] = {}
+        _run_pipeline(pools, {m: (specs[m], str(hashes[m])) for m in pending}, store,
+                      batch_size=batch_size, actors=actors, gpu=gpu, threads=threads,
+                      bad_images=bad_images, progress=progress, stats=run_stats)
+        for p in pools:
+            results[p.request.pair] = p.failed if p.failed is not None else p.key
+        if stats is not None:
+            stats.update({m: run_stats for m in pending})
     return {r.pair: results[r.pair] for r in requests}
 
 

@@ -238,3 +238,48 @@ def test_workers_write_the_shards_and_the_driver_gets_only_metadata(world, tmp_p
                                               for s in man["shards"])
     assert stats["tiny"]["driver_bytes"] <= 3 * 400                        # 3 chunks of metadata
     assert stats["tiny"]["driver_bytes"] < 0.02 * stats["tiny"]["pool_bytes"]
+
+
+def test_one_actor_serves_many_models_from_a_small_lru(world, tmp_path, monkeypatch):
+    """In-process: models load on first use, stay loaded (LRU of cache_size), a model that
+    fails to load fails its own chunks only and is not reloaded for every chunk."""
+    from segotce_ray import extract as ex
+
+    loads: list[str] = []
+    real_load = ex.load_model
+
+    def counting_load(spec, **kwargs):
+        loads.append(spec.name)
+        return real_load(spec, **kwargs)
+
+    monkeypatch.setattr(ex, "load_model", counting_load)
+    specs = {n: ModelSpec(name=n, architecture=TINY, num_classes=3, kwargs={"returns": "dict"})
+             for n in ("m1", "m2", "m3")}
+    specs["bad"] = world.bad_specs["bad-keys"]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    requests = {i: {"model": n, "meta": {"model": n}, "keep_probs": False, "staging": str(staging)}
+                for i, n in enumerate(specs)}
+    actor = ex.ChunkFeatureExtractor(requests, {n: (s, f"h-{n}") for n, s in specs.items()}, cache_size=2)
+    jobs = {i: {"dataset": world.ds_a, "model": n, "seed": 0, "pixels_per_image": K, "sampling": "uniform"}
+            for i, n in enumerate(specs)}
+
+    def run(req: int, chunk: int) -> dict:
+        batch = {"request": np.array([req]), "chunk": np.array([chunk]), "start": np.array([chunk]),
+                 "stop": np.array([chunk + 1])}
+        out = actor(ex.load_chunk(batch, jobs=jobs))
+        return {k: v[0] for k, v in out.items()}
+
+    assert run(0, 0)["rows"] == K and run(0, 1)["rows"] == K and run(1, 0)["rows"] == K
+    assert loads == ["m1", "m2"]                                   # loaded once each
+    run(2, 0)                                                      # m3 evicts m1 (least recent)
+    run(1, 1)                                                      # m2 still loaded
+    run(0, 2)                                                      # m1 is loaded again
+    assert loads == ["m1", "m2", "m3", "m1"]
+    bad = [run(3, c) for c in range(2)]
+    assert all(r["file"] == "" for r in bad) and loads.count("bad-keys") == 1
+    err = json.loads(bad[1]["errors"])[0]
+    assert err["kind"] == "load" and "model 'bad-keys'" in err["error"] and "classifier.bias" in err["error"]
+    assert run(2, 1)["rows"] == K                                   # the others go on
+    assert sorted(p.name for p in staging.iterdir()) == ["part-00000.parquet", "part-00001.parquet",
+                                                          "part-00002.parquet"]
