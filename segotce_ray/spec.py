@@ -114,7 +114,7 @@ class Resources:
     """Ray resources. ``None`` = decided from the cluster.
 
     gpus_per_actor: 1 pins each extraction actor to a GPU, 0 runs on CPU (default: 1 when
-    the cluster has GPUs); actors: extraction actors per model (default: the number of GPUs,
+    the cluster has GPUs); actors: extraction actors, shared by every model (default: the number of GPUs,
     or 1 on CPU); cpu_threads: torch threads per CPU actor; gpus_per_task: GPU share of one
     scoring task (default 0.25 on a GPU cluster, else 0); autoscaling: ``auto`` | ``on`` |
     ``off`` (YAML's true/false read as on/off): whether node types an autoscaler can add count
