@@ -198,7 +198,11 @@ def actor_only(args, tmp: Path, spec_d: dict) -> None:
     loaded = [load_chunk(b, jobs=jobs) for b in batches]
     load_s = time.perf_counter() - t
     t = time.perf_counter()
-    ext = ChunkFeatureExtractor(spec, "bench", {0: {"model": spec.name}}, {0: True}, device=dev)
+    staging = tmp / "actor-only-shards"
+    staging.mkdir(parents=True, exist_ok=True)
+    req = {0: {"model": spec.name, "meta": {"model": spec.name}, "keep_probs": True, "staging": str(staging)}}
+    ext = ChunkFeatureExtractor(req, {spec.name: (spec, "bench")}, device=dev)
+    ext.model(spec.name)                                         # load now (timed as the model load)
     print(f"actor-only on {dev} ({torch.cuda.get_device_name() if dev == 'cuda' else os.cpu_count()}), "
           f"{args.arch}, {n} images {args.size[0]}x{args.size[1]}, batch {bs}: model load {time.perf_counter() - t:.1f}s, "
           f"read step {n / load_s:.1f} img/s on one core")
@@ -216,9 +220,12 @@ def actor_only(args, tmp: Path, spec_d: dict) -> None:
     if dev == "cuda":
         import pyarrow as pa
 
-        cpu = ChunkFeatureExtractor(spec, "bench", {0: {"model": spec.name}}, {0: True}, device="cpu")
-        a = pa.ipc.open_stream(pa.py_buffer(outs[0]["table"][0])).read_all()
-        b = pa.ipc.open_stream(pa.py_buffer(cpu(loaded[0])["table"][0])).read_all()
+        import pickle
+
+        cpu = ChunkFeatureExtractor(req, {spec.name: (spec, "bench")}, device="cpu")
+        items = pickle.loads(loaded[0]["payload"][0])
+        a, _ = ext._chunk(req[0], items)
+        b, _ = cpu._chunk(req[0], items)
         fa = a.column("feature").combine_chunks().flatten().to_numpy().astype(np.float32)
         fb = b.column("feature").combine_chunks().flatten().to_numpy().astype(np.float32)
         rel = np.linalg.norm(fa - fb) / max(np.linalg.norm(fb), 1e-12)
@@ -301,7 +308,7 @@ def main() -> None:
                         and np.allclose(a_.features.astype(np.float32), b_.features.astype(np.float32),
                                         atol=1e-2, rtol=1e-2))
                 print(f"  {count} images, rep {rep}: plain {plain_s:.1f}s ({count / plain_s:.2f} img/s) | Ray "
-                      f"{ray_s:.1f}s ({count / ray_s:.2f} img/s; probe {st['probe_s']:.1f}s, first chunk out "
+                      f"{ray_s:.1f}s ({count / ray_s:.2f} img/s; probe {st.get('probe_s', 0.0):.1f}s, first chunk out "
                       f"after {st.get('first_output_s', float('nan')):.1f}s) | pools equal: {same}")
                 if not same:
                     raise SystemExit("the Ray pool differs from the plain loop's pool")
@@ -309,7 +316,7 @@ def main() -> None:
                         "plain_after": max(best["plain_after"], plain["after_first_images_per_s"]),
                         "ray_after": max(best["ray_after"], st.get("after_first_images_per_s", 0.0)),
                         "plain_first": min(best["plain_first"], plain["first_batch_s"]),
-                        "ray_first": min(best["ray_first"], st["probe_s"] + st.get("first_output_s", float("nan")))}
+                        "ray_first": min(best["ray_first"], st.get("probe_s", 0.0) + st.get("first_output_s", float("nan")))}
             times[count] = best
         device = "1 GPU actor" if cuda else "1 CPU actor"
         n = sizes[-1]

@@ -312,7 +312,7 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
                          on_result: Callable[[dict[str, Any]], None] | None = None,
                          max_in_flight: int | None = None, num_gpus: float | None = None,
                          max_retries: int = 3, fail_infeasible: bool = True,
-                         progress: bool | None = None) -> AdaptiveRun:
+                         autoscaling: str = "auto", progress: bool | None = None) -> AdaptiveRun:
     """Score pairs with the adaptive schedule (module docstring) on Ray.
 
     Arguments as :func:`segotce_ray.scoring.score_pairs` (one metric: ``metric`` or the OTCE
@@ -331,7 +331,7 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
     pair_list, scorer, max_in_flight = open_scorer(
         pairs, pools, store, seed=seed, ignore_index=int(spec.params.get("ignore_index", 255)),
         num_gpus=num_gpus, max_retries=max_retries, fail_infeasible=fail_infeasible,
-        max_in_flight=max_in_flight)
+        max_in_flight=max_in_flight, autoscaling=autoscaling)
 
     # -- candidates per target
     targets: dict[str, _Target] = {}

@@ -3,20 +3,24 @@
 Plan (per call of :func:`extract_pools`)::
 
     weights hash per model (driver, no forward) ─► pool key per request ─► cached? done
-    missing pools, per model:
-      probe (driver: load checkpoint strictly, tap the layer, one tiny 64×64 forward on CPU)
-      Ray Data:  from_items(chunks) ─► map_batches(load_chunk)          CPU tasks: read +
-                                                                         resize images, draw pixels
-                                   ─► map_batches(ChunkFeatureExtractor) actor pool, one model
-                                                                         per actor, num_gpus=1 each
-                                                                         on a GPU cluster
-                                   ─► driver: iter_batches ─► PoolWriter per request (streaming)
+    missing pools of every model: ONE Ray Data pipeline for the whole zoo
+      from_items(chunks) ─► map_batches(load_chunk)           CPU tasks: read + resize images,
+                                                              draw pixels
+                         ─► map_batches(ChunkFeatureExtractor) actor pool (num_gpus=1 each on a
+                                                              GPU cluster); an actor loads each
+                                                              model on first use, keeps an LRU of
+                                                              MODEL_CACHE, and writes each chunk's
+                                                              shard into the store itself
+                         ─► driver: iter_batches of shard metadata (file, rows, sha256, bytes,
+                                   errors) ─► manifest + rename once a pool's last chunk is in
 
 Why chunks: the driver cuts every dataset's sorted sample list into fixed chunks of
-``batch_size`` images and each chunk is one forward batch, so the batches — and hence the
-floating-point results — are the same whatever the number of actors or the scheduling;
-``preserve_order`` keeps the output in chunk order, so shards are written in image order.
-The driver only holds one chunk's rows at a time (Ray Data streams with backpressure).
+``batch_size`` images and each chunk is one forward batch and one shard
+(``part-<chunk>.parquet``, listed in chunk order by the manifest), so the batches — and hence
+the floating-point results and the pool — are the same whatever the number of actors, the
+completion order or a chunk redone after a lost node (a shard is written under a tmp name and
+renamed). No pool byte passes through the driver: it receives a few hundred bytes per chunk.
+The store must be a path every node mounts (see the README's cluster section).
 
 Pixel draws are seeded from ``(seed, model, dataset, image_id)`` (see
 :mod:`segotce_ray.sampling`) and made in the read step, so only the image and the sampled
@@ -32,7 +36,8 @@ read tasks take a quarter CPU each, so N actors on N CPUs still leave room to re
 Progress: a tqdm bar over images on a tty, a log line every 30 s otherwise (Ray Data's own
 bars are switched off for the run).
 
-Failures: a model that cannot be built/loaded/tapped fails its own requests only; a
+Failures: a model that cannot be built/loaded/tapped fails its own requests only (the actor
+reports it per chunk, the failure is remembered, the pipeline goes on for the others); a
 dataset whose fingerprint cannot be taken fails its own requests only. A bad image file
 (unreadable, truncated, label/image size mismatch, unknown label id) fails its pool by
 default (``bad_images="fail"``: a pool keyed as complete must hold every image); with
@@ -44,7 +49,6 @@ Pools already in the store cost zero forward passes.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -52,7 +56,7 @@ import os
 import pickle
 import sys
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,16 +66,18 @@ import pyarrow as pa
 from segotce_ray.models import ModelError, ModelSpec, load_model, model_weights_hash
 from segotce_ray.pools import POOL_SCHEMA_VERSION, pool_schema
 from segotce_ray.sampling import SAMPLING_MODES, sample_feature_maps, sample_pixels, stable_seed
-from segotce_ray.store import PoolStore, pool_key
+from segotce_ray.store import PoolStore, pool_key, write_shard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExtractionError", "ExtractionRequest", "extract_pools", "request_key"]
+__all__ = ["ExtractionError", "ExtractionRequest", "extract_in_process", "extract_pools", "request_key"]
 
 BadImagePolicy = Literal["fail", "skip"]
 TARGET_DRAWS = 10_000   # SEG-OTCE draws N = 10^4 pixels per side
 LOADER_CPUS = 0.25      # logical CPUs per read task (image decode + pixel draw)
 READERS_MAX = 16        # read tasks in flight at most (one per CPU below that)
+MODEL_CACHE = 4         # loaded models an extraction actor keeps (LRU)
+SHARD_NAME = "part-{:05d}.parquet"   # one shard per chunk, named by the chunk's index
 
 
 class ExtractionError(RuntimeError):
@@ -165,14 +171,21 @@ def load_chunk(batch: dict[str, np.ndarray], *, jobs: dict[int, dict[str, Any]])
 
 
 class ChunkFeatureExtractor:
-    """Actor-side callable: holds one model, turns a loaded chunk into a pixel table.
+    """Actor-side callable: serves every model of the run, writes each chunk's pool rows as a
+    Parquet shard into the pool's staging folder in the store, returns only small metadata.
 
-    Out rows: ``{request, chunk, table (Arrow IPC bytes of the pool rows), errors (JSON)}``.
+    requests: ``{request index: {model, meta (schema metadata), keep_probs, staging}}``;
+    models: ``{name: (ModelSpec, weights hash)}``. Models are loaded on first use and kept in
+    an LRU of ``cache_size`` (keyed by name and weights hash), so one actor start-up serves the
+    whole zoo. Out rows: ``{request, chunk, images, file, rows, sha256, bytes, kept_images,
+    dim, num_probs, errors (JSON)}``; ``file`` is ``""`` when the chunk had no rows.
+    Every error stays in its chunk's row (a model that fails to load is reported as
+    ``kind="load"``), so one bad model never stops the pipeline.
     """
 
-    def __init__(self, spec: ModelSpec, weights_hash: str, metas: dict[int, dict[str, str]],
-                 keep_probs: dict[int, bool], device: str = "cpu", threads: int | None = None,
-                 amp: bool = True) -> None:
+    def __init__(self, requests: dict[int, dict[str, Any]], models: dict[str, tuple[ModelSpec, str]],
+                 device: str = "cpu", threads: int | None = None, amp: bool = True,
+                 cache_size: int = MODEL_CACHE) -> None:
         import torch
 
         if threads:                                   # never more threads than this node has cores
@@ -180,28 +193,66 @@ class ChunkFeatureExtractor:
         self.torch = torch
         self.device = device
         self.amp = amp and device.startswith("cuda")
-        self.model = load_model(spec, device=device, weights_hash=weights_hash)
-        self.metas, self.keep_probs = metas, keep_probs
+        self.requests, self.models, self.cache_size = requests, models, max(1, int(cache_size))
+        self.loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.forward_images = 0
-        log.info("extraction actor for model %r on %s (%d torch threads, autocast %s)", spec.name, device,
-                 torch.get_num_threads(), self.amp)
+        log.info("extraction actor for %d model(s) on %s (%d torch threads, autocast %s)", len(models),
+                 device, torch.get_num_threads(), self.amp)
+
+    def model(self, name: str) -> Any:
+        """The loaded model ``name`` (LRU); a load failure is cached and raised as ModelError."""
+        spec, weights_hash = self.models[name]
+        key = (name, weights_hash)
+        if key not in self.loaded:
+            try:
+                self.loaded[key] = load_model(spec, device=self.device, weights_hash=weights_hash)
+            except Exception as exc:  # noqa: BLE001 - remembered: the next chunk fails fast
+                self.loaded[key] = exc if isinstance(exc, ModelError) else \
+                    ModelError(spec.name, f"{type(exc).__name__}: {exc}")
+            while len(self.loaded) > self.cache_size:
+                self.loaded.popitem(last=False)
+        self.loaded.move_to_end(key)
+        got = self.loaded[key]
+        if isinstance(got, BaseException):
+            raise got
+        return got
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tables, errors, counts = [], [], []
-        for req_i, payload in zip(batch["request"], batch["payload"]):
+        cols: dict[str, list] = defaultdict(list)
+        for req_i, chunk, payload in zip(batch["request"], batch["chunk"], batch["payload"]):
             items = pickle.loads(payload)
-            t, e = self._chunk(int(req_i), items)
-            tables.append(t)
-            errors.append(json.dumps(e))
-            counts.append(len(items))
-        return {"request": batch["request"], "chunk": batch["chunk"], "images": np.array(counts),
-                "table": np.array(tables, dtype=object), "errors": np.array(errors, dtype=object)}
+            req = self.requests[int(req_i)]
+            shard, dims = {"file": "", "rows": 0, "sha256": "", "bytes": 0}, (0, 0)
+            try:
+                table, errors = self._chunk(req, items)
+                if table is not None:
+                    shard = write_shard(table, req["staging"], SHARD_NAME.format(int(chunk)))
+                    dims = (int(table.schema.metadata[b"dim"]), int(table.schema.metadata.get(b"num_probs", 0)))
+                    shard["kept_images"] = len(set(table.column("image_id").to_pylist()))
+            except ModelError as exc:
+                errors = [{"image_id": "", "kind": "load", "error": str(exc)}]
+            except Exception as exc:  # noqa: BLE001 - a forward or a store write failed: this chunk
+                errors = [{"image_id": "", "kind": "load",
+                           "error": str(ModelError(req["model"], f"{type(exc).__name__}: {exc}"))}]
+            for k in ("file", "rows", "sha256", "bytes"):
+                cols[k].append(shard[k])
+            cols["kept_images"].append(shard.get("kept_images", 0))
+            cols["dim"].append(dims[0])
+            cols["num_probs"].append(dims[1])
+            cols["images"].append(len(items))
+            cols["errors"].append(json.dumps(errors))
+        out = {"request": batch["request"], "chunk": batch["chunk"]}
+        out.update({k: np.array(v, dtype=object if k in ("file", "sha256", "errors") else np.int64)
+                    for k, v in cols.items()})
+        return out
 
-    def _chunk(self, req_i: int, items: list[dict[str, Any]]) -> tuple[bytes, list[dict[str, str]]]:
+    def _chunk(self, req: dict[str, Any], items: list[dict[str, Any]]
+               ) -> tuple[pa.Table | None, list[dict[str, str]]]:
         torch = self.torch
         errors = [{"image_id": it["image_id"], "error": it["error"], "kind": it["kind"]}
                   for it in items if "error" in it]
         good = [it for it in items if "error" not in it]
+        model = self.model(req["model"]) if good else None
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, it in enumerate(good):
             by_shape[it["image"].shape[:2]].append(i)
@@ -214,12 +265,12 @@ class ChunkFeatureExtractor:
             rows = [good[i]["rows"] for i in idx]
             cols = [good[i]["cols"] for i in idx]
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                feat, logits = self.model.features(x)
+                feat, logits = model.features(x)
                 finite = torch.isfinite(feat).flatten(1).all(dim=1)
                 # one grid_sample per batch, float16 on the device, one transfer back
                 f16 = sample_feature_maps(feat, rows, cols, height, width).half()
                 p16 = None
-                if self.keep_probs[req_i]:
+                if req["keep_probs"]:
                     p16 = torch.softmax(sample_feature_maps(logits, rows, cols, height, width), dim=2).half()
             finite = finite.cpu().numpy()
             f16 = f16.cpu().numpy()
@@ -229,28 +280,27 @@ class ChunkFeatureExtractor:
                 f = f16[b, :n]
                 if not finite[b]:
                     errors.append({"image_id": it["image_id"], "kind": "model",
-                                   "error": f"{str(ModelError(self.model.name, 'NaN/inf in the feature map'))}"
+                                   "error": f"{str(ModelError(model.name, 'NaN/inf in the feature map'))}"
                                             f" of image {it['image_id']!r}"})
                     continue
                 if not np.isfinite(f).all():
                     errors.append({"image_id": it["image_id"], "kind": "model",
-                                   "error": f"model {self.model.name!r}: feature values overflow float16 "
+                                   "error": f"model {model.name!r}: feature values overflow float16 "
                                             f"in image {it['image_id']!r}"})
                     continue
                 results[i] = (f, p16[b, :n] if p16 is not None else None)
         self.forward_images += len(good)
         order = [i for i in range(len(good)) if i in results]
-        return _pixel_table_ipc([good[i] for i in order], [results[i] for i in order],
-                                self.metas[req_i]), errors
+        return _pixel_table([good[i] for i in order], [results[i] for i in order], req["meta"]), errors
 
 
-def _pixel_table_ipc(items: list[dict[str, Any]], results: list[tuple[np.ndarray, np.ndarray | None]],
-                     meta: dict[str, str]) -> bytes:
-    """Pool rows of a chunk as Arrow IPC bytes (pool schema; empty bytes when no rows)."""
+def _pixel_table(items: list[dict[str, Any]], results: list[tuple[np.ndarray, np.ndarray | None]],
+                 meta: dict[str, str]) -> pa.Table | None:
+    """Pool rows of a chunk as an Arrow table with the pool schema (None when no rows)."""
     if not items:
-        return b""
+        return None
     counts = [len(it["rows"]) for it in items]
-    feats = np.concatenate([r[0] for r in results]) if items else np.zeros((0, 0), np.float16)
+    feats = np.concatenate([r[0] for r in results])
     dim = feats.shape[1]
     probs = None
     if results[0][1] is not None:
@@ -269,17 +319,7 @@ def _pixel_table_ipc(items: list[dict[str, Any]], results: list[tuple[np.ndarray
     md = dict(meta, dim=str(dim))
     if probs is not None:
         md["num_probs"] = str(probs.shape[1])
-    table = pa.Table.from_arrays(cols, schema=pool_schema(dim, probs.shape[1] if probs is not None else None, md))
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
-
-
-def _read_ipc(blob: bytes) -> pa.Table | None:
-    if not blob:
-        return None
-    return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
+    return pa.Table.from_arrays(cols, schema=pool_schema(dim, probs.shape[1] if probs is not None else None, md))
 
 
 def _weights_hash_or_error(spec: ModelSpec) -> dict[str, str]:
@@ -291,21 +331,39 @@ def _weights_hash_or_error(spec: ModelSpec) -> dict[str, str]:
                 str(ModelError(spec.name, f"{type(exc).__name__}: {exc}"))}
 
 
-def _probe_model(spec: ModelSpec, weights_hash: str) -> dict[str, Any]:
-    """Load strictly and run one tiny forward on CPU, in the driver: catches bad keys, shapes,
-    layers and factories before any actor starts, with a plain error (no Ray traceback).
-    ``{"dim", "num_logits"}`` or ``{"error"}``. Peak driver memory: one model at a time."""
-    import torch
+def extract_in_process(req: ExtractionRequest, batch_size: int = 8) -> "PixelPool":
+    """One pool computed in this process, without Ray or a store: the same read step and
+    actor chunk code as :func:`extract_pools`, chunk by chunk (the reference that tests and
+    benchmarks compare a cluster's pools with). Any bad image or model raises
+    :class:`ExtractionError`."""
+    from segotce_ray.pools import PixelPool
 
-    try:
-        model = load_model(spec, weights_hash=weights_hash)
-        size = spec.input_size or (64, 64)
-        with torch.inference_mode():
-            feat, logits = model.features(torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)))
-        return {"dim": int(feat.shape[1]), "num_logits": int(logits.shape[1])}
-    except Exception as exc:  # noqa: BLE001
-        return {"error": str(exc) if isinstance(exc, ModelError) else
-                str(ModelError(spec.name, f"{type(exc).__name__}: {exc}"))}
+    m, d = req.pair
+    weights_hash = model_weights_hash(req.model)
+    fingerprint = req.dataset.fingerprint()
+    key = request_key(req, weights_hash, fingerprint)
+    jobs = {0: {"dataset": req.dataset, "model": m, "seed": req.seed,
+                "pixels_per_image": int(req.pixels_per_image), "sampling": req.sampling}}
+    info = {"model": m, "meta": _pool_meta(req, key, fingerprint, weights_hash),
+            "keep_probs": bool(req.keep_probs), "staging": None}
+    extractor = ChunkFeatureExtractor({0: info}, {m: (req.model, weights_hash)})
+    tables = []
+    n = len(req.dataset.samples)
+    for c in range(math.ceil(n / batch_size)):
+        batch = {"request": np.array([0]), "chunk": np.array([c]), "start": np.array([c * batch_size]),
+                 "stop": np.array([min(n, (c + 1) * batch_size)])}
+        loaded = load_chunk(batch, jobs=jobs)
+        try:
+            table, errors = extractor._chunk(info, pickle.loads(loaded["payload"][0]))
+        except Exception as exc:  # noqa: BLE001
+            raise ExtractionError(m, d, str(exc)) from exc
+        if errors:
+            raise ExtractionError(m, d, f"image {errors[0]['image_id']!r}: {errors[0]['error']}")
+        if table is not None:
+            tables.append(table)
+    if not tables:
+        raise ExtractionError(m, d, "no valid pixels in any image")
+    return PixelPool.from_table(pa.concat_tables(tables))
 
 
 # --------------------------------------------------------------------------- driver
@@ -317,41 +375,57 @@ class _PendingPool:
     key: str
     fingerprint: str
     chunks: int
+    staging: Any = None
+    meta: dict[str, str] = field(default_factory=dict)
     received: int = 0
-    writer: Any = None
+    shards: dict[int, dict[str, Any]] = field(default_factory=dict)
+    dims: set[tuple[int, int]] = field(default_factory=set)
     skipped: list[dict[str, str]] = field(default_factory=list)
     images: int = 0
     failed: ExtractionError | None = None
+    committed: bool = False
     started: float = field(default_factory=time.time)
     draws: int = TARGET_DRAWS      # SEG-OTCE's N: a smaller pool is used whole (warned)
 
+    @property
+    def rows(self) -> int:
+        return sum(int(sh["rows"]) for sh in self.shards.values())
 
-def _cluster_gpus() -> int:
+
+def _cluster_gpus(autoscaling: str = "auto") -> int:
+    """GPUs up now, or those an autoscaler can add when none is up (see placement)."""
     import ray
 
-    return int(ray.cluster_resources().get("GPU", 0))
+    from segotce_ray.placement import autoscaler_node_types, cluster_gpus
+
+    live = ray.cluster_resources().get("GPU", 0)
+    return cluster_gpus(live, None if live or autoscaling == "off" else autoscaler_node_types(),
+                        autoscaling)
 
 
 def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_size: int = 8,
                   num_actors: int | None = None, use_gpu: bool | None = None,
                   cpu_threads: int | None = None, bad_images: BadImagePolicy = "fail",
-                  rows_per_shard: int = 262_144, progress: bool | None = None,
-                  address: str | None = None,
+                  progress: bool | None = None,
+                  address: str | None = None, autoscaling: str = "auto",
                   stats: dict[str, dict[str, float]] | None = None,
                   n_draws: int = TARGET_DRAWS) -> dict[tuple[str, str], str | ExtractionError]:
     """Produce every requested pool that is not in ``store`` yet, on Ray.
 
-    batch_size: images per forward pass (one chunk); num_actors: actors per model (default:
+    batch_size: images per forward pass (one chunk); num_actors: extraction actors (default:
     the cluster's GPUs, or 1 on CPU — one actor using all cores' threads is the fastest CPU
     setup); use_gpu: default = the cluster has GPUs (``num_gpus=1`` per actor, autocast
     float16); cpu_threads: torch threads per CPU actor (default: cluster CPUs // actors);
-    bad_images: ``"fail"`` | ``"skip"`` (module docstring); progress: tqdm bar (default: when
-    stderr is a tty; otherwise log lines); stats: if a dict, filled per model with
-    ``probe_s`` (driver-side load + probe), ``pipeline_s`` (Ray Data run), ``first_output_s``
-    (pipeline start to the first finished chunk: actor start-up included), ``images`` and
-    ``after_first_images_per_s`` (images after the first chunk / time after it: the rate once
-    the actors are up). n_draws: the job's ``otce.n_pixels``; a pool with fewer pixels is
-    warned about (SEG-OTCE then uses it whole).
+    bad_images: ``"fail"`` | ``"skip"`` (module docstring); autoscaling: ``auto`` | ``on`` |
+    ``off``: with no GPU up yet, ``auto``/``on`` plan for the GPUs an autoscaler can add
+    (:mod:`segotce_ray.placement`); progress: tqdm bar (default: when
+    stderr is a tty; otherwise log lines); stats: if a dict, each model extracted gets the
+    figures of the one pipeline that served them all: ``pipeline_s`` (Ray Data run),
+    ``first_output_s`` (pipeline start to the first finished chunk: actor start-up included),
+    ``images``, ``after_first_images_per_s`` (the rate once the actors are up),
+    ``driver_bytes`` (metadata the driver received) and ``pool_bytes`` (shard bytes written).
+    n_draws: the job's ``otce.n_pixels``; a pool with fewer pixels is warned about (SEG-OTCE
+    then uses it whole).
 
     Returns ``{(model name, dataset name): pool key | ExtractionError}``, one entry per
     request; pools finished before a failure are kept.
@@ -410,29 +484,24 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
         pending[m].append(_PendingPool(i, r, key, fp, math.ceil(n / batch_size), draws=n_draws))
 
     if pending:
-        gpus = _cluster_gpus()
+        gpus = _cluster_gpus(autoscaling)
         gpu = bool(gpus) if use_gpu is None else bool(use_gpu)
         if gpu and not gpus:
             raise ValueError("use_gpu=True but the Ray cluster has no GPUs")
         actors = num_actors or (max(1, gpus) if gpu else 1)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = None if gpu else (cpu_threads or max(1, cpus // actors))
-        for m, pools in pending.items():
-            t_probe = time.perf_counter()
-            err = _probe_model(specs[m], str(hashes[m])).get("error")
-            model_stats = {"probe_s": time.perf_counter() - t_probe}
-            if stats is not None:
-                stats[m] = model_stats
-            if err:                                       # bad checkpoint/keys/layer/num_classes
-                for p in pools:
-                    results[p.request.pair] = ExtractionError(m, p.request.dataset.name, err)
-                log.error("model %r failed to load: %s", m, err)
-                continue
-            _run_model(specs[m], str(hashes[m]), pools, store, batch_size=batch_size, actors=actors,
-                       gpu=gpu, threads=threads, bad_images=bad_images, rows_per_shard=rows_per_shard,
-                       progress=progress, stats=model_stats)
-            for p in pools:
-                results[p.request.pair] = p.failed if p.failed is not None else p.key
+        # one pipeline for the whole zoo: actors load each model on first use (a bad model
+        # fails its own pools there), so start-up is paid per actor, not per model
+        pools = [p for m in pending for p in pending[m]]
+        run_stats: dict[str, float] = {}
+        _run_pipeline(pools, {m: (specs[m], str(hashes[m])) for m in pending}, store,
+                      batch_size=batch_size, actors=actors, gpu=gpu, threads=threads,
+                      bad_images=bad_images, progress=progress, stats=run_stats)
+        for p in pools:
+            results[p.request.pair] = p.failed if p.failed is not None else p.key
+        if stats is not None:
+            stats.update({m: run_stats for m in pending})
     return {r.pair: results[r.pair] for r in requests}
 
 
@@ -457,33 +526,37 @@ def _pool_meta(req: ExtractionRequest, key: str, fingerprint: str, weights_hash:
     }
 
 
-def _run_model(spec: ModelSpec, weights_hash: str, pools: list[_PendingPool], store: PoolStore, *,
-               batch_size: int, actors: int, gpu: bool, threads: int | None, bad_images: str,
-               rows_per_shard: int, progress: bool | None, stats: dict[str, float]) -> None:
-    """One Ray Data pipeline for all missing pools of one model; fills ``p.failed`` on error."""
+def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, str]], store: PoolStore, *,
+                  batch_size: int, actors: int, gpu: bool, threads: int | None, bad_images: str,
+                  progress: bool | None, stats: dict[str, float]) -> None:
+    """One Ray Data pipeline for ``pools`` (of the ``models``); fills ``p.failed`` on error.
+
+    The actors write the shards into each pool's staging folder; the driver receives one
+    small metadata row per chunk and publishes a pool's manifest after its last chunk.
+    ``stats`` gets ``pipeline_s``, ``first_output_s``, ``images``, ``after_first_images_per_s``,
+    ``driver_bytes`` (what the driver received) and ``pool_bytes`` (shard bytes written).
+    """
     import ray
 
-    items, jobs, metas, probs = [], {}, {}, {}
+    items, jobs, requests = [], {}, {}
     for p in pools:
         ds, r = p.request.dataset, p.request
-        jobs[p.index] = {"dataset": ds, "model": spec.name, "seed": r.seed,
+        p.staging = store.staging(p.key)
+        jobs[p.index] = {"dataset": ds, "model": r.model.name, "seed": r.seed,
                          "pixels_per_image": int(r.pixels_per_image), "sampling": r.sampling}
-        metas[p.index] = _pool_meta(r, p.key, p.fingerprint, weights_hash)
-        probs[p.index] = bool(r.keep_probs)
+        p.meta = _pool_meta(r, p.key, p.fingerprint, models[r.model.name][1])
+        requests[p.index] = {"model": r.model.name, "keep_probs": bool(r.keep_probs),
+                             "staging": str(p.staging), "meta": p.meta}
         n = len(ds.samples)
-        for c in range(p.chunks):
-            items.append({"request": p.index, "chunk": c, "start": c * batch_size,
-                          "stop": min(n, (c + 1) * batch_size)})
+        items += [{"request": p.index, "chunk": c, "start": c * batch_size, "stop": min(n, (c + 1) * batch_size)}
+                  for c in range(p.chunks)]
     by_index = {p.index: p for p in pools}
-    total_images = sum(len(p.request.dataset.samples) for p in pools)
-
     ctx = ray.data.DataContext.get_current()
-    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
-    ctx.execution_options.preserve_order = True
+    saved = ctx.enable_progress_bars
     ctx.enable_progress_bars = False
-    bar = _Progress(total_images, f"extract {spec.name}", progress)
+    bar = _Progress(sum(len(p.request.dataset.samples) for p in pools), "extract", progress)
     t0 = time.perf_counter()
-    t_first, first_images = None, 0
+    t_first, first_images, driver_bytes = None, 0, 0
     try:
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -496,82 +569,105 @@ def _run_model(spec: ModelSpec, weights_hash: str, pools: list[_PendingPool], st
                                       {"num_cpus": max(0.1, min(1.0, (cpus - LOADER_CPUS) / actors))})
         ds = ds.map_batches(
             ChunkFeatureExtractor, batch_size=1,
-            fn_constructor_kwargs={"spec": spec, "weights_hash": weights_hash, "metas": metas,
-                                   "keep_probs": probs, "device": "cuda" if gpu else "cpu",
-                                   "threads": threads},
+            fn_constructor_kwargs={"requests": requests, "models": models,
+                                   "device": "cuda" if gpu else "cpu", "threads": threads},
             compute=ray.data.ActorPoolStrategy(size=actors), **actor_opts)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for req_i, blob, errs, n in zip(batch["request"], batch["table"], batch["errors"], batch["images"]):
-                _consume_chunk(by_index[int(req_i)], _read_ipc(blob), json.loads(errs), store, bad_images,
-                               rows_per_shard)
-                bar.update(int(n))
+            driver_bytes += sum(a.nbytes if a.dtype != object else sum(len(str(x)) for x in a)
+                                for a in batch.values())
+            for row in _rows(batch):
+                _consume_chunk(by_index[int(row["request"])], row, store, bad_images)
+                bar.update(int(row["images"]))
                 if t_first is None:
-                    t_first, first_images = time.perf_counter(), int(n)
+                    t_first, first_images = time.perf_counter(), int(row["images"])
     except Exception as exc:  # noqa: BLE001 - the whole pipeline broke: fail what is unfinished
         err = _unwrap(exc)
-        log.error("extraction of model %r failed: %s", spec.name, err)
+        log.error("extraction pipeline failed: %s", err)
         for p in pools:
-            if p.failed is None and not (p.writer is not None and p.writer.committed):
-                p.failed = ExtractionError(spec.name, p.request.dataset.name, f"{type(err).__name__}: {err}")
+            if p.failed is None and not p.committed:
+                p.failed = ExtractionError(p.request.model.name, p.request.dataset.name,
+                                           f"{type(err).__name__}: {err}")
     finally:
         t_end = time.perf_counter()
-        stats.update(pipeline_s=t_end - t0, images=float(bar.done))
+        stats.update(pipeline_s=t_end - t0, images=float(bar.done), driver_bytes=float(driver_bytes),
+                     pool_bytes=float(sum(int(sh["bytes"]) for p in pools for sh in p.shards.values())))
         if t_first is not None:
             stats["first_output_s"] = t_first - t0
             if t_end > t_first and bar.done > first_images:
                 stats["after_first_images_per_s"] = (bar.done - first_images) / (t_end - t_first)
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        ctx.enable_progress_bars = saved
         bar.close()
         for p in pools:
-            if p.writer is not None and not p.writer.committed:
-                p.writer.abort()
-            if p.failed is None and (p.writer is None or not p.writer.committed):
-                p.failed = ExtractionError(spec.name, p.request.dataset.name, "extraction did not complete")
+            if not p.committed:
+                _abandon(p)
+                if p.failed is None:
+                    p.failed = ExtractionError(p.request.model.name, p.request.dataset.name,
+                                               "extraction did not complete")
 
 
-def _consume_chunk(p: _PendingPool, table: pa.Table | None, errors: list[dict[str, str]],
-                   store: PoolStore, bad_images: str, rows_per_shard: int) -> None:
-    """Route one chunk's rows to its pool's writer; commit after the last chunk."""
+def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    keys = list(batch)
+    return [dict(zip(keys, vals)) for vals in zip(*(batch[k] for k in keys))]
+
+
+def _abandon(p: _PendingPool) -> None:
+    """Drop a pool's staging folder (nothing of it is published)."""
+    import shutil
+
+    if p.staging is not None:
+        shutil.rmtree(p.staging, ignore_errors=True)
+
+
+def _fail(p: _PendingPool, message: str) -> None:
+    p.failed = ExtractionError(*p.request.pair, message)
+    log.error("%s", p.failed)
+    _abandon(p)
+
+
+def _consume_chunk(p: _PendingPool, row: dict[str, Any], store: PoolStore, bad_images: str) -> None:
+    """Record one chunk's shard (already in the staging folder); publish after the last chunk."""
     p.received += 1
     if p.failed is not None:
         return
     m, d = p.request.pair
-    for e in errors:
+    for e in json.loads(row["errors"]):
+        if e.get("kind") == "load":
+            return _fail(p, e["error"])
         if e.get("kind") == "model" or bad_images == "fail":
-            p.failed = ExtractionError(m, d, f"dataset {d!r}, image {e['image_id']!r}: {e['error']}")
-            log.error("%s", p.failed)
-            if p.writer is not None:
-                p.writer.abort()
-            return
+            return _fail(p, f"dataset {d!r}, image {e['image_id']!r}: {e['error']}")
         log.warning("pool %s@%s: skipping image %r: %s", m, d, e["image_id"], e["error"])
         p.skipped.append(e)
+    if row["file"]:
+        p.shards[int(row["chunk"])] = {k: row[k] for k in ("file", "rows", "sha256", "bytes")}
+        p.dims.add((int(row["dim"]), int(row["num_probs"])))
+        p.images += int(row["kept_images"])
+    if p.received < p.chunks:
+        return
+    if not p.shards:
+        return _fail(p, "no valid pixels in any image (everything ignored or skipped)")
+    if len(p.dims) > 1:
+        return _fail(p, f"feature sizes differ between chunks: {sorted(p.dims)}")
+    if p.rows < p.draws:
+        log.warning("pool %s@%s has %d pixels, fewer than the N=%d draws of SEG-OTCE "
+                    "(otce.n_pixels); raise pixels_per_image or the number of images",
+                    m, d, p.rows, p.draws)
+    r = p.request
+    dim, num_probs = p.dims.pop()
+    meta = dict(p.meta, dim=str(dim))
+    if num_probs:
+        meta["num_probs"] = str(num_probs)
+    shards = [{k: int(v) if k in ("rows", "bytes") else str(v) for k, v in p.shards[c].items()}
+              for c in sorted(p.shards)]
     try:
-        if table is not None and table.num_rows:
-            if p.writer is None:
-                p.writer = store.writer(p.key, rows_per_shard)
-            p.writer.write(table)
-            p.images += len(set(table.column("image_id").to_pylist()))
-        if p.received < p.chunks:
-            return
-        if p.writer is None:
-            p.failed = ExtractionError(m, d, "no valid pixels in any image (everything ignored or skipped)")
-            return
-        r = p.request
-        if p.writer.rows < p.draws:
-            log.warning("pool %s@%s has %d pixels, fewer than the N=%d draws of SEG-OTCE "
-                        "(otce.n_pixels); raise pixels_per_image or the number of images",
-                        m, d, p.writer.rows, p.draws)
-        p.writer.commit({"model": r.model.to_dict(), "dataset": d,
-                         "dataset_format": getattr(r.dataset, "format", ""), "fingerprint": p.fingerprint,
-                         "layer": r.model.layer, "sampling": r.sampling_params(), "seed": r.seed,
-                         "images": p.images, "images_requested": len(r.dataset.samples),
-                         "skipped": p.skipped, "seconds": round(time.time() - p.started, 3)})
-        log.info("pool %s@%s: %d pixels from %d images -> %s", m, d, p.writer.rows, p.images, p.key[:12])
+        store.publish(p.key, p.staging, shards, {
+            "model": r.model.to_dict(), "dataset": d, "dataset_format": getattr(r.dataset, "format", ""),
+            "fingerprint": p.fingerprint, "layer": r.model.layer, "sampling": r.sampling_params(),
+            "seed": r.seed, "images": p.images, "images_requested": len(r.dataset.samples),
+            "skipped": p.skipped, "seconds": round(time.time() - p.started, 3)}, meta)
     except Exception as exc:  # noqa: BLE001 - a store failure (disk full...) fails this pool only
-        p.failed = ExtractionError(m, d, f"writing the pool failed: {type(exc).__name__}: {exc}")
-        log.error("%s", p.failed)
-        if p.writer is not None:
-            p.writer.abort()
+        return _fail(p, f"writing the pool failed: {type(exc).__name__}: {exc}")
+    p.committed = True
+    log.info("pool %s@%s: %d pixels from %d images -> %s", m, d, p.rows, p.images, p.key[:12])
 
 
 class _Progress:

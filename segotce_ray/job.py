@@ -640,7 +640,8 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
             requests, store, batch_size=spec.extraction.batch_size,
             num_actors=spec.resources.actors, use_gpu=None if gpus is None else gpus > 0,
             cpu_threads=spec.resources.cpu_threads, bad_images=spec.extraction.bad_images,
-            progress=progress, n_draws=spec.otce.n_pixels)
+            progress=progress, n_draws=spec.otce.n_pixels,
+            autoscaling=spec.resources.autoscaling)
         for (model, dataset), out in got.items():
             pool_results[(model, dataset)] = out
             if isinstance(out, BaseException):
@@ -678,13 +679,15 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
                 pairs, pool_results, store=store, seed=spec.seed, metric=mspec, done=done,
                 schedule=AdaptiveSettings(min_repetitions=sched.min_repetitions,
                                           top_k=sched.top_k, alpha=float(sched.alpha)),
-                on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task)
+                on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task,
+                autoscaling=spec.resources.autoscaling)
             tables.append(run.table)
             decisions.append(run.decisions.assign(repetitions_full=mspec.repetitions))
             continue
         tables.append(scoring.score_pairs(
             pairs, pool_results, store=store, seed=spec.seed, metrics=[mspec], done=done,
-            on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task))
+            on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task,
+            autoscaling=spec.resources.autoscaling))
     unavailable = [_unavailable_row(spec, p, k) for p in plan.pairs if p.error
                    for k in range(p.repetitions)]
     rows = [r for t in tables for r in t.to_dict("records")] + unavailable

@@ -18,10 +18,13 @@ Per-(pair, k) tasks were kept: K× more units to balance over workers, a dead wo
 repetition, and they are what resumption and adaptive schedules need. Use
 ``reps_per_task=K`` only when a repetition takes well under 100 ms (N ≲ 300 on a CPU).
 
-Pools go into the object store once (``ray.put``) and every task of every pair that needs
-them gets the same reference; they are loaded lazily in submission order (pairs sorted by
-model, so a model's source pool is loaded once) and released when their last task is done,
-so the object store holds the pools of the models in flight, not the whole zoo.
+Pools named by a key of a :class:`~segotce_ray.store.PoolStore` (a path every node mounts)
+are read by the tasks themselves: a task receives a :class:`StoredPool` (root, key), reads
+the shards memory-mapped and keeps the pool in a small per-worker LRU, so the repetitions and
+metrics of a pair that land on one worker share one read, and no pool byte passes through the
+driver (it reads the manifests only, for sizes). Pools given in memory (or through another
+store object) go into the object store once (``ray.put``), loaded lazily in submission order
+and released when their last task is done.
 
 Each task declares ``num_cpus`` (1), ``memory`` from :func:`task_memory_bytes` (the N×N
 float32 cost, coupling and kernel, ≈ 3·N²·4 bytes, plus the sampled features and a working
@@ -72,6 +75,8 @@ __all__ = [
     "feature_memory_bytes",
     "RESULT_COLUMNS",
     "MetricSpec",
+    "StoredPool",
+    "check_pool",
     "OTCESettings",
     "PairScorer",
     "ScorePair",
@@ -309,9 +314,16 @@ def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFr
     return df.sort_values(_KEY, kind="stable").reset_index(drop=True)
 
 
-def _run_repetitions(source: PixelPool, target: PixelPool, spec: MetricSpec, pair: ScorePair,
-                     ks: Sequence[int], seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """Task body: repetitions ``ks`` of one pair; an error fails that repetition only."""
+def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool | StoredPool",
+                     spec: MetricSpec, pair: ScorePair, ks: Sequence[int],
+                     seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Task body: repetitions ``ks`` of one pair; an error fails that repetition only. Pools
+    given as :class:`StoredPool` are read here, on the worker (a bad one fails the task's rows)."""
+    try:
+        source = source.open() if isinstance(source, StoredPool) else source
+        target = target.open() if isinstance(target, StoredPool) else target
+    except Exception as exc:  # noqa: BLE001 - the reason names the pool
+        return [_failed(pair, spec.name, k, s, str(exc)) for k, s in zip(ks, seeds)]
     rows = []
     for k, seed in zip(ks, seeds):
         t0 = time.perf_counter()
@@ -338,6 +350,46 @@ def _run_repetitions(source: PixelPool, target: PixelPool, spec: MetricSpec, pai
 
 
 PoolSource = PixelPool | str | BaseException
+
+
+def check_pool(pool: PixelPool, ignore_index: int) -> None:
+    """Raise ValueError if ``pool`` cannot be scored: empty, unlabelled, non-finite features."""
+    if len(pool) == 0:
+        raise ValueError("pool is empty")
+    if not np.any(pool.labels != ignore_index):
+        raise ValueError(f"pool has no labelled pixel (all labels are {ignore_index})")
+    bad = int(np.size(pool.features) - np.count_nonzero(np.isfinite(pool.features)))
+    if bad:
+        raise ValueError(f"pool has {bad} non-finite feature values")
+
+
+_CHECKED: set[tuple[str, str, int]] = set()   # stored pools this process has checked
+
+
+@dataclass(frozen=True)
+class StoredPool:
+    """A published pool as a task receives it: where it is, not its bytes (~200 bytes to ship).
+
+    :meth:`open` reads it on the worker through :func:`segotce_ray.store.load_cached` (shards
+    memory-mapped, kept in a small per-process LRU) and checks it once per process.
+    """
+
+    root: str
+    key: str
+    ignore_index: int
+    description: str
+
+    def open(self) -> PixelPool:
+        from segotce_ray.store import load_cached
+
+        try:
+            pool = load_cached(self.root, self.key)
+            if (self.root, self.key, self.ignore_index) not in _CHECKED:
+                check_pool(pool, self.ignore_index)
+                _CHECKED.add((self.root, self.key, self.ignore_index))
+        except Exception as exc:  # noqa: BLE001 - named, then failed rows
+            raise RuntimeError(f"{self.description}: {type(exc).__name__}: {exc}") from exc
+        return pool
 
 
 class _PoolRefs:
@@ -377,31 +429,39 @@ class _PoolRefs:
             return pool
         raise TypeError(f"expected a PixelPool, a store key or an error, got {type(src).__name__}")
 
-    def _check(self, pool: PixelPool) -> None:
-        if len(pool) == 0:
-            raise ValueError("pool is empty")
-        if not np.any(pool.labels != self.ignore_index):
-            raise ValueError(f"pool has no labelled pixel (all labels are {self.ignore_index})")
-        bad = int(np.size(pool.features) - np.count_nonzero(np.isfinite(pool.features)))
-        if bad:
-            raise ValueError(f"pool has {bad} non-finite feature values")
+    def _stored(self, key: tuple[str, str]) -> "StoredPool | None":
+        """A :class:`StoredPool` for a store key in a :class:`PoolStore` (read by the tasks
+        themselves: no pool byte passes through the driver), else None."""
+        from segotce_ray.store import PoolStore
+
+        src = self.pools.get(key)
+        if not (isinstance(src, str) and isinstance(self.store, PoolStore)):
+            return None
+        if not self.store.has(src):
+            raise LookupError("missing from the store")
+        self.info[key] = self.store.shape(src)
+        return StoredPool(str(self.store.root), src, self.ignore_index, self.describe(key))
 
     def acquire(self, key: tuple[str, str]) -> Any:
-        """ObjectRef of the pool (loading it now if needed); raises with the reason if bad."""
+        """What a task gets for the pool: a :class:`StoredPool` (store keys of a PoolStore) or
+        an ObjectRef (pools given in memory or through another store, put once); raises with
+        the reason if the pool is unavailable."""
         if key in self.errors:
             raise RuntimeError(self.errors[key])
         if key not in self.refs:
             import ray
 
             try:
-                pool = self._load(key)
-                self._check(pool)
+                stored = self._stored(key)
+                if stored is None:
+                    pool = self._load(key)
+                    check_pool(pool, self.ignore_index)
+                    self.info[key] = (len(pool), pool.dim)
             except Exception as exc:  # noqa: BLE001 - recorded per pool
                 self.errors[key] = f"{self.describe(key)}: {type(exc).__name__}: {exc}"
                 log.warning("%s", self.errors[key])
                 raise RuntimeError(self.errors[key]) from exc
-            self.info[key] = (len(pool), pool.dim)
-            self.refs[key] = ray.put(_shareable(pool))
+            self.refs[key] = stored if stored is not None else ray.put(_shareable(pool))
         return self.refs[key]
 
     def add_users(self, key: tuple[str, str], n: int) -> None:
@@ -444,15 +504,19 @@ class PairScorer:
     def __init__(self, pools: Mapping[tuple[str, str], PoolSource] | None = None, store: Any = None,
                  *, seed: int = 0, ignore_index: int = 255, num_cpus: float = 1,
                  num_gpus: float | None = None, max_retries: int = 3,
-                 fail_infeasible: bool = True) -> None:
+                 fail_infeasible: bool = True, autoscaling: str = "auto") -> None:
         import ray
+
+        from segotce_ray.placement import autoscaler_node_types, memory_limit
 
         if not ray.is_initialized():
             raise RuntimeError("Ray is not initialised: call segotce_ray.runtime.init_ray() first")
-        # A task asking more memory than any node has would wait forever on a fixed cluster.
-        self.max_node_memory = max((n.get("Resources", {}).get("memory", 0)
-                                    for n in ray.nodes() if n.get("Alive")), default=0)
-        self.fail_infeasible = fail_infeasible and self.max_node_memory > 0
+        # A task asking more memory than any node has (or than any node the autoscaler can
+        # add) would wait forever: see segotce_ray.placement.
+        limit = memory_limit(ray.nodes(), None if autoscaling == "off" else autoscaler_node_types(),
+                             autoscaling)
+        self.max_node_memory = limit or 0
+        self.fail_infeasible = fail_infeasible and limit is not None
         if num_gpus is None:
             num_gpus = DEFAULT_GPU_FRACTION if ray.cluster_resources().get("GPU", 0) > 0 else 0
         self.seed = int(seed)
@@ -507,7 +571,8 @@ class PairScorer:
             msg = (f"{spec.name} for {pair.model!r} → {pair.target!r} needs "
                    f"{memory / 2**30:.1f} GiB per task (n_pixels={spec.n_pixels}), more than "
                    f"the largest node offers ({self.max_node_memory / 2**30:.1f} GiB): "
-                   f"lower n_pixels or add bigger nodes")
+                   f"lower n_pixels or add bigger nodes (resources.autoscaling: on if an "
+                   f"autoscaler can add them)")
             return [_failed(pair, spec.name, k, s, msg) for k, s in zip(ks, seeds)]
         ref = self._remote.options(
             num_cpus=self.num_cpus, num_gpus=self.num_gpus, memory=memory,
@@ -578,8 +643,8 @@ def _chunks(ks: list[int], size: int) -> Iterator[list[int]]:
 
 def open_scorer(pairs: Iterable[ScorePair | Sequence[str]], pools: Mapping[str, Any],
                 store: Any, *, seed: int, ignore_index: int, num_gpus: float | None,
-                max_retries: int, fail_infeasible: bool, max_in_flight: int | None
-                ) -> tuple[list[ScorePair], "PairScorer", int]:
+                max_retries: int, fail_infeasible: bool, max_in_flight: int | None,
+                autoscaling: str = "auto") -> tuple[list[ScorePair], "PairScorer", int]:
     """Sorted unique pairs (a (model, target) with two sources is a ValueError), a
     :class:`PairScorer` over ``pools``, and the in-flight bound (default 4 tasks per CPU, ≥ 16)."""
     pair_list = sorted({_as_pair(p) for p in pairs})
@@ -588,7 +653,8 @@ def open_scorer(pairs: Iterable[ScorePair | Sequence[str]], pools: Mapping[str, 
         m, t = [(p.model, p.target) for p in pair_list][int(np.argmax(clash.to_numpy()))]
         raise ValueError(f"model {m!r} → target {t!r} is listed with two source datasets")
     scorer = PairScorer(pools, store, seed=seed, ignore_index=ignore_index, num_gpus=num_gpus,
-                        max_retries=max_retries, fail_infeasible=fail_infeasible)
+                        max_retries=max_retries, fail_infeasible=fail_infeasible,
+                        autoscaling=autoscaling)
     if max_in_flight is None:
         import ray
 
@@ -606,7 +672,8 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
                 on_result: Callable[[dict[str, Any]], None] | None = None,
                 max_in_flight: int | None = None, reps_per_task: int = 1,
                 num_gpus: float | None = None, max_retries: int = 3,
-                fail_infeasible: bool = True, progress: bool | None = None) -> pd.DataFrame:
+                fail_infeasible: bool = True, autoscaling: str = "auto",
+                progress: bool | None = None) -> pd.DataFrame:
     """Score every pair K times on Ray and return the long results table.
 
     pairs: (model, source dataset, target) triples or :class:`ScorePair`.
@@ -619,8 +686,9 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
     CPUs, at least 16); 1 runs one task at a time. reps_per_task: repetitions per task.
     num_gpus: GPU share per task (default: :data:`DEFAULT_GPU_FRACTION` on a cluster with
     GPUs, else 0). max_retries: retries of a task whose worker died. fail_infeasible: fail a
-    pair at once when its task needs more memory than the largest node has (set False on an
-    autoscaling cluster that can add bigger nodes). progress: tqdm bar over repetitions
+    pair at once when its task needs more memory than any live node or any node the
+    autoscaler can add has; autoscaling: ``auto`` | ``on`` | ``off``, how the autoscaler's
+    node types count (:mod:`segotce_ray.placement`). progress: tqdm bar over repetitions
     (default: when stderr is a terminal; otherwise INFO log lines every 30 s and per finished pair, :mod:`segotce_ray.progress`).
     """
     import ray
@@ -637,7 +705,7 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
     pair_list, scorer, max_in_flight = open_scorer(
         pairs, pools, store, seed=seed, ignore_index=int(specs[0].params.get("ignore_index", 255)),
         num_gpus=num_gpus, max_retries=max_retries, fail_infeasible=fail_infeasible,
-        max_in_flight=max_in_flight)
+        max_in_flight=max_in_flight, autoscaling=autoscaling)
 
     wanted = {(p.model, p.target, spec.name, k) for p in pair_list for spec in specs
               for k in range(spec.repetitions)}

@@ -114,15 +114,22 @@ class Resources:
     """Ray resources. ``None`` = decided from the cluster.
 
     gpus_per_actor: 1 pins each extraction actor to a GPU, 0 runs on CPU (default: 1 when
-    the cluster has GPUs); actors: extraction actors per model (default: the number of GPUs,
+    the cluster has GPUs); actors: extraction actors, shared by every model (default: the number of GPUs,
     or 1 on CPU); cpu_threads: torch threads per CPU actor; gpus_per_task: GPU share of one
-    scoring task (default 0.25 on a GPU cluster, else 0).
+    scoring task (default 0.25 on a GPU cluster, else 0); autoscaling: ``auto`` | ``on`` |
+    ``off`` (YAML's true/false read as on/off): whether node types an autoscaler can add count
+    as feasible (:mod:`segotce_ray.placement`).
     """
 
     gpus_per_actor: float | None = None
     actors: int | None = None
     cpu_threads: int | None = None
     gpus_per_task: float | None = None
+    autoscaling: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.autoscaling, bool):
+            self.autoscaling = "on" if self.autoscaling else "off"
 
 
 @dataclass
@@ -442,7 +449,7 @@ _TOP_KEYS = ("name", "output", "store", "seed", "otce", "metrics", "schedule", "
              "datasets", "models", "targets", "ground_truth", "resources", "description")
 _OTCE_KEYS = ("n_pixels", "repetitions", "epsilon", "solver", "layer", "sampling", "calibration")
 _EXTRACTION_KEYS = ("pixels_per_image", "batch_size", "max_images", "sampling", "bad_images")
-_RESOURCE_KEYS = ("gpus_per_actor", "actors", "cpu_threads", "gpus_per_task")
+_RESOURCE_KEYS = ("gpus_per_actor", "actors", "cpu_threads", "gpus_per_task", "autoscaling")
 _SCHEDULE_KEYS = ("mode", "min_repetitions", "top_k", "alpha")
 _DATASET_KEYS = ("format", "root", "split", "cities", "max_images", "subset", "resize",
                  "label_map", "ignore_index", "split_list", "label_suffix", "unpaired",
@@ -755,6 +762,9 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
             c.integer("resources.cpu_threads", r["cpu_threads"], lo=1)
         if r.get("gpus_per_task") is not None:
             c.number("resources.gpus_per_task", r["gpus_per_task"], 0.0, hi=1.0)
+        if "autoscaling" in r and not isinstance(r["autoscaling"], bool) and \
+                r["autoscaling"] not in ("auto", "on", "off"):
+            c.add("resources.autoscaling", f"expected auto, on or off, got {r['autoscaling']!r}")
 
     datasets = raw.get("datasets")
     if "datasets" in raw and c.mapping("datasets", datasets):

@@ -38,7 +38,7 @@ from segotce_ray.pools import POOL_SCHEMA_VERSION, PixelPool
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PoolStore", "PoolWriter", "StoreError", "pool_key"]
+__all__ = ["PoolStore", "PoolWriter", "StoreError", "load_cached", "pool_key", "write_shard"]
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "part-{:05d}.parquet"
@@ -135,26 +135,8 @@ class PoolWriter:
             raise StoreError(f"pool {self.key}: nothing was written (an empty pool is not published)")
         for shard in self.shards:
             shard["sha256"] = _sha256(self.tmp / shard["file"])
-        full = dict(manifest)
-        full.update(key=self.key, rows=self.rows, shards=self.shards,
-                    schema_version=POOL_SCHEMA_VERSION, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    metadata={k.decode(): v.decode() for k, v in (self.schema.metadata or {}).items()})
-        tmp_manifest = self.tmp / (MANIFEST + ".part")
-        tmp_manifest.write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
-        os.replace(tmp_manifest, self.tmp / MANIFEST)
-        final = self.store.path(self.key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(self.tmp, final)
-        except OSError:
-            if self.store.has(self.key):           # another writer published the same pool first
-                log.info("pool %s already published by another writer; dropping this copy", self.key)
-                shutil.rmtree(self.tmp, ignore_errors=True)
-            elif final.exists():                   # a manifest-less leftover (hand-made): replace it
-                shutil.rmtree(final)
-                os.rename(self.tmp, final)
-            else:
-                raise
+        metadata = {k.decode(): v.decode() for k, v in (self.schema.metadata or {}).items()}
+        final = self.store.publish(self.key, self.tmp, self.shards, manifest, metadata)
         self.committed = True
         return final
 
@@ -191,6 +173,40 @@ class PoolStore:
         key = _check_key(key)
         return self.root / "pools" / key[:2] / key
 
+    def staging(self, key: str) -> Path:
+        """A new private tmp folder for ``key``'s shards (written by any node that mounts the
+        store; published by :meth:`publish`)."""
+        folder = self.root / "tmp" / f"{_check_key(key)}.{uuid.uuid4().hex[:12]}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def publish(self, key: str, folder: Path, shards: list[dict[str, Any]], manifest: dict[str, Any],
+                metadata: dict[str, str]) -> Path:
+        """Write ``manifest.json`` last into ``folder`` (shards already there: ``{file, rows,
+        sha256}``, in pool order) and publish it as ``key`` by one rename. A pool someone else
+        published first wins (this copy is dropped)."""
+        full = dict(manifest)
+        full.update(key=key, rows=sum(int(s["rows"]) for s in shards), shards=shards,
+                    schema_version=POOL_SCHEMA_VERSION, metadata=metadata,
+                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        tmp_manifest = folder / (MANIFEST + ".part")
+        tmp_manifest.write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+        os.replace(tmp_manifest, folder / MANIFEST)
+        final = self.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(folder, final)
+        except OSError:
+            if self.has(key):                      # another writer published the same pool first
+                log.info("pool %s already published by another writer; dropping this copy", key)
+                shutil.rmtree(folder, ignore_errors=True)
+            elif final.exists():                   # a manifest-less leftover (hand-made): replace it
+                shutil.rmtree(final)
+                os.rename(folder, final)
+            else:
+                raise
+        return final
+
     def has(self, key: str) -> bool:
         """True only for a complete, published pool (its manifest is present)."""
         return (self.path(key) / MANIFEST).is_file()
@@ -205,7 +221,8 @@ class PoolStore:
         folder = self.path(key)
         return [folder / s["file"] for s in self.manifest(key)["shards"]]
 
-    def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
+    def read_table(self, key: str, columns: list[str] | None = None,
+                   memory_map: bool = False) -> pa.Table:
         """All shards of a pool as one Arrow table (schema metadata kept)."""
         man = self.manifest(key)
         tables = []
@@ -213,7 +230,7 @@ class PoolStore:
             path = self.path(key) / shard["file"]
             if not path.is_file():
                 raise StoreError(f"pool {key}: shard {path} listed in the manifest is missing")
-            t = pq.read_table(path, columns=columns)
+            t = pq.read_table(path, columns=columns, memory_map=memory_map)
             if t.num_rows != shard["rows"]:
                 raise StoreError(f"pool {key}: shard {path} has {t.num_rows} rows, manifest says {shard['rows']}")
             tables.append(t)
@@ -222,6 +239,18 @@ class PoolStore:
     def load(self, key: str) -> PixelPool:
         """The pool as a :class:`PixelPool` (features float16)."""
         return PixelPool.from_table(self.read_table(key))
+
+    def load_mapped(self, key: str) -> PixelPool:
+        """:meth:`load` with the shards memory-mapped instead of read into buffers."""
+        return PixelPool.from_table(self.read_table(key, memory_map=True))
+
+    def shape(self, key: str) -> tuple[int, int]:
+        """(rows, feature dim) of a published pool, from its manifest (no shard is read)."""
+        man = self.manifest(key)
+        dim = man.get("metadata", {}).get("dim")
+        if dim is None:
+            dim = pq.read_schema(self.path(key) / man["shards"][0]["file"]).field("feature").type.list_size
+        return int(man["rows"]), int(dim)
 
     def writer(self, key: str, rows_per_shard: int = 262_144) -> PoolWriter:
         """A :class:`PoolWriter` for streaming a pool in shard by shard."""
@@ -262,3 +291,39 @@ class PoolStore:
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
         return n
+
+
+def write_shard(table: pa.Table, folder: Path, name: str) -> dict[str, Any]:
+    """Write one shard into a pool's staging folder (a tmp name, then one rename, so a retried
+    writer never leaves half a file); returns ``{file, rows, sha256, bytes}``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StoreError(f"staging folder {folder} is gone (the pool was abandoned)")
+    tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    digest = _sha256(tmp)
+    size = tmp.stat().st_size
+    os.replace(tmp, folder / name)
+    return {"file": name, "rows": int(table.num_rows), "sha256": digest, "bytes": int(size)}
+
+
+#: Per-process cache of pools read by :func:`load_cached`: (root, key) -> PixelPool.
+_CACHE: "dict[tuple[str, str], PixelPool]" = {}
+CACHE_BYTES = 2 * 1024**3
+CACHE_POOLS = 4
+
+
+def load_cached(root: str, key: str) -> PixelPool:
+    """A published pool read once per worker process (shards memory-mapped) and kept in a
+    small LRU (at most :data:`CACHE_POOLS` pools and :data:`CACHE_BYTES` of features), so the
+    repetitions and metrics of a pair that land on the same worker share one read. Safe
+    because keys are content addresses: a key's pool never changes."""
+    cache_key = (str(root), key)
+    pool = _CACHE.pop(cache_key, None)
+    if pool is None:
+        pool = PoolStore(root).load_mapped(key)
+    _CACHE[cache_key] = pool                      # most recently used last
+    while len(_CACHE) > 1 and (len(_CACHE) > CACHE_POOLS or
+                               sum(p.features.nbytes for p in _CACHE.values()) > CACHE_BYTES):
+        _CACHE.pop(next(iter(_CACHE)))
+    return pool

@@ -171,13 +171,18 @@ def test_nan_features_name_the_model_and_image_in_process(world):
     jobs = {0: {"dataset": world.ds_b, "model": "nan", "seed": 0, "pixels_per_image": K, "sampling": "uniform"}}
     batch = {"request": np.array([0]), "chunk": np.array([1]), "start": np.array([2]), "stop": np.array([4])}
     loaded = load_chunk(batch, jobs=jobs)
-    extractor = ChunkFeatureExtractor(world.bad_specs["nan"], "h", {0: {"model": "nan"}}, {0: True})
+    staging = world.root / "staging-nan"
+    staging.mkdir()
+    extractor = ChunkFeatureExtractor({0: {"model": "nan", "meta": {"model": "nan"}, "keep_probs": True,
+                                           "staging": str(staging)}},
+                                      {"nan": (world.bad_specs["nan"], "h")})
     out = extractor(loaded)
     errors = json.loads(out["errors"][0])
     assert [(e["image_id"], e["kind"]) for e in errors] == [("img_002", "image"), ("img_003", "model")]
     assert "set-b" in errors[0]["error"] and "img_002" in errors[0]["error"]
     assert "model 'nan'" in errors[1]["error"] and "NaN" in errors[1]["error"]
-    assert out["table"][0] == b"" and out["images"][0] == 2
+    assert out["file"][0] == "" and out["rows"][0] == 0 and out["images"][0] == 2
+    assert list(staging.iterdir()) == []                                # no shard for no rows
 
 
 def test_lraspp_from_checkpoint_on_ray(world, tmp_path):
@@ -209,3 +214,72 @@ def test_request_validation(world):
         ExtractionRequest(world.tiny, world.ds_a, sampling="stratified")
     with pytest.raises(ValueError, match="bad_images"):
         extract_pools([req], world.store, bad_images="ignore")
+
+
+def test_workers_write_the_shards_and_the_driver_gets_only_metadata(world, tmp_path, monkeypatch):
+    """The driver never writes a shard (its Parquet writers are disabled here) and receives a
+    fixed few hundred bytes per chunk, whatever the pool's size."""
+    import segotce_ray.store as store_mod
+
+    def no_driver_writes(*args, **kwargs):
+        raise AssertionError("the driver wrote a shard")
+
+    monkeypatch.setattr(store_mod.pq, "write_table", no_driver_writes)
+    monkeypatch.setattr(store_mod.pq, "ParquetWriter", no_driver_writes)
+    store, stats = PoolStore(tmp_path / "s"), {}
+    res = extract_pools([ExtractionRequest(world.tiny, world.ds_a, pixels_per_image=1000)], store,
+                        batch_size=2, num_actors=1, stats=stats)
+    key = res[("tiny", "set-a")]
+    assert isinstance(key, str) and store.has(key)
+    man = store.manifest(key)
+    assert [s["file"] for s in man["shards"]] == [f"part-{c:05d}.parquet" for c in range(3)]
+    assert store.read_table(key).num_rows == man["rows"] == sum(s["rows"] for s in man["shards"]) == 5000
+    assert stats["tiny"]["pool_bytes"] == sum((store.path(key) / s["file"]).stat().st_size
+                                              for s in man["shards"])
+    assert stats["tiny"]["driver_bytes"] <= 3 * 400                        # 3 chunks of metadata
+    assert stats["tiny"]["driver_bytes"] < 0.02 * stats["tiny"]["pool_bytes"]
+
+
+def test_one_actor_serves_many_models_from_a_small_lru(world, tmp_path, monkeypatch):
+    """In-process: models load on first use, stay loaded (LRU of cache_size), a model that
+    fails to load fails its own chunks only and is not reloaded for every chunk."""
+    from segotce_ray import extract as ex
+
+    loads: list[str] = []
+    real_load = ex.load_model
+
+    def counting_load(spec, **kwargs):
+        loads.append(spec.name)
+        return real_load(spec, **kwargs)
+
+    monkeypatch.setattr(ex, "load_model", counting_load)
+    specs = {n: ModelSpec(name=n, architecture=TINY, num_classes=3, kwargs={"returns": "dict"})
+             for n in ("m1", "m2", "m3")}
+    specs["bad"] = world.bad_specs["bad-keys"]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    requests = {i: {"model": n, "meta": {"model": n}, "keep_probs": False, "staging": str(staging)}
+                for i, n in enumerate(specs)}
+    actor = ex.ChunkFeatureExtractor(requests, {n: (s, f"h-{n}") for n, s in specs.items()}, cache_size=2)
+    jobs = {i: {"dataset": world.ds_a, "model": n, "seed": 0, "pixels_per_image": K, "sampling": "uniform"}
+            for i, n in enumerate(specs)}
+
+    def run(req: int, chunk: int) -> dict:
+        batch = {"request": np.array([req]), "chunk": np.array([chunk]), "start": np.array([chunk]),
+                 "stop": np.array([chunk + 1])}
+        out = actor(ex.load_chunk(batch, jobs=jobs))
+        return {k: v[0] for k, v in out.items()}
+
+    assert run(0, 0)["rows"] == K and run(0, 1)["rows"] == K and run(1, 0)["rows"] == K
+    assert loads == ["m1", "m2"]                                   # loaded once each
+    run(2, 0)                                                      # m3 evicts m1 (least recent)
+    run(1, 1)                                                      # m2 still loaded
+    run(0, 2)                                                      # m1 is loaded again
+    assert loads == ["m1", "m2", "m3", "m1"]
+    bad = [run(3, c) for c in range(2)]
+    assert all(r["file"] == "" for r in bad) and loads.count("bad-keys") == 1
+    err = json.loads(bad[1]["errors"])[0]
+    assert err["kind"] == "load" and "model 'bad-keys'" in err["error"] and "classifier.bias" in err["error"]
+    assert run(2, 1)["rows"] == K                                   # the others go on
+    assert sorted(p.name for p in staging.iterdir()) == ["part-00000.parquet", "part-00001.parquet",
+                                                          "part-00002.parquet"]

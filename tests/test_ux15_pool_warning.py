@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from segotce_ray.extract import _consume_chunk, _PendingPool
-from segotce_ray.store import PoolStore
+from segotce_ray.store import PoolStore, write_shard
 
 
 def _pending(draws: int) -> _PendingPool:
@@ -25,8 +25,12 @@ def test_pool_warning_compares_with_the_configured_draws(tmp_path, caplog, draws
     caplog.set_level(logging.WARNING, logger="segotce_ray.extract")
     p = _pending(draws)
     table = pa.table({"image_id": ["a", "a", "b", "b"], "label": pa.array([0, 1, 0, 1], pa.int16())})
-    _consume_chunk(p, table, [], PoolStore(tmp_path), "fail", 1000)
-    assert p.failed is None and p.writer.committed
+    store = PoolStore(tmp_path)
+    p.staging = store.staging(p.key)                      # the shard as an actor writes it
+    shard = write_shard(table, p.staging, "part-00000.parquet")
+    row = dict(shard, chunk=0, kept_images=2, dim=16, num_probs=0, images=2, errors="[]")
+    _consume_chunk(p, row, store, "fail")
+    assert p.failed is None and p.committed and store.has(p.key)
     msgs = [m for m in caplog.messages if "fewer than" in m]
     if warned:
         assert msgs == [f"pool m@d has 4 pixels, fewer than the N={draws} draws of SEG-OTCE "

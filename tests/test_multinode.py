@@ -1,0 +1,178 @@
+"""A job on a simulated multi-node Ray cluster (``ray.cluster_utils.Cluster``).
+
+A head without GPUs and two one-CPU worker nodes on this machine. The reference matrix is
+computed in this process without Ray (the same extraction and repetition functions on the
+same inputs), so "same as one node" is checked bit for bit without starting a second Ray.
+The embedded test Ray (``ray_local``) is shut down for this module and restarted after it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from segotce_ray.scoring import results_frame
+from segotce_ray.spec import load_spec
+from tests.fixtures_layouts import make_folder
+
+pytestmark = pytest.mark.slow    # ~2 min on 2 cores: three Ray nodes and two extraction runs
+
+REPO = str(Path(__file__).resolve().parents[1])
+K = 2
+MODELS = {"m_a": "src_a", "m_b": "src_b"}
+SCORE_COLS = ["model", "target", "metric", "k", "score", "w_t", "w_d", "status", "seed"]
+
+
+def write_job(tmp: Path, data: Path, store: str) -> Path:
+    lm3 = {0: "road", 1: "car", 2: "person"}
+    spec = {
+        "name": "multinode", "seed": 0, "store": store, "metrics": ["otce", "logme"],
+        "otce": {"n_pixels": 60, "repetitions": K, "epsilon": 1.0},
+        "extraction": {"pixels_per_image": 40, "batch_size": 1},
+        "datasets": {n: {"format": "folder", "root": str(data / n), "label_map": lm3}
+                     for n in ("src_a", "src_b", "t1", "t2")},
+        "models": {m: {"architecture": "tests.tiny_segmodels:tiny_segnet", "num_classes": 3,
+                       "source": s} for m, s in MODELS.items()},
+        "targets": ["t1", "t2"],
+    }
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"{store}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def reference_table(spec) -> pd.DataFrame:
+    """The matrix computed in-process, no Ray: pools by the extraction's own chunk code,
+    repetitions by the scoring task body."""
+    from segotce_ray import job as job_mod
+    from segotce_ray import scoring
+    from segotce_ray.extract import extract_in_process
+
+    plan = job_mod.make_plan(spec, write=False)
+    pools = {}
+    for p in plan.pools:
+        req = job_mod.extraction_request(spec, plan.model_specs[p.model], plan.datasets[p.dataset])
+        pools[(p.model, p.dataset)] = extract_in_process(req, batch_size=spec.extraction.batch_size)
+    rows = []
+    for metric, mspec in job_mod._metric_specs(spec).items():
+        for p in plan.pairs:
+            if p.metric != metric:
+                continue
+            source = p.source or spec.models[p.model].source
+            pair = scoring.ScorePair(p.model, source, p.target)
+            ks = list(range(mspec.repetitions))
+            seeds = [scoring.repetition_seed(spec.seed, p.model, p.target, k) for k in ks]
+            rows += scoring._run_repetitions(pools[(p.model, source)], pools[(p.model, p.target)],
+                                             mspec, pair, ks, seeds)
+    return scoring.results_frame(rows)
+
+
+def _scores(table: pd.DataFrame) -> pd.DataFrame:
+    return table[SCORE_COLS].sort_values(SCORE_COLS[:4]).reset_index(drop=True)
+
+
+class ThreeNodes:
+    def __init__(self, root: Path) -> None:
+        import ray
+        from ray.cluster_utils import Cluster
+
+        self.root = root
+        self.data = root / "data"
+        for i, name in enumerate(("src_a", "src_b", "t1", "t2")):
+            make_folder(self.data / name, n=2, size=(32, 48),
+                        label_map={0: "road", 1: "car", 2: "person"}, seed=10 + i)
+        node = {"num_cpus": 1, "num_gpus": 0, "object_store_memory": 100 * 1024**2}
+        self.cluster = Cluster(initialize_head=True, head_node_args=dict(node))
+        self.workers = [self.cluster.add_node(**node) for _ in range(2)]
+        self.cluster.wait_for_nodes()
+        ray.init(address=self.cluster.address, runtime_env={"env_vars": {"PYTHONPATH": REPO}},
+                 logging_level="WARNING")
+
+    def close(self) -> None:
+        import ray
+
+        ray.shutdown()
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def three_nodes(tmp_path_factory):
+    import ray
+
+    from segotce_ray.runtime import init_ray
+
+    was_up = ray.is_initialized()
+    if was_up:
+        ray.shutdown()
+    cluster = ThreeNodes(tmp_path_factory.mktemp("multinode"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+        if was_up:                     # give the session's embedded Ray back to later tests
+            init_ray(num_cpus=2)
+
+
+@pytest.fixture(scope="module")
+def full_run(three_nodes):
+    from segotce_ray.job import run_job
+
+    spec = load_spec(write_job(three_nodes.root, three_nodes.data, "store_full"))
+    return spec, run_job(spec, run_id="full")
+
+
+def test_three_node_job_gives_the_single_node_matrix(full_run):
+    import ray
+
+    spec, result = full_run
+    assert len(ray.nodes()) == 3 and not ray.cluster_resources().get("GPU")
+    assert result.status == "ok"
+    assert len(result.table) == len(MODELS) * 2 * 2 * K
+    expected = reference_table(spec)
+    pd.testing.assert_frame_equal(_scores(result.table), _scores(expected))
+    on_disk = results_frame(pd.read_parquet(spec.job_dir / "full" / "matrix.parquet"))
+    pd.testing.assert_frame_equal(_scores(on_disk), _scores(expected))
+
+
+def _remove_when_first_shard_is_written(three_nodes, store: Path, removed: list) -> threading.Thread:
+    """Removes a worker node as soon as extraction has written (or is writing) a shard."""
+
+    def watch() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not removed:
+            if any(store.glob("tmp/*/*")) or any(store.glob("pools/*/*/manifest.json")):
+                three_nodes.cluster.remove_node(three_nodes.workers[0])
+                removed.append(time.time())
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_worker_node_removed_mid_run_finishes_with_the_same_matrix(three_nodes, full_run):
+    from segotce_ray.job import make_plan, run_job
+
+    spec_full, result_full = full_run
+    spec = load_spec(write_job(three_nodes.root, three_nodes.data, "store_cut"))
+    removed: list = []
+    watcher = _remove_when_first_shard_is_written(three_nodes, Path(spec.store), removed)
+    try:
+        result = run_job(spec, run_id="cut")
+    except Exception:                                   # noqa: BLE001 - then a rerun resumes
+        result = None
+    watcher.join(timeout=5)
+    assert removed, "the worker node was never removed"
+    if result is None or result.status != "ok":        # resume: only what is missing runs
+        result = run_job(spec, run_id="resumed")
+    assert result.status == "ok"
+    pd.testing.assert_frame_equal(_scores(result.table), _scores(result_full.table))
+    assert make_plan(spec, write=False).counts()["repetitions_to_run"] == 0
+    assert np.isfinite(result.table["score"]).all()
