@@ -78,7 +78,7 @@ def nearest_edges(cost: torch.Tensor, k: int, chunk_rows: int = 1024, duals=None
 
 
 def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, add: int,
-                    exact: bool = True, chunk_rows: int = 256):
+                    exact: bool = True, chunk_rows: int = 64):
     """Edges to add where the duals are infeasible: every row with a reduced cost
     ``C_ij - α_i - β_j < -1e-9·max|C|`` gets its ``add`` most negative entries, every such
     column its most negative one. ``exact``: reduced costs in float64 from C's stored values
@@ -92,25 +92,25 @@ def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
     row_slack = slack - (0 if exact else 4 * torch.finfo(dt).eps) * al.abs()
     nt = cost.shape[1]
     col_min = torch.full((nt,), math.inf, dtype=dt, device=cost.device)
-    col_arg = torch.zeros(nt, dtype=torch.long, device=cost.device)
     buf = torch.empty((min(chunk_rows, cost.shape[0]), nt), dtype=dt, device=cost.device)
     rows, cols = [], []
     for lo in range(0, cost.shape[0], chunk_rows):
         c = cost[lo:lo + chunk_rows]
         red = torch.sub(c.to(dt) if exact else c, al[lo:lo + chunk_rows, None], out=buf[:c.shape[0]])
         red.sub_(be[None, :])
-        bad = (red.min(1).values < row_slack[lo:lo + chunk_rows]).nonzero().squeeze(1)
+        bad = (red.amin(1) < row_slack[lo:lo + chunk_rows]).nonzero().squeeze(1)
         if bad.numel():
             idx = red[bad].topk(min(add, nt), dim=1, largest=False).indices
             rows.append((bad + lo)[:, None].expand_as(idx).reshape(-1))
             cols.append(idx.reshape(-1))
-        m, i = red.min(0)
-        better = m < col_min
-        col_min = torch.where(better, m, col_min)
-        col_arg = torch.where(better, i + lo, col_arg)
+        torch.minimum(col_min, red.amin(0), out=col_min)
     bad_c = (col_min < slack - (0 if exact else 4 * torch.finfo(dt).eps) * al.abs().max()).nonzero().squeeze(1)
-    rows.append(col_arg[bad_c])
-    cols.append(bad_c)
+    if bad_c.numel():  # each offending column's most negative entry (a second, narrow pass)
+        red_c = cost[:, bad_c].to(dt) - al[:, None] - be[bad_c][None, :]
+        rows.append(red_c.argmin(0))
+        cols.append(bad_c)
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return torch.cat(rows).cpu().numpy(), torch.cat(cols).cpu().numpy()
 
 
