@@ -77,18 +77,38 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segotce_ray.datasets import open_dataset  # noqa: E402
-from segotce_ray.demo.build import DEMO_OTCE, build_demo  # noqa: E402
+from segotce_ray.demo.worlds import WORLDS, build_world  # noqa: E402
 from segotce_ray.metrics.correlation import measures_for_target  # noqa: E402
 from segotce_ray.metrics.otce import otce_score  # noqa: E402
 from segotce_ray.models import ModelSpec, load_model  # noqa: E402
 from segotce_ray.sampling import sample_feature_maps, sample_pixels, stable_seed  # noqa: E402
 from segotce_ray.spec import load_spec  # noqa: E402
 
-LAYERS = ("penultimate", "logits")
-NS = (1000, 2500, 10000)
+N_PIXELS, REPETITIONS, SEED = 1000, 3, 0
+LAYERS = ("penultimate", "logits", "probs")
+COST_SCALES = ("none", "mean", "max")
 EPSILONS = (0.01, 0.1, 1.0)
-KS = (1, 5, 10)
-SHOWN = ("pearson", "spearman", "kendall_tau", "weighted_tau", "regret")
+SAMPLINGS = ("uniform", "class_balanced")
+SHOWN = ("pearson", "kendall_tau", "regret")
+#: the job default before this benchmark (scored first, so a cut run still has it)
+PREVIOUS_DEFAULT = {"layer": "penultimate", "cost_scale": "none", "epsilon": 0.1,
+                    "sampling": "uniform", "solver": "sinkhorn"}
+
+
+def grid(quick: bool) -> list[dict]:
+    """Every setting of the protocol: the previous default first, then the sinkhorn grid,
+    then the emd references (``eligible`` False)."""
+    samplings = SAMPLINGS[:1] if quick else SAMPLINGS
+    epsilons = (0.1, 1.0) if quick else EPSILONS
+    out = [dict(PREVIOUS_DEFAULT, eligible=True)]
+    for sampling, layer, scale, eps in itertools.product(samplings, LAYERS, COST_SCALES, epsilons):
+        out.append({"layer": layer, "cost_scale": scale, "epsilon": eps, "sampling": sampling,
+                    "solver": "sinkhorn", "eligible": True})
+    for sampling, layer in itertools.product(samplings, LAYERS):
+        out.append({"layer": layer, "cost_scale": "none", "epsilon": 0.0, "sampling": sampling,
+                    "solver": "emd", "eligible": False})
+    unique = {json.dumps(s, sort_keys=True): s for s in out}
+    return list(unique.values())
 
 
 def extract(spec, device: str, pixels_per_image: int, seed: int) -> dict:
@@ -126,9 +146,26 @@ def extract(spec, device: str, pixels_per_image: int, seed: int) -> dict:
     return pools
 
 
-def score_setting(spec, pools, truth: pd.DataFrame, layer: str, n: int, eps: float, k_max: int,
-                  seed: int, device: str) -> pd.DataFrame:
-    """Long table: model, target, k, score (mean of the first k repetitions), seconds."""
+def world_pools(spec, workdir: Path, device: str) -> tuple[str, dict]:
+    """(cache key, pools) of a world's job spec; pools cached as .npz under ``workdir``."""
+    key = json.dumps({"models": spec.to_dict()["models"], "datasets": spec.to_dict()["datasets"]},
+                     sort_keys=True, default=str)
+    key = hashlib.sha256(key.encode()).hexdigest()[:12]
+    cache = workdir / f"bench_pools_{key}.npz"
+    if cache.exists():
+        flat = np.load(cache)
+        pools: dict = {}
+        for name in flat.files:
+            model, dataset, column = name.split("|")
+            pools.setdefault((model, dataset), {})[column] = flat[name]
+        return key, pools
+    pools = extract(spec, device, 1000, seed=SEED)
+    np.savez(cache, **{f"{m}|{d}|{c}": v for (m, d), pool in pools.items() for c, v in pool.items()})
+    return key, pools
+
+
+def score_setting(spec, pools, s: dict, device: str) -> pd.DataFrame:
+    """model, target, score (mean of K repetitions), seconds (wall time of the K) per pair."""
     rows = []
     for name, m in spec.models.items():
         src = pools[(name, m.source)]
@@ -136,206 +173,167 @@ def score_setting(spec, pools, truth: pd.DataFrame, layer: str, n: int, eps: flo
             tgt = pools[(name, target)]
             t0 = time.perf_counter()
             try:
-                r = otce_score(torch.from_numpy(src[layer]).to(device), src["labels"],
-                               torch.from_numpy(tgt[layer]).to(device), tgt["labels"],
-                               n_pixels=n, repetitions=k_max, epsilon=eps,
-                               seed=stable_seed(seed, name, target), device=device)
-                scores, conv, err = r.scores, r.converged, ""
+                r = otce_score(torch.from_numpy(src[s["layer"]]).to(device), src["labels"],
+                               torch.from_numpy(tgt[s["layer"]]).to(device), tgt["labels"],
+                               n_pixels=N_PIXELS, repetitions=REPETITIONS,
+                               epsilon=s["epsilon"] or 0.1, solver=s["solver"],
+                               sampling=s["sampling"], cost_scale=s["cost_scale"],
+                               seed=stable_seed(SEED, name, target), device=device)
+                score = r.score
             except (ValueError, RuntimeError) as exc:  # one failing pair is reported, not fatal
-                print(f"  {layer} N={n} eps={eps}: {name} -> {target} failed: {exc}", file=sys.stderr)
-                scores, conv, err = np.full(k_max, np.nan), np.zeros(k_max, bool), str(exc)
-            dt = time.perf_counter() - t0
-            for k in KS:
-                if k <= k_max:
-                    rows.append({"model": name, "target": target, "k": k,
-                                 "score": float(np.mean(scores[:k])), "seconds": dt,
-                                 "converged": bool(np.all(conv[:k])), "error": err})
+                print(f"  {s}: {name} -> {target} failed: {exc}", file=sys.stderr)
+                score = np.nan
+            rows.append({"model": name, "target": target, "score": score,
+                         "seconds": time.perf_counter() - t0})
     return pd.DataFrame(rows)
 
 
-def quality(scores: pd.DataFrame, truth: pd.DataFrame, column: str = "score") -> pd.DataFrame:
-    """Per-target measures (rows) + a '__mean__' row."""
+def quality(scores: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """Mean over targets of Pearson, Kendall τ_b and top-1 regret (mIoU points)."""
     merged = scores.merge(truth, on=["model", "target"])
+    per = [measures_for_target(g.sort_values("model")["score"].to_numpy(),
+                               g.sort_values("model")["value"].to_numpy())
+           for _, g in merged.groupby("target", sort=True)]
+    return {m: float(np.nanmean([p[m] for p in per])) for m in SHOWN}
+
+
+def peer_rows(spec, pools, truth, world: str) -> list[dict]:
+    """Every peer on the world's target pools: feature peers on each feature space, NCE/LEEP
+    on probs; K draws of N target pixels seeded per (model, target, k)."""
+    from segotce_ray.metrics.peers import PEER_METRICS, compute_metric
+
     out = []
-    for target, grp in merged.groupby("target", sort=True):
-        grp = grp.sort_values("model")
-        meas = measures_for_target(grp[column].to_numpy(), grp["value"].to_numpy())
-        out.append({"target": target, **{k: meas[k] for k in SHOWN}})
-    df = pd.DataFrame(out)
-    mean = {"target": "__mean__", **{k: float(df[k].mean()) for k in SHOWN}}
-    return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
-
-
-def peers_table(spec, pools, truth) -> pd.DataFrame | None:
-    try:
-        from segotce_ray.metrics.peers import PEER_METRICS, compute_metric
-    except ImportError:
-        return None
-    rows = []
     for metric, info in PEER_METRICS.items():
-        for layer in LAYERS if info.inputs == "features" else ("probs",):
+        for layer in (LAYERS if info.inputs == "features" else ("probs",)):
             recs = []
             for name in spec.models:
                 for target in spec.targets:
                     p = pools[(name, target)]
-                    try:
-                        kw = {"probs": p["probs"].astype(np.float32)} if info.inputs == "probs" else \
-                            {"features": p[layer].astype(np.float32)}
-                        v = compute_metric(metric, labels=p["labels"].astype(np.int64), **kw)
-                    except Exception as exc:  # a failing peer is reported, not fatal
-                        print(f"  peer {metric} {name}->{target}: {exc}", file=sys.stderr)
-                        v = np.nan
-                    recs.append({"model": name, "target": target, "score": v})
-            q = quality(pd.DataFrame(recs), truth)
-            rows.append({"metric": metric, "input": layer,
-                         **q[q.target == "__mean__"].iloc[0][list(SHOWN)].to_dict()})
-    return pd.DataFrame(rows)
+                    t0, vals = time.perf_counter(), []
+                    for k in range(REPETITIONS):
+                        rng = np.random.default_rng(stable_seed(SEED, name, target, k))
+                        take = np.sort(rng.choice(len(p["labels"]), min(N_PIXELS, len(p["labels"])),
+                                                  replace=False))
+                        arg = {"probs" if info.inputs == "probs" else "features":
+                               p[layer][take].astype(np.float32)}
+                        try:
+                            vals.append(compute_metric(metric, labels=p["labels"][take].astype(np.int64),
+                                                       **arg))
+                        except Exception as exc:  # a failing peer is reported, not fatal
+                            print(f"  peer {metric}/{layer} {name}->{target}: {exc}", file=sys.stderr)
+                            vals.append(np.nan)
+                    recs.append({"model": name, "target": target, "score": float(np.mean(vals)),
+                                 "seconds": time.perf_counter() - t0})
+            sc = pd.DataFrame(recs)
+            out.append({"world": world, "metric": metric, "layer": layer, **quality(sc, truth),
+                        "seconds_per_pair": float(sc.seconds.mean())})
+    return out
+
+
+def pick_default(table: pd.DataFrame, worlds: list[str]) -> pd.Series:
+    """The protocol's rule: best mean-over-worlds Pearson among eligible settings scored on
+    every world; within 0.01 of it, lower mean regret, then fewer seconds per pair."""
+    keys = ["layer", "cost_scale", "epsilon", "sampling", "solver"]
+    t = table[table.eligible]
+    complete = t.groupby(keys).world.nunique() == len(worlds)
+    mean = t.groupby(keys)[[*SHOWN, "seconds_per_pair"]].mean()[complete].reset_index()
+    near = mean[mean.pearson >= mean.pearson.max() - 0.01]
+    return near.sort_values(["regret", "seconds_per_pair"]).iloc[0]
+
+
+def build_worlds(names: list[str], root: Path, device: str, workers: int | None) -> dict:
+    """name -> (spec, truth, pools key, pools); worlds sharing pools share the arrays."""
+    worlds, by_key = {}, {}
+    for name in names:
+        t0 = time.perf_counter()
+        spec = load_spec(build_world(WORLDS[name], root, workers=workers))
+        truth = pd.read_csv(spec.ground_truth)
+        key, pools = world_pools(spec, root, device)
+        pools = by_key.setdefault(key, pools)
+        worlds[name] = (spec, truth, key, pools)
+        spread = truth.groupby("target").value.agg(lambda v: v.max() - v.min())
+        print(f"world {name}: {len(spec.models)} models x {len(spec.targets)} targets, ready in "
+              f"{time.perf_counter() - t0:.0f}s; ground-truth spread per target (mIoU points): "
+              + ", ".join(f"{t} {v:.1f}" for t, v in spread.items()), flush=True)
+    return worlds
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default=".segotce_demo")
+    p.add_argument("--workdir", default=".segotce_worlds", help="worlds, zoos and pool caches")
+    p.add_argument("--worlds", nargs="*", default=list(WORLDS), choices=list(WORLDS))
     p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="N in {1000, 2500}, K <= 5")
-    p.add_argument("--seeds", type=int, nargs="*", default=[1, 2], help="extra seeds for stability")
-    p.add_argument("--budget-s", type=float, default=3600.0, help="stop scoring new settings after this")
-    p.add_argument("--out", default=None, help="folder for the CSV/JSON results")
+    p.add_argument("--quick", action="store_true", help="uniform sampling, eps in {0.1, 1}")
+    p.add_argument("--budget-s", type=float, default=3600.0, help="stop starting settings after this")
+    p.add_argument("--out", default=None, help="folder for the CSV results")
     p.add_argument("--workers", type=int, default=None, help="zoo/ground-truth worker processes")
-    p.add_argument("--no-peers", action="store_true", help="skip the peer metrics")
-    p.add_argument("--smoke", action="store_true", help="tiny N/K grid: checks the script runs")
-    p.add_argument("--only", nargs="*", default=None, metavar="LAYER:N:EPS",
-                   help="after the default, score only these settings")
+    p.add_argument("--no-peers", action="store_true")
     a = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    out = Path(a.out) if a.out else Path(a.workdir) / "bench_quality"
+    root = Path(a.workdir).expanduser().absolute()
+    out = Path(a.out) if a.out else root / "bench_quality"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    job = build_demo(a.workdir, workers=a.workers)
-    spec = load_spec(job)
-    t_build = time.perf_counter() - t0
-    truth = pd.read_csv(spec.ground_truth)
-    print(f"device {device}; demo built in {t_build:.1f}s; {len(spec.models)} models x "
-          f"{len(spec.targets)} targets; torch {torch.__version__}; {os.cpu_count()} CPUs")
-    print("ground truth (mIoU %):")
-    print(truth.pivot(index="model", columns="target", values="value").round(1).to_string())
-    t1 = time.perf_counter()
-    key = json.dumps({"models": spec.to_dict()["models"], "datasets": spec.to_dict()["datasets"]},
-                     sort_keys=True, default=str)
-    cache = Path(a.workdir) / f"bench_pools_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
-    if cache.exists():
-        flat = np.load(cache)
-        pools = {}
-        for key in flat.files:
-            model, dataset, field = key.split("|")
-            pools.setdefault((model, dataset), {})[field] = flat[key]
-    else:
-        pools = extract(spec, device, 1000, seed=0)
-        np.savez(cache, **{f"{m}|{d}|{f}": v for (m, d), pool in pools.items() for f, v in pool.items()})
-    print(f"pools ready in {time.perf_counter() - t1:.1f}s")
-    if a.smoke:  # a fast end-to-end check of this script, not a measurement
-        global NS, EPSILONS, KS
-        NS, EPSILONS, KS = (300,), (1.0,), (1,)
-        DEMO_OTCE.update(n_pixels=300, epsilon=1.0, repetitions=1)
-
-    d_layer, d_n, d_eps = DEMO_OTCE["layer"], DEMO_OTCE["n_pixels"], DEMO_OTCE["epsilon"]
-    ns = NS[:2] if a.quick else NS
-    k_max = min(5 if a.quick else 10, max(KS))
-    # order: the default, one factor at a time around it, then the rest of the grid
-    grid = [(d_layer, d_n, d_eps)]
-    grid += [(l, d_n, d_eps) for l in LAYERS] + [(d_layer, n, d_eps) for n in ns] + \
-            [(d_layer, d_n, e) for e in EPSILONS]
-    grid += list(itertools.product(LAYERS, ns, EPSILONS))
-    grid = list(dict.fromkeys(grid))
-    if a.only:  # restrict the grid after the default, e.g. --only penultimate:1000:0.01
-        wanted = {(l, int(n), float(e)) for l, n, e in (o.split(":") for o in a.only)}
-        grid = grid[:1] + [g for g in grid[1:] if g in wanted]
-    results, skipped, all_scores = [], [], []
-    t2 = time.perf_counter()
-    per_pixel2: list[float] = []  # seconds per setting / N^2, to predict the next setting
-
-    def run_setting(layer: str, n: int, eps: float) -> pd.DataFrame | None:
-        left = a.budget_s - (time.perf_counter() - t2)
-        predicted = max(per_pixel2, default=0.0) * n * n
-        if left <= 0 or predicted > left:
-            skipped.append((layer, n, eps))
-            return None
-        ts = time.perf_counter()
-        sc = score_setting(spec, pools, truth, layer, n, eps, k_max, 0, device)
-        dt = time.perf_counter() - ts
-        per_pixel2.append(dt / (n * n))
-        sc = sc.assign(layer=layer, n=n, epsilon=eps, seed=0)
-        all_scores.append(sc)
-        for k in sorted(sc.k.unique()):
-            q = quality(sc[sc.k == k], truth)
-            mean = q[q.target == "__mean__"].iloc[0]
-            results.append({"layer": layer, "n": n, "epsilon": eps, "k": k,
-                            **{m: float(mean[m]) for m in SHOWN},
-                            "converged": float(sc[sc.k == k].converged.mean()),
-                            "seconds_per_pair": float(sc[sc.k == k].seconds.mean())})
-        print(f"  {layer:<11} N={n:<6} eps={eps:<5} done in {dt:6.1f}s", flush=True)
-        pd.concat(all_scores).to_csv(out / "scores.csv", index=False)
-        pd.DataFrame(results).to_csv(out / "grid.csv", index=False)
-        return sc
-
-    fmt = {"display.width": 200, "display.max_rows": 500, "display.float_format": "{:.3f}".format}
-    default = run_setting(*grid[0])
-    d_k = max(k for k in KS if k <= min(DEMO_OTCE["repetitions"], k_max))
-    q = quality(default[default.k == d_k], truth)
-    with pd.option_context(*itertools.chain.from_iterable(fmt.items())):
-        print(f"\nper target at the demo default (layer={d_layer}, N={d_n}, eps={d_eps}, K={d_k}):")
-        print(q.to_string(index=False))
-        arch = pd.Series({n: m.architecture for n, m in spec.models.items()})
-        main_arch = arch.value_counts().index[0]
-        same = default[(default.k == d_k) & default.model.map(arch).eq(main_arch)]
-        print(f"\nsame setting, only the {int((arch == main_arch).sum())} models of architecture "
-              f"{main_arch} (no cross-architecture comparison):")
-        print(quality(same, truth).to_string(index=False))
-    # stability across seeds at the default
-    seeds_q, seeds_sc = [q.assign(seed=0)], [default[default.k == d_k].assign(seed=0)]
-    for s in a.seeds:
-        sc = score_setting(spec, pools, truth, d_layer, d_n, d_eps, d_k, s, device)
-        sc = sc[sc.k == d_k].assign(seed=s)
-        seeds_sc.append(sc)
-        seeds_q.append(quality(sc, truth).assign(seed=s))
-    if len(seeds_q) > 1:
-        sq = pd.concat(seeds_q)
-        sq = sq[sq.target == "__mean__"]
-        print(f"\nstability over seeds {[0, *a.seeds]} at the default (mean over targets): mean ± std")
-        for m in SHOWN:
-            print(f"  {m:<13} {sq[m].mean():.3f} ± {sq[m].std(ddof=0):.3f}")
-        allsc = pd.concat(seeds_sc)
-        rng_t = allsc.groupby(["target", "seed"]).score.agg(lambda v: v.max() - v.min()).groupby("target").mean()
-        sd = allsc.groupby(["model", "target"]).score.std(ddof=0).reset_index()
-        sd["rel"] = sd.score / sd.target.map(rng_t)
-        print(f"  score std over seeds / score range of the target: mean {sd.rel.mean():.3f}, "
-              f"max {sd.rel.max():.3f}")
-        allsc.to_csv(out / "seeds.csv", index=False)
-    t_peers = time.perf_counter()
-    peers = peers_table(spec, pools, truth) if not a.no_peers else None
-    if peers is not None:
-        print(f"\npeers scored in {time.perf_counter() - t_peers:.1f}s")
+    print(f"device {device}; torch {torch.__version__}; {os.cpu_count()} CPUs; "
+          f"N={N_PIXELS}, K={REPETITIONS}")
+    worlds = build_worlds(a.worlds, root, device, a.workers)
+    peers = pd.DataFrame([r for w, (spec, truth, _, pools) in worlds.items() if not a.no_peers
+                          for r in peer_rows(spec, pools, truth, w)])
+    if not peers.empty:
         peers.to_csv(out / "peers.csv", index=False)
-    for setting in grid[1:]:
-        run_setting(*setting)
-    res = pd.DataFrame(results)
-    with pd.option_context(*itertools.chain.from_iterable(fmt.items())):
-        print("\nmean over targets per setting (regret in mIoU points):")
-        print(res.to_string(index=False))
-        if skipped:
-            print(f"skipped for the time budget: {skipped}")
-        if peers is not None:
-            best = res.sort_values("pearson", ascending=False).iloc[0]
-            seg = pd.DataFrame([{"metric": "seg-otce (demo default)", "input": d_layer,
-                                 **q[q.target == "__mean__"].iloc[0][list(SHOWN)].to_dict()},
-                                {"metric": f"seg-otce (best: N={int(best.n)}, eps={best.epsilon}, "
-                                           f"K={int(best.k)})", "input": best.layer,
-                                 **{m: best[m] for m in SHOWN}}])
-            print("\nSEG-OTCE and peers (mean over targets):")
-            print(pd.concat([seg, peers], ignore_index=True).to_string(index=False))
-    (out / "meta.json").write_text(json.dumps({"device": device, "build_s": t_build,
-                                               "torch": torch.__version__, "skipped": skipped}))
-    print(f"\nresults in {out}; total {time.perf_counter() - t0:.1f}s")
+    rows, skipped, t_grid = [], [], time.perf_counter()
+    for s in grid(a.quick):
+        if time.perf_counter() - t_grid > a.budget_s:
+            skipped.append(s)
+            continue
+        cache: dict = {}  # worlds that share pools share the scores
+        for w, (spec, truth, key, pools) in worlds.items():
+            if key not in cache:
+                cache[key] = score_setting(spec, pools, s, device)
+            sc = cache[key]
+            rows.append({"world": w, **s, **quality(sc, truth),
+                         "seconds_per_pair": float(sc.seconds.mean())})
+        pd.DataFrame(rows).to_csv(out / "grid.csv", index=False)
+        print(f"  {s['layer']:<11} {s['cost_scale']:<4} eps={s['epsilon']:<4} {s['sampling']:<14} "
+              f"{s['solver']:<8} done ({time.perf_counter() - t_grid:.0f}s)", flush=True)
+    report(pd.DataFrame(rows), peers, list(worlds), skipped)
+    print(f"\nresults in {out}; total {time.perf_counter() - t0:.0f}s")
     return 0
+
+
+def report(table: pd.DataFrame, peers: pd.DataFrame, worlds: list[str], skipped: list) -> None:
+    """Print world x setting -> measures, the mean over worlds, the pick, and the peers."""
+    fmt = ("display.width", 250, "display.max_rows", 1000, "display.float_format", "{:.3f}".format)
+    keys = ["layer", "cost_scale", "epsilon", "sampling", "solver"]
+    with pd.option_context(*fmt):
+        wide = table.pivot_table(index=keys, columns="world", values=list(SHOWN))
+        wide.columns = [f"{m}:{w}" for m, w in wide.columns]
+        mean = table.groupby(keys)[[*SHOWN, "seconds_per_pair"]].mean()
+        mean.columns = [f"{c}:mean" for c in mean.columns]
+        both = wide.join(mean).sort_values("pearson:mean", ascending=False)
+        print("\nSEG-OTCE: world x setting (mean over targets; regret in mIoU points), "
+              "sorted by the mean over worlds:")
+        print(both.reset_index().to_string(index=False))
+        if skipped:
+            print(f"skipped for the time budget: {len(skipped)} settings")
+        best = pick_default(table, worlds)
+        print("\npicked default (best mean over worlds):", best[keys].to_dict(),
+              {m: round(float(best[m]), 3) for m in SHOWN})
+        chosen = table.merge(pd.DataFrame([best[keys]]), on=keys)
+        if not peers.empty:
+            top = peers.sort_values("pearson", ascending=False).groupby("world").head(1)
+            print("\nper world: default SEG-OTCE vs the best peer (metric/layer)")
+            for w in worlds:
+                c = chosen[chosen.world == w].iloc[0]
+                b = top[top.world == w].iloc[0]
+                print(f"  {w:<10} seg-otce pearson {c.pearson:.3f} regret {c.regret:.2f} | best peer "
+                      f"{b.metric}/{b.layer} pearson {b.pearson:.3f} regret {b.regret:.2f} | "
+                      f"{'beats' if c.pearson >= b.pearson else 'below'}")
+            pw = peers.pivot_table(index=["metric", "layer"], columns="world", values="pearson")
+            pw["mean"] = pw.mean(axis=1)
+            sec = peers.groupby(["metric", "layer"]).seconds_per_pair.mean()
+            print("\npeers: Pearson per world and mean; seconds per pair")
+            print(pw.join(sec).sort_values("mean", ascending=False).reset_index().to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -313,14 +313,16 @@ def calibrated_rows(long: pd.DataFrame, cal: Calibration, metric: str = "otce") 
 def otce_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The :data:`CHECKED_SETTINGS` of a spec mapping (raw YAML or a resolved ``spec.yaml``).
 
-    ``layer`` is the one layer of every model (a model's ``layer``, else ``otce.layer``), or
-    the sorted list when the models differ; unset keys take the spec defaults.
+    ``layer`` is the one layer of every model (a model's ``layer``, else ``extraction.layer``,
+    else the deprecated ``otce.layer``), or the sorted list when the models differ; unset keys
+    take the spec defaults.
     """
-    from segotce_ray.spec import OTCESettings
+    from segotce_ray.spec import ExtractionSettings, OTCESettings
 
     default = OTCESettings()
     otce = spec.get("otce") if isinstance(spec.get("otce"), Mapping) else {}
-    base_layer = otce.get("layer", default.layer)
+    extraction = spec.get("extraction") if isinstance(spec.get("extraction"), Mapping) else {}
+    base_layer = extraction.get("layer", otce.get("layer", ExtractionSettings().layer))
     models = spec.get("models") if isinstance(spec.get("models"), Mapping) else {}
     layers = sorted({str(m.get("layer", base_layer)) if isinstance(m, Mapping) else str(base_layer)
                      for m in models.values()}) or [str(base_layer)]

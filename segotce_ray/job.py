@@ -53,6 +53,9 @@ import yaml
 
 from segotce_ray.spec import SOURCE_METRICS, JobSpec, SpecProblem
 
+#: the feature space read from a pool's ``probs`` column (``layer: probs``)
+PROBS_SPACE = "probs"
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -246,11 +249,17 @@ class Plan:
 
 
 def _model_spec(entry) -> Any:
-    """The job's model entry as a :class:`segotce_ray.models.ModelSpec`."""
-    from segotce_ray.models import ModelSpec
+    """The job's model entry as a :class:`segotce_ray.models.ModelSpec`.
 
+    ``layer: probs`` extracts the ``logits`` pool: every pool keeps the source head's softmax
+    (``probs`` column), so the probs space is that column of the same pool (one pool serves
+    ``logits`` and ``probs``; no extra forward pass).
+    """
+    from segotce_ray.models import LAYER_LOGITS, ModelSpec
+
+    layer = LAYER_LOGITS if entry.layer == PROBS_SPACE else entry.layer
     kw: dict[str, Any] = {"name": entry.name, "architecture": entry.constructor,
-                          "checkpoint": entry.checkpoint, "layer": entry.layer,
+                          "checkpoint": entry.checkpoint, "layer": layer,
                           "source": entry.source, "kwargs": dict(entry.kwargs)}
     for k in ("num_classes", "mean", "std", "input_size"):
         v = getattr(entry, k)
@@ -340,13 +349,21 @@ def _pair_key(spec: JobSpec, metric: str, params: Mapping[str, Any], model: str,
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _metric_params(spec: JobSpec, metric: str) -> dict[str, Any]:
-    """The settings that determine a metric's rows (part of the pair key)."""
+def _metric_params(spec: JobSpec, metric: str, model: str) -> dict[str, Any]:
+    """The settings that determine a metric's rows (part of the pair key).
+
+    The cost scale and the probs space enter only when they are not the historical default
+    (``none``, the pool's feature column), so earlier scores stay valid.
+    """
+    params: dict[str, Any] = {"n_pixels": spec.otce.n_pixels}
     if metric == "otce":
         o = spec.otce
-        return {"n_pixels": o.n_pixels, "epsilon": float(o.epsilon), "solver": o.solver,
-                "sampling": o.sampling}
-    return {"n_pixels": spec.otce.n_pixels}
+        params.update(epsilon=float(o.epsilon), solver=o.solver, sampling=o.sampling)
+        if o.cost_scale != "none":
+            params["cost_scale"] = o.cost_scale
+    if spec.models[model].layer == PROBS_SPACE:
+        params["space"] = PROBS_SPACE
+    return params
 
 
 def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True) -> Plan:
@@ -412,7 +429,7 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True)
                 key = None
                 done = 0
                 if err is None:
-                    key = _pair_key(spec, metric, _metric_params(spec, metric), mname,
+                    key = _pair_key(spec, metric, _metric_params(spec, metric, mname), mname,
                                     m.source if needs_source else None, target,
                                     sp.key if sp else None, tp.key)  # type: ignore[arg-type]
                     done = sum(1 for r in scores.rows(key) if int(r["k"]) < spec.otce.repetitions)
@@ -585,7 +602,8 @@ def _metric_specs(spec: JobSpec) -> dict[str, Any]:
             o = spec.otce
             out[metric] = scoring.otce_metric(scoring.OTCESettings(
                 n_pixels=o.n_pixels, repetitions=o.repetitions, epsilon=float(o.epsilon),
-                solver=o.solver, sampling=o.sampling))
+                solver=o.solver, sampling=o.sampling,
+                options={"cost_scale": o.cost_scale} if o.cost_scale != "none" else {}))
         else:
             out[metric] = scoring.peer_metric(metric, n_pixels=spec.otce.n_pixels,
                                               repetitions=spec.otce.repetitions)
@@ -632,6 +650,7 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
         elif p.cached:
             pool_results[(p.model, p.dataset)] = p.key
     missing = [p for p in plan.pools if not p.cached and p.error is None]
+    probs_models = {m for m, e in spec.models.items() if e.layer == PROBS_SPACE}
     if missing:
         requests = [extraction_request(spec, plan.model_specs[p.model], plan.datasets[p.dataset])
                     for p in missing]
@@ -646,6 +665,9 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
             pool_results[(model, dataset)] = out
             if isinstance(out, BaseException):
                 errors[f"pool {model}@{dataset}"] = str(out)
+    for (model, dataset), src in list(pool_results.items()):  # layer: probs reads that column
+        if model in probs_models and not isinstance(src, BaseException):
+            pool_results[(model, dataset)] = scoring.ProbsView(src)
     timings["extract"] = time.perf_counter() - t0
 
     # -- score the missing repetitions (persist each row as it arrives)

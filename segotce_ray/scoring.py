@@ -84,6 +84,8 @@ __all__ = [
     "otce_repetition",
     "peer_metric",
     "peer_repetition",
+    "probs_as_features",
+    "ProbsView",
     "repetition_seed",
     "results_frame",
     "score_pairs",
@@ -349,7 +351,25 @@ def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool
 # --------------------------------------------------------------------------- pools
 
 
-PoolSource = PixelPool | str | BaseException
+@dataclass(frozen=True)
+class ProbsView:
+    """A pool read in the ``probs`` feature space (``layer: probs``): every metric sees the
+    source head's softmax column as the pool's features. ``pool``: a PixelPool or store key."""
+
+    pool: PixelPool | str
+
+
+def probs_as_features(pool: PixelPool) -> PixelPool:
+    """``pool`` with its ``probs`` (P, C) as ``features``; a ValueError if it has none."""
+    if pool.probs is None:
+        raise ValueError("layer 'probs' needs the pool's probs column (the source head's "
+                         "softmax) and this pool has none; re-extract it with keep_probs")
+    return PixelPool(features=pool.probs, labels=pool.labels, image_ids=pool.image_ids,
+                     rows=pool.rows, cols=pool.cols, probs=pool.probs,
+                     meta={**pool.meta, "space": "probs"})
+
+
+PoolSource = PixelPool | str | ProbsView | BaseException
 
 
 def check_pool(pool: PixelPool, ignore_index: int) -> None:
@@ -407,6 +427,8 @@ class _PoolRefs:
 
     def describe(self, key: tuple[str, str]) -> str:
         src = self.pools.get(key)
+        if isinstance(src, ProbsView):
+            src = src.pool
         where = f" (store key {src})" if isinstance(src, str) else ""
         return f"pool of model {key[0]!r} on dataset {key[1]!r}{where}"
 
@@ -414,6 +436,11 @@ class _PoolRefs:
         if key not in self.pools:
             raise LookupError("no pool was given for it")
         src = self.pools[key]
+        if isinstance(src, ProbsView):
+            return probs_as_features(self._load_source(src.pool))
+        return self._load_source(src)
+
+    def _load_source(self, src: Any) -> PixelPool:
         if isinstance(src, BaseException):
             raise RuntimeError(f"extraction failed: {type(src).__name__}: {src}")
         if isinstance(src, PixelPool):

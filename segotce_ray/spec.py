@@ -19,12 +19,15 @@ import csv
 import difflib
 import hashlib
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DATASET_FORMATS", "KNOWN_METRICS", "DatasetEntry", "ExtractionSettings", "JobSpec",
@@ -35,6 +38,9 @@ __all__ = [
 DATASET_FORMATS = ("cityscapes", "bdd100k", "gta5", "folder")
 SOLVERS = ("auto", "sinkhorn", "emd", "exact+polish")
 SAMPLINGS = ("uniform", "class_balanced")
+COST_SCALES = ("none", "mean", "max")
+#: feature spaces that need no module name: the classifier's input, its output, its softmax
+LAYER_SPACES = ("penultimate", "logits", "probs")
 SCHEDULES = ("full", "adaptive")
 #: Schedules this version runs (``adaptive``: issue 8's early pruning, :mod:`segotce_ray.adaptive`).
 SCHEDULES_AVAILABLE = ("full", "adaptive")
@@ -84,24 +90,29 @@ class SpecError(ValueError):
 
 @dataclass
 class OTCESettings:
-    """SEG-OTCE settings: N pixels per side, K repetitions, entropic ε, solver, layer, sampling,
-    and an optional calibration file (adds the ``otce_calibrated`` metric)."""
+    """SEG-OTCE settings: N pixels per side, K repetitions, entropic ε, solver, sampling, the
+    cost scaling applied before ε (``none`` | ``mean`` | ``max``: C divided by its mean or its
+    max), and an optional calibration file (adds the ``otce_calibrated`` metric). The feature
+    space is ``extraction.layer`` (``otce.layer`` is deprecated)."""
 
     n_pixels: int = 10_000
     repetitions: int = 10
     epsilon: float = 0.1
     solver: str = "auto"
-    layer: str = "penultimate"
     sampling: str = "uniform"
+    cost_scale: str = "none"
     calibration: str | None = None
 
 
 @dataclass
 class ExtractionSettings:
     """How pools are drawn: pixels kept per image (uniformly or class-balanced among the
-    valid pixels), images per forward batch, a default image cap for every dataset, and what
-    a bad image file does to its pool (``fail`` it, or ``skip`` the image)."""
+    valid pixels), images per forward batch, a default image cap for every dataset, what
+    a bad image file does to its pool (``fail`` it, or ``skip`` the image), and the default
+    feature space of every model (``layer``: ``penultimate`` | ``logits`` | ``probs`` | a
+    module name; ``probs`` reads the softmax column of the ``logits`` pool, no extra pass)."""
 
+    layer: str = "penultimate"
     pixels_per_image: int = 1000
     batch_size: int = 8
     max_images: int | None = None
@@ -165,7 +176,7 @@ class DatasetEntry:
 
 @dataclass
 class ModelEntry:
-    """A declared model (mirrors ``models.ModelSpec``; ``layer`` falls back to ``otce.layer``)."""
+    """A declared model (mirrors ``models.ModelSpec``; ``layer`` falls back to ``extraction.layer``)."""
 
     name: str
     architecture: str
@@ -447,8 +458,9 @@ class _Checker:
 
 _TOP_KEYS = ("name", "output", "store", "seed", "otce", "metrics", "schedule", "extraction",
              "datasets", "models", "targets", "ground_truth", "resources", "description")
-_OTCE_KEYS = ("n_pixels", "repetitions", "epsilon", "solver", "layer", "sampling", "calibration")
-_EXTRACTION_KEYS = ("pixels_per_image", "batch_size", "max_images", "sampling", "bad_images")
+_OTCE_KEYS = ("n_pixels", "repetitions", "epsilon", "solver", "layer", "sampling", "cost_scale",
+              "calibration")
+_EXTRACTION_KEYS = ("layer", "pixels_per_image", "batch_size", "max_images", "sampling", "bad_images")
 _RESOURCE_KEYS = ("gpus_per_actor", "actors", "cpu_threads", "gpus_per_task", "autoscaling")
 _SCHEDULE_KEYS = ("mode", "min_repetitions", "top_k", "alpha")
 _DATASET_KEYS = ("format", "root", "split", "cities", "max_images", "subset", "resize",
@@ -460,7 +472,7 @@ _MODEL_KEYS = ("architecture", "checkpoint", "num_classes", "source", "layer", "
 
 def _check_layer(c: _Checker, path: str, v: Any) -> None:
     if c.string(path, v) and not re.match(r"^[A-Za-z0-9_.]+$", v):
-        c.add(path, f"layer must be 'penultimate', 'logits' or a module name like "
+        c.add(path, f"layer must be 'penultimate', 'logits', 'probs' or a module name like "
                     f"'backbone.layer4'; got {v!r}")
 
 
@@ -478,6 +490,8 @@ def _check_otce(c: _Checker, raw: Any) -> None:
         c.string("otce.solver", raw["solver"], SOLVERS)
     if "sampling" in raw:
         c.string("otce.sampling", raw["sampling"], SAMPLINGS)
+    if "cost_scale" in raw:
+        c.string("otce.cost_scale", raw["cost_scale"], COST_SCALES)
     if "layer" in raw:
         _check_layer(c, "otce.layer", raw["layer"])
 
@@ -747,6 +761,12 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
             c.string("extraction.sampling", e["sampling"], SAMPLINGS)
         if "bad_images" in e:
             c.string("extraction.bad_images", e["bad_images"], ("fail", "skip"))
+        if "layer" in e:
+            _check_layer(c, "extraction.layer", e["layer"])
+            old = raw.get("otce", {}).get("layer") if isinstance(raw.get("otce"), dict) else None
+            if old is not None and old != e["layer"]:
+                c.add("otce.layer", f"deprecated and contradicts extraction.layer ({e['layer']!r}); "
+                                    "remove otce.layer")
 
     if "resources" in raw and c.mapping("resources", raw["resources"]):
         r = raw["resources"]
@@ -834,13 +854,21 @@ def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) 
     if problems:
         raise SpecError(problems, path)
     c = _Checker(base)
-    otce = OTCESettings(**raw.get("otce", {}))
+    otce_raw = dict(raw.get("otce", {}))
+    legacy_layer = otce_raw.pop("layer", None)
+    otce = OTCESettings(**otce_raw)
     otce.epsilon = float(otce.epsilon)
     if otce.calibration:
         otce.calibration = str(c.resolve(otce.calibration).absolute())
     sched_raw = raw.get("schedule", "full")
     schedule = Schedule(mode=sched_raw) if isinstance(sched_raw, str) else Schedule(**sched_raw)
     extraction = ExtractionSettings(**raw.get("extraction", {}))
+    if legacy_layer is not None:
+        log.warning("%sotce.layer is deprecated: the layer is the feature space of every metric "
+                    "and decides the pools; write it as extraction.layer (or per model as "
+                    "models.<name>.layer)", f"{path}: " if path else "")
+        if "layer" not in raw.get("extraction", {}):
+            extraction.layer = legacy_layer
     resources = Resources(**raw.get("resources", {}))
 
     datasets: dict[str, DatasetEntry] = {}
@@ -862,7 +890,7 @@ def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) 
             name=name, architecture=m["architecture"],
             checkpoint=str(c.resolve(ckpt).absolute()) if ckpt else None,
             num_classes=m.get("num_classes"), source=m.get("source"),
-            layer=m.get("layer", otce.layer),
+            layer=m.get("layer", extraction.layer),
             mean=_tuple(m.get("mean")), std=_tuple(m.get("std")),
             input_size=_tuple(m.get("input_size")),
             kwargs=dict(m.get("kwargs") or {}),

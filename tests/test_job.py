@@ -527,3 +527,46 @@ def test_adaptive_job_prunes_marks_and_resumes_to_the_same_decisions(tmp_path, d
                                   sched.assign(scheduled=True), check_dtype=False)
     assert broken.counts["repetitions_spent"] == spent
     assert broken.counts["repetitions_full"] == full
+
+
+def test_layer_probs_reads_the_probs_column_of_the_logits_pool(tmp_path, data_root, ray_local):
+    """layer: probs shares the logits pools (no re-extraction), scores their probs column with
+    SEG-OTCE and the feature peers, and keeps its own pair keys; cost_scale reaches the solver."""
+    from segotce_ray.scoring import otce_repetition, peer_repetition, probs_as_features
+
+    def job(sub: str, layer: str, **otce) -> Path:
+        return write_job(tmp_path / sub, data_root, models={"m_a": "src_a", "m_b": "src_b"},
+                         metrics=["otce", "hscore"],
+                         extraction={"pixels_per_image": 40, "batch_size": 2, "layer": layer},
+                         otce={"n_pixels": 60, "repetitions": K, "epsilon": 1.0, **otce})
+
+    probs, logits = make_plan(load_spec(job("p", "probs"))), make_plan(load_spec(job("l", "logits")))
+    assert [p.key for p in probs.pools] == [p.key for p in logits.pools]
+    assert not {p.key for p in probs.pairs} & {p.key for p in logits.pairs}
+    scaled = make_plan(load_spec(job("s", "probs", cost_scale="max")))
+    otce_keys = lambda plan: {p.key for p in plan.pairs if p.metric == "otce"}  # noqa: E731
+    assert not otce_keys(scaled) & otce_keys(probs)
+    for sub in ("p", "s"):
+        path = tmp_path / sub / "job.yaml"
+        seed_pools(path)
+        assert main(["run", str(path), "--run-id", "r"]) == 0
+    spec = load_spec(tmp_path / "p" / "job.yaml")
+    store = PoolStore(spec.store)
+    keys = {(p.model, p.dataset): p.key for p in probs.pools}
+    src, tgt = (probs_as_features(store.load(keys[("m_a", d)])) for d in ("src_a", "t1"))
+    assert src.dim == 3                                        # the softmax over 3 source classes
+    table = pd.read_parquet(tmp_path / "p" / "runs" / "nightly" / "r" / "matrix.parquet")
+    row = table[(table.model == "m_a") & (table.target == "t1") & (table.k == 1)].set_index("metric")
+    seed = int(row.loc["otce", "seed"])
+    want = otce_repetition(src, tgt, seed, n_pixels=60, epsilon=1.0, solver="sinkhorn",
+                           sampling="uniform", ignore_index=255)
+    assert row.loc["otce", "score"] == pytest.approx(want["score"], abs=1e-9)
+    peer = peer_repetition(None, tgt, int(row.loc["hscore", "seed"]), name="hscore", n_pixels=60)
+    assert row.loc["hscore", "score"] == pytest.approx(peer["score"], abs=1e-9)
+    scaled_table = pd.read_parquet(tmp_path / "s" / "runs" / "nightly" / "r" / "matrix.parquet")
+    s_row = scaled_table[(scaled_table.model == "m_a") & (scaled_table.target == "t1")
+                         & (scaled_table.k == 1) & (scaled_table.metric == "otce")]
+    want_max = otce_repetition(src, tgt, seed, n_pixels=60, epsilon=1.0, solver="sinkhorn",
+                               sampling="uniform", ignore_index=255, options={"cost_scale": "max"})
+    assert s_row["score"].iloc[0] == pytest.approx(want_max["score"], abs=1e-9)
+    assert want_max["score"] != pytest.approx(want["score"], abs=1e-6)

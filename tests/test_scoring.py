@@ -273,3 +273,30 @@ def test_peer_metric_rows_share_the_table(reference, zoo, ray_local):
                                     zip(out["model"], out["target"], out["k"])]
     with pytest.raises(KeyError, match="unknown peer metric"):
         peer_metric("nope")
+
+
+def test_probs_view_scores_the_probs_column_and_a_pool_without_it_fails_alone(zoo, ray_local):
+    """ProbsView: metrics see the softmax column as features; no probs column = that pair fails."""
+    from segotce_ray.scoring import ProbsView, probs_as_features
+
+    pairs, pools = zoo
+    rng = np.random.default_rng(3)
+    with_probs = {}
+    for key, pool in pools.items():
+        logits = rng.normal(0, 1, (len(pool), 4)) + 3 * np.eye(4)[pool.labels % 4]
+        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        with_probs[key] = PixelPool(pool.features, pool.labels, image_ids=pool.image_ids,
+                                    probs=p.astype(np.float16), meta=pool.meta)
+    views = {k: ProbsView(v) for k, v in with_probs.items()}
+    views[("blurry", "t2")] = ProbsView(pools[("blurry", "t2")])     # no probs column
+    got = score_pairs(pairs, views, SETTINGS, seed=5, progress=False)
+    swapped = {k: probs_as_features(v) for k, v in with_probs.items()}
+    want = score_pairs(pairs, swapped, SETTINGS, seed=5, progress=False)
+    bad = (got.model == "blurry") & (got.target == "t2")
+    assert (got[bad].status == "failed").all()
+    assert got[bad].error.str.contains("probs column").all()
+    assert got[bad].error.str.contains("'blurry' on dataset 't2'").all()
+    assert (got[~bad].status == "ok").all()
+    np.testing.assert_allclose(got[~bad].score, want[~bad].score, rtol=0, atol=1e-12)
+    plain = score_pairs(pairs, pools, SETTINGS, seed=5, progress=False)
+    assert not np.allclose(got[~bad].score, plain[~bad].score)

@@ -176,6 +176,12 @@ def test_every_problem_listed_at_once(tmp_path):
     (lambda r: r["otce"].update(epsilon=0), "otce.epsilon", "must be > 0"),
     (lambda r: r["otce"].update(epsilon=float("nan")), "otce.epsilon", "finite"),
     (lambda r: r["otce"].update(solver="emd", sampling="class_balanced"), None, None),
+    (lambda r: r["otce"].update(cost_scale="mean"), None, None),
+    (lambda r: r["otce"].update(cost_scale="median"), "otce.cost_scale", "one of none, mean, max"),
+    (lambda r: r["otce"].pop("layer") and r.update(extraction={"layer": "probs"}), None, None),
+    (lambda r: r.update(extraction={"layer": "logits"}), "otce.layer",
+     "deprecated and contradicts extraction.layer ('logits')"),
+    (lambda r: r.update(extraction={"layer": "a b"}), "extraction.layer", "'probs'"),
     (lambda r: r.update(schedule="adaptiv"), "schedule", "did you mean 'adaptive'"),
     (lambda r: r.update(schedule={"mode": "full", "top_k": 0}), "schedule.top_k", "must be >= 1"),
     (lambda r: r.update(schedule={"mode": "full", "top_k": 3}), None, None),
@@ -292,3 +298,25 @@ def test_schedule_string_and_mapping_forms_build(tmp_path):
             spec.schedule.alpha) == ("adaptive", 3, 1, 0.2)
     assert spec.to_dict()["schedule"]["top_k"] == 1
     assert build_spec(_raw(tmp_path), tmp_path / "jobs").schedule.mode == "full"
+
+
+def test_layer_lives_in_extraction_and_otce_layer_still_works_with_a_warning(tmp_path, caplog):
+    """extraction.layer is every model's default feature space; otce.layer (deprecated) maps to it."""
+    raw = _raw(tmp_path)
+    raw["otce"]["layer"] = "probs"
+    raw["models"]["tiny_bdd"]["layer"] = "logits"
+    with caplog.at_level("WARNING", logger="segotce_ray.spec"):
+        spec = build_spec(raw, tmp_path / "jobs")
+    assert "otce.layer is deprecated" in caplog.text and "extraction.layer" in caplog.text
+    assert spec.extraction.layer == "probs"
+    assert spec.models["lraspp_gta5"].layer == "probs" and spec.models["tiny_bdd"].layer == "logits"
+    assert "layer" not in spec.to_dict()["otce"] and spec.to_dict()["extraction"]["layer"] == "probs"
+    raw = _raw(tmp_path / "new")
+    raw["otce"].pop("layer")
+    raw["otce"]["cost_scale"] = "max"
+    raw["extraction"] = {"layer": "logits"}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segotce_ray.spec"):
+        spec = build_spec(raw, tmp_path / "new" / "jobs")
+    assert "deprecated" not in caplog.text
+    assert spec.models["lraspp_gta5"].layer == "logits" and spec.otce.cost_scale == "max"

@@ -30,29 +30,35 @@ from segotce_ray.demo.zoo import LRASPP, MEAN, STD, TrainRecipe, build_zoo, defa
 
 log = logging.getLogger(__name__)
 
-#: SEG-OTCE settings of the demo job (chosen with benchmarks/bench_quality.py)
+#: SEG-OTCE settings of the demo job (N, K sized for a laptop; the rest are the job defaults)
 DEMO_OTCE: dict[str, Any] = {"n_pixels": 1000, "repetitions": 5, "epsilon": 0.1,
-                             "solver": "auto", "layer": "penultimate", "sampling": "uniform"}
+                             "solver": "auto", "sampling": "uniform", "cost_scale": "none"}
+#: the demo's feature space (``extraction.layer``; the job default)
+DEMO_LAYER = "penultimate"
 
 
 def demo_spec(workdir: Path, config: WorldConfig, zoo_dir: Path, members: list, gt_csv: Path | None,
-              otce: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+              otce: dict[str, Any] | None = None, seed: int = 0, *, world_root: Path | None = None,
+              target_images: int | None = None, name: str = "demo") -> dict[str, Any]:
     """The demo job spec as a mapping (issue-5 syntax), paths relative to ``workdir``.
 
     Datasets: one per source domain (the zoo's training split) and one per target domain
-    (its small labelled split); each model names its source dataset. Target names in the
-    spec equal the domain names used in the ground-truth CSV.
+    (its small labelled split; only its first ``target_images`` images when given); each
+    model names its source dataset. Target names in the spec equal the domain names used in
+    the ground-truth CSV. world_root: where the world was written (default ``workdir/world``).
     """
     def rel(p: Path) -> str:
         return os.path.relpath(p, workdir)
 
-    specs = dataset_specs(workdir / "world", config)
+    specs = dataset_specs(world_root or workdir / "world", config)
     datasets: dict[str, dict] = {}
     for city in config.sources:
         d = dict(specs[f"src_{city}"]); d["root"] = rel(Path(d["root"]))
         datasets[city] = d
     for city in config.targets:
         d = dict(specs[f"tgt_{city}"]); d["root"] = rel(Path(d["root"]))
+        if target_images is not None:
+            d.update(max_images=target_images, subset="first")
         datasets[city] = d
     models: dict[str, dict] = {}
     for m in members:
@@ -62,12 +68,13 @@ def demo_spec(workdir: Path, config: WorldConfig, zoo_dir: Path, members: list, 
             "mean": list(MEAN), "std": list(STD),
         }
     spec: dict[str, Any] = {
-        "name": "demo",
+        "name": name,
         "description": "segotce-ray demo: a procedurally generated multi-domain street world, "
                        f"{len(members)} models trained on {len(config.sources)} source domains, "
                        f"ranked for {len(config.targets)} targets",
         "output": "runs", "store": "store", "seed": seed,
         "otce": dict(DEMO_OTCE, **(otce or {})),
+        "extraction": {"layer": DEMO_LAYER},
         "datasets": datasets, "models": models, "targets": list(config.targets),
     }
     if gt_csv is not None:
@@ -122,4 +129,4 @@ def build_demo(workdir: str | Path, *, seed: int = 0, otce: dict[str, Any] | Non
     return path
 
 
-__all__ = ["DEMO_OTCE", "LRASPP", "build_demo", "demo_spec"]
+__all__ = ["DEMO_LAYER", "DEMO_OTCE", "LRASPP", "build_demo", "demo_spec"]

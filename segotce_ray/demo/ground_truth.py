@@ -68,9 +68,16 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch: int = 16) -> np.n
 
 
 def transfer_miou(model: torch.nn.Module, member: ZooMember, target: str, world_root: str | Path,
-                  config: WorldConfig, seed: int, recipe: TrainRecipe = FINETUNE_RECIPE) -> float:
-    """Fine-tune ``model`` (in place) on ``target``'s train split, mIoU on its val split."""
+                  config: WorldConfig, seed: int, recipe: TrainRecipe = FINETUNE_RECIPE,
+                  train_images: int | None = None) -> float:
+    """Fine-tune ``model`` (in place) on ``target``'s train split, mIoU on its val split.
+
+    train_images: fine-tune on the first this many train images only (a few-shot protocol;
+    the same images a dataset spec selects with ``max_images`` and ``subset: first``).
+    """
     x_tr, y_tr = load_split(world_root, config, target, "train")
+    if train_images is not None:
+        x_tr, y_tr = x_tr[:train_images], y_tr[:train_images]
     x_va, y_va = load_split(world_root, config, target, "val")
     s = member_seed(seed, f"gt/{member.name}/{target}")
     n_target = num_classes_of(target)
@@ -83,7 +90,7 @@ def transfer_miou(model: torch.nn.Module, member: ZooMember, target: str, world_
 
 
 def pair_job(member: dict, ckpt: str, targets: list[str], world_root: str, config: dict,
-             seed: int, recipe: dict) -> list[tuple[str, str, float]]:
+             seed: int, recipe: dict, train_images: int | None = None) -> list[tuple[str, str, float]]:
     """Ground truth of one zoo member on ``targets`` (JSON args; a worker-process job)."""
     member, config = ZooMember(**member), WorldConfig.from_dict(config)
     recipe = TrainRecipe(**recipe)
@@ -92,28 +99,35 @@ def pair_job(member: dict, ckpt: str, targets: list[str], world_root: str, confi
         model = build_architecture(member.architecture, num_classes_of(member.source))
         model.load_state_dict(torch.load(ckpt, weights_only=True))
         rows.append((member.name, target,
-                     round(transfer_miou(model, member, target, world_root, config, seed, recipe), 4)))
+                     round(transfer_miou(model, member, target, world_root, config, seed, recipe,
+                                           train_images), 4)))
     return rows
 
 
 def compute_ground_truth(zoo: Zoo, world_root: str | Path, config: WorldConfig, seed: int = 0,
-                         recipe: TrainRecipe = FINETUNE_RECIPE,
-                         workers: int = 2) -> list[tuple[str, str, float]]:
+                         recipe: TrainRecipe = FINETUNE_RECIPE, workers: int = 2,
+                         train_images: int | None = None) -> list[tuple[str, str, float]]:
     """Rows ``(model, target, mIoU %)`` for every zoo member × target, sorted."""
     from segotce_ray.demo.workers import run_jobs
 
     jobs = [{"member": asdict(m), "ckpt": str(zoo.checkpoints[m.name]),
              "targets": list(config.targets), "world_root": str(world_root),
-             "config": config.to_dict(), "seed": seed, "recipe": asdict(recipe)}
+             "config": config.to_dict(), "seed": seed, "recipe": asdict(recipe),
+             "train_images": train_images}
             for m in zoo.members]
     out = run_jobs("ground_truth", jobs, workers)
     return sorted((m, t, float(v)) for rows in out for m, t, v in rows)
 
 
-def gt_fingerprint(zoo: Zoo, config: WorldConfig, seed: int, recipe: TrainRecipe) -> str:
-    """Hash of what determines the ground truth: zoo weights, world, seed, recipe."""
-    blob = json.dumps({"version": GT_VERSION, "zoo": zoo.hashes, "world": config.fingerprint(),
-                       "seed": seed, "recipe": asdict(recipe)}, sort_keys=True)
+def gt_fingerprint(zoo: Zoo, config: WorldConfig, seed: int, recipe: TrainRecipe,
+                   train_images: int | None = None) -> str:
+    """Hash of what determines the ground truth: zoo weights, world, seed, recipe (and the
+    number of fine-tuning images when it is not the whole train split)."""
+    fields = {"version": GT_VERSION, "zoo": zoo.hashes, "world": config.fingerprint(),
+              "seed": seed, "recipe": asdict(recipe)}
+    if train_images is not None:
+        fields["train_images"] = train_images
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -138,24 +152,26 @@ def read_csv(path: str | Path) -> list[tuple[str, str, float]]:
 
 def ground_truth_csv(zoo: Zoo, world_root: str | Path, config: WorldConfig, out: str | Path,
                      seed: int = 0, recipe: TrainRecipe = FINETUNE_RECIPE, workers: int = 2,
-                     use_shipped: bool = True) -> Path:
-    """Write the ground-truth CSV to ``out``: the shipped one when it was computed from this
-    very zoo/world/seed/recipe (fingerprint match), else computed now (and cached beside
-    ``out`` with its fingerprint)."""
-    fp = gt_fingerprint(zoo, config, seed, recipe)
+                     use_shipped: bool = True, shipped: Path = SHIPPED_CSV,
+                     train_images: int | None = None) -> Path:
+    """Write the ground-truth CSV to ``out``: the shipped one (``shipped`` and its ``.json``)
+    when it was computed from this very zoo/world/seed/recipe (fingerprint match), else
+    computed now (and cached beside ``out`` with its fingerprint)."""
+    fp = gt_fingerprint(zoo, config, seed, recipe, train_images)
+    shipped_meta = Path(shipped).with_suffix(".json")
     out = Path(out)
     meta = out.with_suffix(".json")
     if out.exists() and meta.exists() and json.loads(meta.read_text()).get("fingerprint") == fp:
         return out
-    if use_shipped and SHIPPED_CSV.exists() and SHIPPED_META.exists():
-        if json.loads(SHIPPED_META.read_text()).get("fingerprint") == fp:
-            write_csv(read_csv(SHIPPED_CSV), out)
+    if use_shipped and Path(shipped).exists() and shipped_meta.exists():
+        if json.loads(shipped_meta.read_text()).get("fingerprint") == fp:
+            write_csv(read_csv(shipped), out)
             meta.write_text(json.dumps({"fingerprint": fp, "source": "shipped"}))
             return out
         log.info("shipped ground truth does not match this zoo (other torch build or recipe): "
                  "recomputing")
     t0 = time.perf_counter()
-    rows = compute_ground_truth(zoo, world_root, config, seed, recipe, workers)
+    rows = compute_ground_truth(zoo, world_root, config, seed, recipe, workers, train_images)
     write_csv(rows, out)
     meta.write_text(json.dumps({"fingerprint": fp, "source": "computed",
                                 "seconds": round(time.perf_counter() - t0, 1)}))

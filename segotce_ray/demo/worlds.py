@@ -1,0 +1,159 @@
+"""Worlds of the quality benchmark: one generator, several evaluation protocols.
+
+A :class:`WorldProtocol` fixes what a benchmark world is: the generated world
+(:class:`~segotce_ray.demo.world.WorldConfig`, i.e. its seed and splits), the zoo (the demo's
+members, with or without the LR-ASPP capacity outlier), the fine-tuning recipe of the
+ground truth and how many labelled target images the user has (the fine-tuning set and the
+scoring pool). :data:`WORLDS` holds the protocols of ``benchmarks/bench_quality.py``; the
+``demo`` protocol is exactly what ``segotce-ray demo`` builds.
+
+Worlds with the same world seed share the generated images and the trained zoo (both are
+cached by fingerprint under one root), so only their ground truths cost extra. Each ground
+truth ships in ``data/worlds/<name>.csv`` (the demo's in ``data/ground_truth.csv``) with a
+``.json`` holding its fingerprint; regenerate one with::
+
+    python -m segotce_ray.demo.worlds --world few_shot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from segotce_ray.demo.build import DEMO_OTCE, demo_spec
+from segotce_ray.demo.ground_truth import (FINETUNE_RECIPE, GT_VERSION, SHIPPED_CSV,
+                                           compute_ground_truth, gt_fingerprint,
+                                           ground_truth_csv, write_csv)
+from segotce_ray.demo.world import WORLD_VERSION, WorldConfig, write_world
+from segotce_ray.demo.zoo import LRASPP, ZOO_VERSION, TrainRecipe, Zoo, build_zoo, default_members
+
+log = logging.getLogger(__name__)
+
+WORLDS_DATA = Path(__file__).parent / "data" / "worlds"
+
+
+@dataclass(frozen=True)
+class WorldProtocol:
+    """One benchmark world: generated world, zoo, ground-truth recipe, labelled target images.
+
+    seed: world (and zoo) seed; lraspp: include the LR-ASPP member (a capacity outlier);
+    recipe: fine-tuning recipe of the ground truth; target_images: the user's labelled
+    images per target (the first ones of the train split; None = all of it).
+    """
+
+    name: str
+    description: str
+    seed: int = 0
+    lraspp: bool = True
+    recipe: TrainRecipe = FINETUNE_RECIPE
+    target_images: int | None = None
+
+    @property
+    def config(self) -> WorldConfig:
+        return WorldConfig(seed=self.seed)
+
+    def members(self) -> list:
+        members = default_members(self.config)
+        return members if self.lraspp else [m for m in members if m.architecture != LRASPP]
+
+    @property
+    def shipped(self) -> Path:
+        """Where this world's ground truth ships (the demo keeps its historical path)."""
+        return SHIPPED_CSV if self.name == "demo" else WORLDS_DATA / f"{self.name}.csv"
+
+
+WORLDS: dict[str, WorldProtocol] = {p.name: p for p in (
+    WorldProtocol("demo", "the demo: 7 tiny nets + 1 LR-ASPP, fine-tune 20 steps on 16 images"),
+    WorldProtocol("same_arch", "world seed 1, 7 tiny nets only (no capacity outlier), demo recipe",
+                  seed=1, lraspp=False),
+    WorldProtocol("few_shot", "demo zoo; 4 labelled target images: fine-tune 10 steps (batch 4)",
+                  recipe=TrainRecipe(steps=10, batch=4, lr=1e-3), target_images=4),
+    WorldProtocol("long_ft", "demo zoo; fine-tune 60 steps (3x demo) on 16 images",
+                  recipe=TrainRecipe(steps=60, batch=8, lr=1e-3)),
+)}
+
+
+def _world_zoo(protocol: WorldProtocol, root: Path, workers: int) -> tuple[Path, Zoo]:
+    """The world's images and zoo under ``root`` (shared by protocols with the same seed)."""
+    world_root = root / f"world_seed{protocol.seed}"
+    layout = write_world(world_root, protocol.config)
+    zoo = build_zoo(root, layout.root, protocol.config, protocol.members(), seed=protocol.seed,
+                    workers=workers)
+    return layout.root, zoo
+
+
+def build_world(protocol: WorldProtocol, root: str | Path, *, workers: int | None = None,
+                otce: dict[str, Any] | None = None) -> Path:
+    """World, zoo, ground truth and job spec of ``protocol`` under ``root``; returns the
+    spec path ``<root>/<name>/job.yaml``. The shipped ground truth is used when its
+    fingerprint matches, else it is computed (minutes on a laptop CPU)."""
+    root = Path(root).expanduser().absolute()
+    workers = workers or max(1, min(2, os.cpu_count() or 1))
+    world_root, zoo = _world_zoo(protocol, root, workers)
+    workdir = root / protocol.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    gt = ground_truth_csv(zoo, world_root, protocol.config, workdir / "ground_truth.csv",
+                          seed=protocol.seed, recipe=protocol.recipe, workers=workers,
+                          shipped=protocol.shipped, train_images=protocol.target_images)
+    spec = demo_spec(workdir, protocol.config, zoo.root, protocol.members(), gt,
+                     dict(DEMO_OTCE, **(otce or {})), protocol.seed, world_root=world_root,
+                     target_images=protocol.target_images, name=f"world_{protocol.name}")
+    path = workdir / "job.yaml"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"# {protocol.name}: {protocol.description}\n" + yaml.safe_dump(spec, sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def provenance(protocol: WorldProtocol, zoo: Zoo, seconds: float) -> dict[str, Any]:
+    """The ``.json`` shipped beside a world's ground truth: fingerprint and what made it."""
+    return {"world": protocol.name, "description": protocol.description,
+            "fingerprint": gt_fingerprint(zoo, protocol.config, protocol.seed, protocol.recipe,
+                                          protocol.target_images),
+            "generator": {"world_version": WORLD_VERSION, "zoo_version": ZOO_VERSION,
+                          "gt_version": GT_VERSION, "world": protocol.config.fingerprint(),
+                          "zoo": zoo.fingerprint},
+            "seed": protocol.seed, "members": [m.name for m in protocol.members()],
+            "recipe": asdict(protocol.recipe), "target_images": protocol.target_images,
+            "torch": torch.__version__, "seconds": round(seconds, 1),
+            "regenerate": f"python -m segotce_ray.demo.worlds --world {protocol.name}"}
+
+
+def regenerate(protocol: WorldProtocol, root: Path, out: Path, workers: int) -> Path:
+    """Compute ``protocol``'s ground truth from scratch and write ``out`` + ``.json``."""
+    world_root, zoo = _world_zoo(protocol, root, workers)
+    t0 = time.perf_counter()
+    rows = compute_ground_truth(zoo, world_root, protocol.config, protocol.seed, protocol.recipe,
+                                workers, protocol.target_images)
+    write_csv(rows, out)
+    meta = provenance(protocol, zoo, time.perf_counter() - t0)
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m segotce_ray.demo.worlds --world NAME``: regenerate a shipped ground truth."""
+    p = argparse.ArgumentParser(description="Regenerate a benchmark world's ground truth.")
+    p.add_argument("--world", required=True, choices=sorted(WORLDS))
+    p.add_argument("--workdir", default=".segotce_worlds", help="where worlds and zoos are cached")
+    p.add_argument("--out", default=None, help="CSV to write (default: the shipped file)")
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    protocol = WORLDS[a.world]
+    out = regenerate(protocol, Path(a.workdir).absolute(), Path(a.out or protocol.shipped), a.workers)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
