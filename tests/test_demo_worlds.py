@@ -1,0 +1,90 @@
+"""Benchmark worlds: protocols, few-shot ground truth, shipped ground truths with provenance."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from segotce_ray.demo import ground_truth as gt
+from segotce_ray.demo.build import demo_spec
+from segotce_ray.demo.world import WorldConfig, load_split, write_world
+from segotce_ray.demo.worlds import WORLDS, WorldProtocol, provenance
+from segotce_ray.demo.zoo import LRASPP, TINY_FACTORY, TrainRecipe, ZooMember, build_zoo
+
+SMALL = WorldConfig(sources=("alderbrook",), targets=("juniper", "lumen"),
+                    n_source=4, n_target_train=3, n_target_val=2)
+FEW = TrainRecipe(steps=2, batch=2)
+
+
+@pytest.fixture(scope="module")
+def small_zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("worlds")
+    layout = write_world(root / "world", SMALL)
+    zoo = build_zoo(root, layout.root, SMALL, [ZooMember("tiny_alderbrook", TINY_FACTORY, "alderbrook")],
+                    seed=0, workers=1, recipes={TINY_FACTORY: TrainRecipe(steps=2, batch=2)})
+    return root, layout, zoo
+
+
+def test_protocols_differ_and_the_demo_protocol_is_the_demo():
+    demo = WORLDS["demo"]
+    assert demo.config == WorldConfig() and demo.recipe == gt.FINETUNE_RECIPE
+    assert demo.shipped == gt.SHIPPED_CSV and demo.target_images is None
+    assert LRASPP in {m.architecture for m in demo.members()}
+    assert LRASPP not in {m.architecture for m in WORLDS["same_arch"].members()}
+    assert WORLDS["few_shot"].target_images == 4
+    keys = {(p.seed, p.lraspp, p.recipe, p.target_images) for p in WORLDS.values()}
+    assert len(keys) == len(WORLDS) >= 3
+
+
+def test_few_shot_ground_truth_uses_only_the_first_images(small_zoo):
+    _, layout, zoo = small_zoo
+    whole = gt.compute_ground_truth(zoo, layout.root, SMALL, 0, FEW, workers=1)
+    first = gt.compute_ground_truth(zoo, layout.root, SMALL, 0, FEW, workers=1, train_images=1)
+    assert [r[:2] for r in whole] == [r[:2] for r in first]
+    assert whole != first          # a different fine-tuning set gives another transfer
+    base = gt.gt_fingerprint(zoo, SMALL, 0, FEW)
+    assert gt.gt_fingerprint(zoo, SMALL, 0, FEW, train_images=None) == base  # demo key unchanged
+    assert gt.gt_fingerprint(zoo, SMALL, 0, FEW, train_images=1) != base
+
+
+def test_demo_spec_selects_the_same_first_target_images(small_zoo, tmp_path):
+    from segotce_ray.datasets import open_dataset
+    from segotce_ray.spec import build_spec
+
+    _, layout, zoo = small_zoo
+    raw = demo_spec(tmp_path, SMALL, zoo.root, zoo.members, None, world_root=layout.root,
+                    target_images=2, name="w")
+    spec = build_spec(raw, tmp_path)
+    assert spec.name == "w" and spec.extraction.layer == "penultimate"
+    for target in SMALL.targets:
+        ds = open_dataset(target, spec.datasets[target].reader_spec())
+        images, _ = load_split(layout.root, SMALL, target, "train")
+        assert len(ds.samples) == 2
+        loaded = [ds.load(s)[0] for s in ds.samples]
+        assert all((a == b).all() for a, b in zip(loaded, images[:2]))
+
+
+@pytest.mark.parametrize("name", [n for n in WORLDS if n != "demo"])
+def test_shipped_world_ground_truth_has_provenance(name):
+    protocol = WORLDS[name]
+    meta = json.loads(protocol.shipped.with_suffix(".json").read_text())
+    assert meta["world"] == name and len(meta["fingerprint"]) == 16
+    assert meta["regenerate"] == f"python -m segotce_ray.demo.worlds --world {name}"
+    assert meta["recipe"] == {**meta["recipe"], "steps": protocol.recipe.steps}
+    assert meta["target_images"] == protocol.target_images and meta["seed"] == protocol.seed
+    with protocol.shipped.open() as fh:
+        rows = list(csv.DictReader(fh))
+    names = {m.name for m in protocol.members()}
+    assert {(r["model"], r["target"]) for r in rows} == {(m, t) for m in names
+                                                        for t in protocol.config.targets}
+    assert all(0 < float(r["value"]) <= 100 for r in rows)
+
+
+def test_provenance_names_what_made_the_ground_truth(small_zoo):
+    _, _, zoo = small_zoo
+    p = WorldProtocol("tiny", "test", recipe=FEW, target_images=1)
+    meta = provenance(p, zoo, 1.0)
+    assert meta["fingerprint"] == gt.gt_fingerprint(zoo, p.config, 0, FEW, 1)
+    assert meta["generator"]["zoo"] == zoo.fingerprint and meta["target_images"] == 1
