@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for the CSV results")
     p.add_argument("--workers", type=int, default=None, help="zoo/ground-truth worker processes")
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--only", nargs="*", default=None, metavar="LAYER:SCALE:EPS:SAMPLING",
+                   help="score only these grid settings, in this order (a partial table)")
     a = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     root = Path(a.workdir).expanduser().absolute()
@@ -282,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     if not peers.empty:
         peers.to_csv(out / "peers.csv", index=False)
     rows, skipped, t_grid = [], [], time.perf_counter()
-    for s in grid(a.quick):
+    settings = grid(a.quick)
+    if a.only is not None:  # e.g. --only probs:mean:0.1:uniform (emd rows: EPS = 0)
+        by_name = {f"{s['layer']}:{s['cost_scale']}:{s['epsilon']}:{s['sampling']}": s for s in settings}
+        settings = [by_name[f"{l}:{c}:{float(e)}:{u}"] for l, c, e, u in (o.split(":") for o in a.only)]
+    for s in settings:
         if time.perf_counter() - t_grid > a.budget_s:
             skipped.append(s)
             continue
