@@ -302,12 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         pd.DataFrame(rows).to_csv(out / "grid.csv", index=False)
         print(f"  {s['layer']:<11} {s['cost_scale']:<4} eps={s['epsilon']:<4} {s['sampling']:<14} "
               f"{s['solver']:<8} done ({time.perf_counter() - t_grid:.0f}s)", flush=True)
-    report(pd.DataFrame(rows), peers, list(worlds), skipped)
+    report(pd.DataFrame(rows), peers, list(worlds), skipped, partial=a.only is not None or bool(skipped))
     print(f"\nresults in {out}; total {time.perf_counter() - t0:.0f}s")
     return 0
 
 
-def report(table: pd.DataFrame, peers: pd.DataFrame, worlds: list[str], skipped: list) -> None:
+def report(table: pd.DataFrame, peers: pd.DataFrame, worlds: list[str], skipped: list,
+           partial: bool = False) -> None:
     """Print world x setting -> measures, the mean over worlds, the pick, and the peers."""
     fmt = ("display.width", 250, "display.max_rows", 1000, "display.float_format", "{:.3f}".format)
     keys = ["layer", "cost_scale", "epsilon", "sampling", "solver"]
@@ -323,7 +324,9 @@ def report(table: pd.DataFrame, peers: pd.DataFrame, worlds: list[str], skipped:
         if skipped:
             print(f"skipped for the time budget: {len(skipped)} settings")
         best = pick_default(table, worlds)
-        print("\npicked default (best mean over worlds):", best[keys].to_dict(),
+        what = ("best of the settings scored: a PARTIAL grid, not the protocol's pick"
+                if partial else "best mean over worlds")
+        print(f"\npicked default ({what}):", best[keys].to_dict(),
               {m: round(float(best[m]), 3) for m in SHOWN})
         chosen = table.merge(pd.DataFrame([best[keys]]), on=keys)
         if not peers.empty:
