@@ -84,10 +84,11 @@ def test_north_west_corner_is_a_feasible_basis(ns, nt):
     assert log["cost"] < 1e6 / max(ns, nt)  # feasible on those edges alone
 
 
-def test_auto_picks_the_path_by_the_blur():
-    cost = cost_of(400, 400)
+def test_auto_picks_the_path_by_the_blur_and_the_size():
+    cost = cost_of(2000, 2000)
     assert choose_solver(cost, 0.1) == "exact+polish"  # spread ≫ ε: nearly exact
     assert choose_solver(cost / cost.max(), 0.1) == "sinkhorn"  # costs ≤ 1: blurred
+    assert choose_solver(cost[:1999], 0.1) == "sinkhorn"  # small: the ε ladder is faster
 
 
 def test_exact_polish_reaches_the_entropic_coupling_of_the_definition():
@@ -111,7 +112,7 @@ def test_solve_rejects_unknown_solvers_and_score_records_the_path():
     fs, ys = mixture(300, 8, 4, 0.0, 1)
     ft, yt = mixture(300, 8, 4, 0.3, 2)
     r = otce_score(fs, ys, ft, yt, n_pixels=300, repetitions=2)
-    assert list(r.solvers) == ["exact+polish"] * 2 and (r.passes > 1).all()
+    assert list(r.solvers) == ["sinkhorn"] * 2 and (r.passes > 1).all()
     assert otce_score(fs, ys, ft, yt, n_pixels=300, repetitions=1, cost_scale="max").solvers[0] == "sinkhorn"
 
 
@@ -124,7 +125,7 @@ def test_matrix_rows_record_the_solver_and_its_passes():
     ft, yt = mixture(400, 8, 4, 0.3, 4)
     row = pool_repetition(PixelPool(fs.astype(np.float16), ys.astype(np.int16)),
                           PixelPool(ft.astype(np.float16), yt.astype(np.int16)), 7,
-                          n_pixels=300, epsilon=0.1, solver="auto", sampling="uniform",
+                          n_pixels=300, epsilon=0.1, solver="exact+polish", sampling="uniform",
                           ignore_index=255)
     assert row["solver"] == "exact+polish" and row["passes"] > 1
     assert {"solver", "passes"} <= set(RESULT_COLUMNS) & set(long_schema().names)

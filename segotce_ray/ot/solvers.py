@@ -8,7 +8,8 @@
   on the sparse supports of small reduced costs around them — no long ε ladder from the cost
   scale down, and no dense kernel while the support stays sparse;
 - ``auto``: per problem, ``exact+polish`` when the coupling at ε is nearly exact (the cost
-  spread is many times ε) on CPU, ``sinkhorn`` otherwise (a blurred coupling converges in a
+  spread is many times ε) on CPU with at least ``POLISH_MIN_POINTS`` per side, ``sinkhorn``
+  otherwise (a blurred coupling converges in a
   few dense iterations; on a GPU the dense kernel is the fast path).
 
 Every entropic solve is verified on the full coupling; ``exact+polish`` falls back to
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 SOLVERS = ("auto", "sinkhorn", "emd", "exact+polish")
 # a coupling whose cost spread exceeds this many ε is "nearly exact" for ``auto``
 NEAR_EXACT_SPREAD = 100.0
+# below this many points per side the ε-scaling Sinkhorn is faster even when nearly exact
+POLISH_MIN_POINTS = 2000
 
 
 def cost_spread(cost: torch.Tensor) -> float:
@@ -45,7 +48,7 @@ def cost_spread(cost: torch.Tensor) -> float:
 
 def choose_solver(cost: torch.Tensor, epsilon: float) -> str:
     """``auto``'s choice for this problem (see the module docstring)."""
-    if cost.device.type != "cpu":
+    if cost.device.type != "cpu" or min(cost.shape) < POLISH_MIN_POINTS:
         return "sinkhorn"
     return "exact+polish" if cost_spread(cost) > NEAR_EXACT_SPREAD * epsilon else "sinkhorn"
 
