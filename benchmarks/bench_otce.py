@@ -84,6 +84,18 @@ def draw(side, n: int, seed: int, ignore: int = 255):
     return x[i], y[i]
 
 
+def _peak_rss() -> int:
+    """Peak resident bytes of this process: VmHWM (reset by exec, unlike ru_maxrss, which a
+    spawned child inherits from its parent), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _ours(args, queue):
     import torch
 
@@ -91,12 +103,11 @@ def _ours(args, queue):
 
     fs, ys, ft, yt, solver, tol, threads = args
     torch.set_num_threads(threads)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = _peak_rss()
     t0 = time.perf_counter()
     r = otce_repetition(torch.from_numpy(fs), ys, torch.from_numpy(ft), yt, solver=solver, tol=tol)
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    queue.put((dt, r, peak))
+    queue.put((dt, r, _peak_rss() - base))
 
 
 def run_ours(fs, ys, ft, yt, solver: str, tol: float, threads: int):
