@@ -106,8 +106,14 @@ def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
         torch.minimum(col_min, red.amin(0), out=col_min)
     bad_c = (col_min < slack - (0 if exact else 4 * torch.finfo(dt).eps) * al.abs().max()).nonzero().squeeze(1)
     if bad_c.numel():  # each offending column's most negative entry (a second, narrow pass)
-        red_c = cost[:, bad_c].to(dt) - al[:, None] - be[bad_c][None, :]
-        rows.append(red_c.argmin(0))
+        best = torch.full((bad_c.numel(),), math.inf, dtype=dt, device=cost.device)
+        arg = torch.zeros(bad_c.numel(), dtype=torch.long, device=cost.device)
+        for lo in range(0, cost.shape[0], chunk_rows):
+            red_c = cost[lo:lo + chunk_rows, bad_c].to(dt) - al[lo:lo + chunk_rows, None] - be[bad_c]
+            m, i = red_c.min(0)
+            better = m < best
+            best, arg = torch.where(better, m, best), torch.where(better, i + lo, arg)
+        rows.append(arg)
         cols.append(bad_c)
     if not rows:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -204,7 +210,7 @@ def subsample_duals(cost: torch.Tensor, factor: int = 4, dense_below: int = 1500
     ns, nt = cost.shape
     si = torch.arange(0, ns, factor, device=cost.device)
     ti = torch.arange(0, nt, factor, device=cost.device)
-    sub = cost[si][:, ti]
+    sub = cost[si[:, None], ti[None, :]]
     if max(len(si), len(ti)) <= dense_below:
         import ot
 
@@ -214,5 +220,7 @@ def subsample_duals(cost: torch.Tensor, factor: int = 4, dense_below: int = 1500
         beta = torch.from_numpy(log["v"]).to(cost.device)
     else:
         beta = network_simplex(sub).beta.to(cost.device)
-    f = c_transform(cost[:, ti], beta, 1)
+    pot = torch.full((nt,), -math.inf, dtype=torch.float64, device=cost.device)
+    pot[ti] = beta  # -inf elsewhere: only the subsampled targets take part in the min
+    f = c_transform(cost, pot, 1)
     return f, c_transform(cost, f, 0)

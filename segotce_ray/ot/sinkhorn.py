@@ -116,7 +116,10 @@ class _Schedule:
                 return SparseKernel(support, f, g, eps, np.float64 if final else np.float32), support
         # the final dense stage runs a float64 kernel: in float32 the exponent of costs ~10³
         # at ε = 0.1 is off by ~10⁻³ relative, a floor above the tolerance
-        op = DenseKernel(cost, f, g, eps, torch.float64 if final else cost.dtype, self.buffer)
+        dtype = torch.float64 if final else cost.dtype
+        if self.buffer is not None and self.buffer.dtype != dtype:
+            self.buffer = None  # free the old kernel before the new one exists (memory budget)
+        op = DenseKernel(cost, f, g, eps, dtype, self.buffer)
         self.buffer = op.kernel
         return op, None
 
@@ -163,6 +166,7 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
     while True:
         final = eps <= epsilon * (1 + 1e-9)
         s.stages += 1
+        op = res = None  # drop the last stage's kernel before building the next
         op, support = s.operator(f, g, eps, final)
         stage_tol = 0.5 * tol if final else max(tol, 1e-3)
         if not final and not op.sparse and clusters is not None:
