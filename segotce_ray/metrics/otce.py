@@ -33,7 +33,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +54,8 @@ from segotce_ray.ot.exact import network_simplex
 from segotce_ray.ot.support import coupling_rows
 
 __all__ = [
+    "COST_SCALES",
+    "SOLVERS",
     "OTCEResult",
     "SinkhornResult",
     "otce_score",

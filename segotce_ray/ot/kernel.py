@@ -111,7 +111,6 @@ class SparseKernel:
     def __init__(self, support, f: torch.Tensor, g: torch.Tensor, eps: float, dtype=np.float64):
         import scipy.sparse as sp
 
-        self._sp = sp
         self.rows, self.cols, self.c_vals, self.indptr = support
         self.eps, self.dtype = float(eps), dtype
         self.shape = (len(self.indptr) - 1, int(len(g)))
