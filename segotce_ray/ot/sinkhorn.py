@@ -20,7 +20,8 @@ import torch
 from segotce_ray.ot.kernel import DenseKernel, SparseKernel
 from segotce_ray.ot.multiscale import CoarseCorrection
 from segotce_ray.ot.scaling import scaling_loop
-from segotce_ray.ot.support import c_transform, full_marginals, reduced_cost_support, support_marginals
+from segotce_ray.ot.support import (c_transform, c_transform_start, full_marginals,
+                                    reduced_cost_support, support_marginals)
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,9 @@ def _start(cost: torch.Tensor, epsilon: float, eps_scaling: float, init):
     cost spread / ``eps_scaling``); with ``init`` = ``(f, g, ε_start, ...)`` the hard
     c-transforms of the given potentials (``f_i + g_j ≤ C_ij``: no overflow whatever the
     guess). Returns ``(f, g, ε, plain)`` where plain is the start without init."""
-    f = cost.min(1).values.double()
-    g = c_transform(cost, f, 0)
+    f, g, spread = c_transform_start(cost)
     eps = float(epsilon)
     if eps_scaling and eps_scaling > 1:
-        spread = float((cost.mean() - f.mean() - g.mean()).item())
         eps = max(eps, spread / eps_scaling)
     plain = (f.clone(), g.clone(), eps)
     if init is not None:

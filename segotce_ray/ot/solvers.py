@@ -25,6 +25,7 @@ import torch
 from segotce_ray.ot.exact import ExactPlan, network_simplex
 from segotce_ray.ot.multiscale import coarse_potentials, kmeans
 from segotce_ray.ot.sinkhorn import SinkhornResult, sinkhorn_potentials
+from segotce_ray.ot.support import c_transform_start
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +36,12 @@ NEAR_EXACT_SPREAD = 100.0
 POLISH_MIN_POINTS = 2000
 
 
-def cost_spread(cost: torch.Tensor) -> float:
-    """Mean reduced cost at the c-transform potentials, ``mean(C) - mean(f) - mean(g)`` with
-    ``f_i = min_j C_ij``, ``g_j = min_i (C_ij - f_i)``: how far a typical entry lies above
-    the cheapest ones (one chunked pass beyond the row minima)."""
-    from segotce_ray.ot.support import c_transform
-
-    f = cost.min(1).values.double()
-    g = c_transform(cost, f, 0)
-    return float((cost.mean() - f.mean() - g.mean()).item())
-
-
 def choose_solver(cost: torch.Tensor, epsilon: float) -> str:
     """``auto``'s choice for this problem (see the module docstring)."""
     if cost.device.type != "cpu" or min(cost.shape) < POLISH_MIN_POINTS:
         return "sinkhorn"
-    return "exact+polish" if cost_spread(cost) > NEAR_EXACT_SPREAD * epsilon else "sinkhorn"
+    spread = c_transform_start(cost)[2]
+    return "exact+polish" if spread > NEAR_EXACT_SPREAD * epsilon else "sinkhorn"
 
 
 def feature_groups(fs: torch.Tensor, ft: torch.Tensor, groups: int = 64):

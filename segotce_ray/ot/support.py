@@ -29,6 +29,15 @@ def c_transform(cost: torch.Tensor, pot: torch.Tensor, dim: int, chunk: int = 51
     return out.double()
 
 
+def c_transform_start(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The c-transform potentials ``f_i = min_j C_ij``, ``g_j = min_i (C_ij - f_i)`` and the
+    cost spread ``mean(C) - mean(f) - mean(g)``: how far a typical entry lies above the
+    cheapest ones (the scale an ε schedule starts from)."""
+    f = cost.min(1).values.double()
+    g = c_transform(cost, f, 0)
+    return f, g, float((cost.mean() - f.mean() - g.mean()).item())
+
+
 def reduced_costs(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, chunk_rows: int = 512):
     """Yield ``(lo, hi, r)`` with ``r = C[lo:hi] - f_i - g_j`` in C's dtype, row chunk by chunk."""
     fr, gr = f.to(cost.device, cost.dtype), g.to(cost.device, cost.dtype)
