@@ -40,13 +40,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segotce_ray.datasets import open_dataset  # noqa: E402
-from segotce_ray.extract import ExtractionRequest, extract_pools, request_key  # noqa: E402
-from segotce_ray.models import ModelSpec, load_model  # noqa: E402
-from segotce_ray.pools import PixelPool  # noqa: E402
-from segotce_ray.runtime import init_ray  # noqa: E402
-from segotce_ray.sampling import sample_feature_maps, sample_pixels, stable_seed  # noqa: E402
-from segotce_ray.store import PoolStore  # noqa: E402
+from segotce_ray.inputs.datasets import open_dataset  # noqa: E402
+from segotce_ray.extract.pipeline import ExtractionRequest, extract_pools, request_key  # noqa: E402
+from segotce_ray.inputs.models import ModelSpec, load_model  # noqa: E402
+from segotce_ray.pools.pool import PixelPool  # noqa: E402
+from segotce_ray.cluster.runtime import init_ray  # noqa: E402
+from segotce_ray.extract.sampling import sample_feature_maps, sample_pixels
+from segotce_ray.seeds import stable_seed  # noqa: E402
+from segotce_ray.pools.store import PoolStore  # noqa: E402
 
 CLASSES = {i: f"class{i}" for i in range(8)}
 
@@ -185,7 +186,7 @@ def actor_only(args, tmp: Path, spec_d: dict) -> None:
     """
     import torch
 
-    from segotce_ray.extract import ChunkFeatureExtractor, load_chunk
+    from segotce_ray.extract.actor import ChunkFeatureExtractor, load_chunk
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ds = open_dataset("bench", dict(spec_d, max_images=args.images, subset="first"))
@@ -218,7 +219,6 @@ def actor_only(args, tmp: Path, spec_d: dict) -> None:
     util = f", GPU busy {busy.mean:.0f}% (nvidia-smi mean)" if busy.mean is not None else ""
     print(f"  actor compute: {n / dt:.1f} img/s per {'GPU' if dev == 'cuda' else 'process'}{util}")
     if dev == "cuda":
-        import pyarrow as pa
 
         import pickle
 

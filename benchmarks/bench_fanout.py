@@ -6,7 +6,7 @@ D-dim features, C classes) is scored
 
 1. serially in this process, one ``otce_score(repetitions=1, seed=repetition_seed(...))``
    per (pair, k) — exactly the work of one fan-out task (``serial/rep``);
-2. by :func:`segotce_ray.scoring.score_pairs` on an embedded Ray with 1 worker, one task per
+2. by :func:`segotce_ray.scoring.executor.score_pairs` on an embedded Ray with 1 worker, one task per
    (pair, k) and grouped (one task per pair), then with 2 workers.
 
 Every timing is taken after a warm-up (worker processes started, imports done); Ray start-up
@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segotce_ray.pools import PixelPool  # noqa: E402
+from segotce_ray.pools.pool import PixelPool  # noqa: E402
 
 
 def make_zoo(models: int, targets: int, pool: int, dim: int, classes: int, seed: int = 0):
@@ -65,7 +65,7 @@ def make_zoo(models: int, targets: int, pool: int, dim: int, classes: int, seed:
 
 
 def serial_per_rep(pairs, pools, spec, seed):
-    from segotce_ray.scoring import repetition_seed
+    from segotce_ray.seeds import repetition_seed
 
     out = {}
     t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def serial_per_rep(pairs, pools, spec, seed):
 
 
 def fanout(pairs, pools, spec, seed, workers, reps_per_task):
-    from segotce_ray.scoring import score_pairs
+    from segotce_ray.scoring.executor import score_pairs
 
     t0 = time.perf_counter()
     df = score_pairs(pairs, pools, seed=seed, metrics=[spec], reps_per_task=reps_per_task,
@@ -100,7 +100,7 @@ def measure_with_ray(pairs, pools, spec, seed, workers, modes, repeat, timings, 
     """
     import ray
 
-    from segotce_ray.runtime import init_ray
+    from segotce_ray.cluster.runtime import init_ray
 
     t0 = time.perf_counter()
     init_ray(num_cpus=workers)
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from segotce_ray.scoring import OTCESettings, otce_metric
+    from segotce_ray.scoring.adapters import OTCESettings, otce_metric
 
     spec = otce_metric(OTCESettings(n_pixels=args.n_pixels, repetitions=args.reps,
                                     epsilon=args.epsilon, solver=args.solver))

@@ -33,11 +33,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from segotce_ray.adaptive import AdaptiveSettings, score_pairs_adaptive
-from segotce_ray.matrix import TransferabilityMatrix
-from segotce_ray.pools import PixelPool
-from segotce_ray.runtime import init_ray
-from segotce_ray.scoring import OTCESettings, score_pairs
+from segotce_ray.scoring.adaptive import AdaptiveSettings, score_pairs_adaptive
+from segotce_ray.results.matrix import TransferabilityMatrix
+from segotce_ray.pools.pool import PixelPool
+from segotce_ray.cluster.runtime import init_ray
+from segotce_ray.scoring.adapters import OTCESettings
+from segotce_ray.scoring.executor import score_pairs
 
 
 def mixture_pool(sep: float, seed: int, rows: int, dim: int, classes: int) -> PixelPool:

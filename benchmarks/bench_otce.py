@@ -47,8 +47,8 @@ def mixture(n: int, d: int, shift: float, seed: int, classes: int = 19):
 
 def real_pools(workdir: Path, models: list[str], target: str, spaces: list[str]) -> dict:
     """{(model, space): (source (X, y), target (X, y))} from the demo's store and models."""
-    from segotce_ray.spec import load_spec
-    from segotce_ray.store import PoolStore
+    from segotce_ray.spec.build import load_spec
+    from segotce_ray.pools.store import PoolStore
 
     spec = load_spec(workdir / "demo.yaml")
     store = PoolStore(spec.store)

@@ -76,13 +76,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segotce_ray.datasets import open_dataset  # noqa: E402
+from segotce_ray.inputs.datasets import open_dataset  # noqa: E402
 from segotce_ray.demo.worlds import WORLDS, build_world  # noqa: E402
 from segotce_ray.metrics.correlation import measures_for_target  # noqa: E402
 from segotce_ray.metrics.otce import otce_score  # noqa: E402
-from segotce_ray.models import ModelSpec, load_model  # noqa: E402
-from segotce_ray.sampling import sample_feature_maps, sample_pixels, stable_seed  # noqa: E402
-from segotce_ray.spec import load_spec  # noqa: E402
+from segotce_ray.inputs.models import ModelSpec, load_model  # noqa: E402
+from segotce_ray.extract.sampling import sample_feature_maps, sample_pixels
+from segotce_ray.seeds import stable_seed  # noqa: E402
+from segotce_ray.spec.build import load_spec  # noqa: E402
 
 N_PIXELS, REPETITIONS, SEED = 1000, 3, 0
 LAYERS = ("penultimate", "logits", "probs")

@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_extract import CLASSES, write_folder_dataset  # noqa: E402
-from segotce_ray.datasets import open_dataset  # noqa: E402
-from segotce_ray.extract import ExtractionRequest, extract_pools  # noqa: E402
-from segotce_ray.models import ModelSpec  # noqa: E402
-from segotce_ray.store import PoolStore  # noqa: E402
+from segotce_ray.inputs.datasets import open_dataset  # noqa: E402
+from segotce_ray.extract.pipeline import ExtractionRequest, extract_pools  # noqa: E402
+from segotce_ray.inputs.models import ModelSpec  # noqa: E402
+from segotce_ray.pools.store import PoolStore  # noqa: E402
 
 DATASETS = ("source", "target1", "target2")
 
@@ -89,7 +89,7 @@ def same_pools(a: PoolStore, b: PoolStore) -> bool:
 
 
 def local_run(args, tmp: Path) -> None:
-    from segotce_ray.runtime import init_ray
+    from segotce_ray.cluster.runtime import init_ray
 
     init_ray(num_cpus=args.cpus)
     datasets = make_datasets(tmp / "data", args.images, tuple(args.size))

@@ -43,7 +43,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 def _load(path: str, store: str | None = None, output: str | None = None):
     """Load + validate a spec (with CLI root overrides); prints problems, returns spec or None."""
-    from segotce_ray.spec import SpecError, build_spec, read_yaml, validate
+    from segotce_ray.spec.model import SpecError
+    from segotce_ray.spec.build import build_spec
+    from segotce_ray.spec.validate import read_yaml, validate
 
     p = Path(path)
     raw, problems = read_yaml(p)
@@ -72,7 +74,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if spec is None:
         return EXIT_INVALID
     if not args.shallow:
-        from segotce_ray.checks import validate_inputs
+        from segotce_ray.job.checks import validate_inputs
 
         problems = validate_inputs(spec, deep=args.deep)
         if problems:
@@ -91,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args.job, args.store, args.output)
     if spec is None:
         return EXIT_INVALID
-    from segotce_ray.job import run_job
+    from segotce_ray.job.run import run_job
 
     progress = None if args.progress == "auto" else args.progress == "on"
     result = run_job(spec, address=args.address, dry_run=args.dry_run, run_id=args.run_id,
@@ -109,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_top(table, n: int = 3) -> None:
     """The first ``n`` models per target for the primary metric (SEG-OTCE when selected)."""
-    from segotce_ray.report import metric_sort_key, rankings_from_long
+    from segotce_ray.results.report import metric_sort_key, rankings_from_long
 
     ranks = rankings_from_long(table)
     if ranks.empty:
@@ -123,7 +125,7 @@ def _print_top(table, n: int = 3) -> None:
 
 def _run_dir(path: str) -> Path:
     """A run directory from RUN_DIR as given: a job folder or a 'latest' link means its latest run."""
-    from segotce_ray.job import latest_run
+    from segotce_ray.job.run import latest_run
 
     run_dir = Path(path)
     if run_dir.name != "latest" and (run_dir / "latest").exists():
@@ -134,7 +136,7 @@ def _run_dir(path: str) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from segotce_ray.report import write_report
+    from segotce_ray.results.report import write_report
 
     run_dir = _run_dir(args.run_dir)
     if not (run_dir / "matrix.parquet").is_file() and not (run_dir / "run.json").is_file():
@@ -151,10 +153,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import yaml
 
-    from segotce_ray.calibration import (CalibrationError, calibrate, otce_settings,
-                                         write_calibration)
-    from segotce_ray.matrix import read_ground_truth
-    from segotce_ray.report import load_long
+    from segotce_ray.metrics.calibration import CalibrationError, calibrate, otce_settings, write_calibration
+    from segotce_ray.results.matrix import read_ground_truth
+    from segotce_ray.results.report import load_long
 
     run_dir = _run_dir(args.run_dir)
     if not (run_dir / "matrix.parquet").is_file() or not (run_dir / "spec.yaml").is_file():
@@ -201,7 +202,7 @@ def _print_demo_results(result) -> None:
     """Per-target rankings, the correlation table and where the files are."""
     import pandas as pd
 
-    from segotce_ray.report import rankings_from_long
+    from segotce_ray.results.report import rankings_from_long
 
     ranks = rankings_from_long(result.table)
     for (metric, target), grp in ranks.groupby(["metric", "target"], sort=True):
@@ -235,8 +236,8 @@ def _print_demo_results(result) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from segotce_ray.demo import build_demo
-    from segotce_ray.job import run_job
-    from segotce_ray.spec import load_spec
+    from segotce_ray.job.run import run_job
+    from segotce_ray.spec.build import load_spec
 
     workdir = Path(args.workdir).expanduser().absolute()
     print(f"building the demo world and model zoo under {workdir} (cached after the first run)")
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if args.quiet:
-        from segotce_ray.runtime import set_quiet
+        from segotce_ray.cluster.runtime import set_quiet
 
         set_quiet(True)
     try:

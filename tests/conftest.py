@@ -11,7 +11,7 @@ def ray_local():
     """One embedded 2-CPU Ray for the whole test session (shared by every Ray test)."""
     import ray
 
-    from segotce_ray.runtime import init_ray
+    from segotce_ray.cluster.runtime import init_ray
 
     init_ray(num_cpus=2)
     yield ray

@@ -1,7 +1,7 @@
 """Tiny datasets in each native on-disk layout, written at test time.
 
 Every ``make_*`` writes under ``root`` and returns a :class:`FixtureLayout` whose ``spec``
-can be passed straight to ``segotce_ray.datasets.open_dataset`` and whose
+can be passed straight to ``segotce_ray.inputs.datasets.open_dataset`` and whose
 ``train_labels[image_id]`` is the ground-truth train-id map (ignore = 255) at native size,
 built independently of the loader. Images are coloured by class plus noise, so tiny models
 see features that carry label information. Content is a pure function of the arguments

@@ -8,15 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segotce_ray.adaptive import (
-    SCHEDULE_COLUMNS,
-    AdaptiveSettings,
-    interval_quantile,
-    score_pairs_adaptive,
-)
-from segotce_ray.matrix import TransferabilityMatrix
-from segotce_ray.pools import PixelPool
-from segotce_ray.scoring import MetricSpec, OTCESettings, repetition_seed, score_pairs
+from segotce_ray.scoring.adaptive import SCHEDULE_COLUMNS, AdaptiveSettings, interval_quantile, score_pairs_adaptive
+from segotce_ray.results.matrix import TransferabilityMatrix
+from segotce_ray.pools.pool import PixelPool
+from segotce_ray.scoring.adapters import MetricSpec, OTCESettings
+from segotce_ray.seeds import repetition_seed
+from segotce_ray.scoring.executor import score_pairs
 
 K = 8
 SIGMA = 0.05

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from segotce_ray import calibration as cal
+from segotce_ray.metrics import calibration as cal
 from segotce_ray.cli import main
-from segotce_ray.matrix import TransferabilityMatrix
-from segotce_ray.scoring import results_frame
-from segotce_ray.spec import OTCESettings, check_spec_file
+from segotce_ray.results.matrix import TransferabilityMatrix
+from segotce_ray.scoring.rows import results_frame
+from segotce_ray.spec.model import OTCESettings
+from segotce_ray.spec.build import check_spec_file
 
 DEFAULT_SOLVER = OTCESettings().solver
 SETTINGS = {"layer": "penultimate", "cost_scale": "none", "epsilon": 0.1, "solver": DEFAULT_SOLVER}

@@ -160,7 +160,7 @@ def test_schedule_examples_run_the_nightly_job():
     assert lines and all(len(ln.split()) > 5 and "segotce-ray run jobs/nightly.yaml" in ln
                          for ln in lines)
     # every job spec these examples run parses and names only known keys
-    from segotce_ray.spec import check_spec_file
+    from segotce_ray.spec.build import check_spec_file
 
     for spec in (REPO / "jobs").glob("*.yaml"):
         if spec.name.startswith("kuberay"):

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from segotce_ray.datasets import (CITYSCAPES_CLASSES, DatasetError, Sample, SegmentationDataset,
-                                  open_dataset)
+from segotce_ray.inputs.datasets import CITYSCAPES_CLASSES, DatasetError, Sample, SegmentationDataset, open_dataset
 from tests.fixtures_layouts import (CS_TRAIN_TO_ID, CS_VOID_IDS, make_bdd100k, make_cityscapes,
                                     make_folder, make_gta5)
 

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from segotce_ray.calibration import CALIBRATED_METRIC, read_calibration
+from segotce_ray.metrics.calibration import CALIBRATED_METRIC, read_calibration
 from segotce_ray.cli import main
-from segotce_ray.degeneracy import degenerate_reason, pool_stats
-from segotce_ray.job import make_plan
-from segotce_ray.pools import PixelPool
-from segotce_ray.spec import load_spec
-from segotce_ray.store import PoolStore
+from segotce_ray.pools.degeneracy import degenerate_reason, pool_stats
+from segotce_ray.job.plan import make_plan
+from segotce_ray.pools.pool import PixelPool
+from segotce_ray.spec.build import load_spec
+from segotce_ray.pools.store import PoolStore
 from tests.test_job import data_root, write_job  # noqa: F401 - data_root is a fixture
 
 
@@ -145,7 +145,7 @@ def test_real_extraction_of_a_dead_network_is_flagged(tmp_path, data_root, ray_l
     rows are marked and the report warns, while a live network's rows are not."""
     import torch
 
-    from segotce_ray.job import run_job
+    from segotce_ray.job.run import run_job
     from tests.tiny_segmodels import tiny_segnet
 
     dead = tiny_segnet(3)

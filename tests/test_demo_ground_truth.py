@@ -73,7 +73,7 @@ def test_shipped_ground_truth_covers_the_default_zoo():
 
 
 def test_build_demo_writes_a_valid_job_spec(tmp_path):
-    from segotce_ray.spec import load_spec
+    from segotce_ray.spec.build import load_spec
 
     recipes = {TINY_FACTORY: TrainRecipe(steps=1, batch=2), LRASPP: TrainRecipe(steps=1, batch=2)}
     path = build_demo(tmp_path, config=SMALL, zoo_recipes=recipes, finetune_recipe=FEW, workers=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segotce_ray.datasets import open_dataset
+from segotce_ray.inputs.datasets import open_dataset
 from segotce_ray.demo.world import (COARSE_CLASSES, DOMAINS, TRAIN_IDS, WorldConfig,
                                     _image_rng, dataset_specs, load_split, render, write_world)
 

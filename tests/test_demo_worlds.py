@@ -50,8 +50,8 @@ def test_few_shot_ground_truth_uses_only_the_first_images(small_zoo):
 
 
 def test_demo_spec_selects_the_same_first_target_images(small_zoo, tmp_path):
-    from segotce_ray.datasets import open_dataset
-    from segotce_ray.spec import build_spec
+    from segotce_ray.inputs.datasets import open_dataset
+    from segotce_ray.spec.build import build_spec
 
     _, layout, zoo = small_zoo
     raw = demo_spec(tmp_path, SMALL, zoo.root, zoo.members, None, world_root=layout.root,

@@ -12,7 +12,7 @@ from segotce_ray.demo.world import WorldConfig, load_split, write_world
 from segotce_ray.demo.zoo import (LRASPP, TINY_FACTORY, TinySegNet, TrainRecipe, ZooMember,
                                   build_architecture, build_zoo, replace_head, state_dict_hash,
                                   tiny_segnet, train)
-from segotce_ray.models import ModelSpec, load_model
+from segotce_ray.inputs.models import ModelSpec, load_model
 
 SMALL = WorldConfig(sources=("alderbrook", "duskmoor"), targets=("kestrel",),
                     n_source=4, n_target_train=2, n_target_val=2)

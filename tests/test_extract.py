@@ -15,11 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segotce_ray.datasets import open_dataset
-from segotce_ray.extract import ExtractionError, ExtractionRequest, extract_pools
-from segotce_ray.models import ModelSpec, load_model
-from segotce_ray.sampling import sample_pixels, stable_seed
-from segotce_ray.store import PoolStore
+from segotce_ray.inputs.datasets import open_dataset
+from segotce_ray.extract.pipeline import ExtractionError, ExtractionRequest, extract_pools
+from segotce_ray.inputs.models import ModelSpec, load_model
+from segotce_ray.extract.sampling import sample_pixels
+from segotce_ray.seeds import stable_seed
+from segotce_ray.pools.store import PoolStore
 from tests.fixtures_layouts import make_folder
 from tests.tiny_segmodels import forward_count
 
@@ -166,7 +167,7 @@ def test_two_actors_redo_an_interrupted_write_skip_bad_images_and_match_one_acto
 
 def test_nan_features_name_the_model_and_image_in_process(world):
     """The read step and the actor callable, run in-process (no Ray): NaN and bad-file rows."""
-    from segotce_ray.extract import ChunkFeatureExtractor, load_chunk
+    from segotce_ray.extract.actor import ChunkFeatureExtractor, load_chunk
 
     jobs = {0: {"dataset": world.ds_b, "model": "nan", "seed": 0, "pixels_per_image": K, "sampling": "uniform"}}
     batch = {"request": np.array([0]), "chunk": np.array([1]), "start": np.array([2]), "stop": np.array([4])}
@@ -243,7 +244,7 @@ def test_workers_write_the_shards_and_the_driver_gets_only_metadata(world, tmp_p
 def test_one_actor_serves_many_models_from_a_small_lru(world, tmp_path, monkeypatch):
     """In-process: models load on first use, stay loaded (LRU of cache_size), a model that
     fails to load fails its own chunks only and is not reloaded for every chunk."""
-    from segotce_ray import extract as ex
+    from segotce_ray.extract.pipeline import pipeline as ex
 
     loads: list[str] = []
     real_load = ex.load_model

@@ -20,10 +20,12 @@ import pytest
 import yaml
 
 from segotce_ray.cli import main
-from segotce_ray.job import ScoreLog, _set_latest, latest_run, make_plan, run_job
-from segotce_ray.pools import PixelPool
-from segotce_ray.spec import load_spec
-from segotce_ray.store import PoolStore
+from segotce_ray.pools.score_log import ScoreLog
+from segotce_ray.job.run import _set_latest, latest_run, run_job
+from segotce_ray.job.plan import make_plan
+from segotce_ray.pools.pool import PixelPool
+from segotce_ray.spec.build import load_spec
+from segotce_ray.pools.store import PoolStore
 from tests.fixtures_layouts import make_folder
 
 K = 3
@@ -110,7 +112,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, data_root, capsys):
 
 
 def test_spec_without_metrics_scores_every_metric_the_pools_allow(tmp_path, data_root, capsys):
-    from segotce_ray.spec import KNOWN_METRICS
+    from segotce_ray.spec.model import KNOWN_METRICS
 
     # m_x has no source dataset: the peers still score it, SEG-OTCE is marked unavailable
     path = write_job(tmp_path, data_root, metrics=None,
@@ -426,7 +428,7 @@ def test_adaptive_job_prunes_marks_and_resumes_to_the_same_decisions(tmp_path, d
                                                                       ray_local):
     """schedule: adaptive end to end: schedule.csv, pruned pairs marked, kill + resume ==
     an uninterrupted run (same matrix, same decisions), a rerun computes nothing."""
-    from segotce_ray.matrix import TransferabilityMatrix
+    from segotce_ray.results.matrix import TransferabilityMatrix
 
     path = write_adaptive_job(tmp_path, data_root)
     seed_pools(path)
@@ -532,7 +534,8 @@ def test_adaptive_job_prunes_marks_and_resumes_to_the_same_decisions(tmp_path, d
 def test_layer_probs_reads_the_probs_column_of_the_logits_pool(tmp_path, data_root, ray_local):
     """layer: probs shares the logits pools (no re-extraction), scores their probs column with
     SEG-OTCE and the feature peers, and keeps its own pair keys; cost_scale reaches the solver."""
-    from segotce_ray.scoring import otce_repetition, peer_repetition, probs_as_features
+    from segotce_ray.scoring.adapters import otce_repetition, peer_repetition
+    from segotce_ray.pools.views import probs_as_features
 
     def job(sub: str, layer: str, **otce) -> Path:
         return write_job(tmp_path / sub, data_root, models={"m_a": "src_a", "m_b": "src_b"},

@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from segotce_ray.matrix import TransferabilityMatrix, read_ground_truth
+from segotce_ray.results.matrix import TransferabilityMatrix, read_ground_truth
 from segotce_ray.metrics.correlation import MEAN_ROW
-from segotce_ray.scoring import RESULT_COLUMNS, OTCESettings, results_frame, score_pairs
+from segotce_ray.scoring.rows import RESULT_COLUMNS, results_frame
+from segotce_ray.scoring.adapters import OTCESettings
+from segotce_ray.scoring.executor import score_pairs
 
 MODELS = ["alpha", "beta", "gamma", "delta"]
 TARGETS = ["cs", "bdd"]
@@ -154,7 +156,7 @@ def test_bad_inputs(long, tmp_path):
 
 
 def _mixture_zoo():
-    from segotce_ray.pools import PixelPool
+    from segotce_ray.pools.pool import PixelPool
 
     rng = np.random.default_rng(3)
     pools, pairs = {}, []
@@ -186,7 +188,7 @@ def test_saved_files_follow_the_umask_not_mkstemp_0600(tmp_path):
 
     import pandas as pd
 
-    from segotce_ray.matrix import _atomic_write
+    from segotce_ray.results.matrix import _atomic_write
 
     old = os.umask(0o022)
     try:

@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segotce_ray.models import ModelError, ModelSpec, SegmentationModel, load_model, model_weights_hash
-from segotce_ray.sampling import sample_feature_map, sample_feature_maps, sample_pixels, stable_seed
+from segotce_ray.inputs.models import ModelError, ModelSpec, SegmentationModel, load_model, model_weights_hash
+from segotce_ray.extract.sampling import sample_feature_map, sample_feature_maps, sample_pixels
+from segotce_ray.seeds import stable_seed
 
 TINY = "tests.tiny_segmodels:tiny_segnet"
 LRASPP = "lraspp_mobilenet_v3_large"

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from segotce_ray.scoring import results_frame
-from segotce_ray.spec import load_spec
+from segotce_ray.scoring.rows import results_frame
+from segotce_ray.spec.build import load_spec
 from tests.fixtures_layouts import make_folder
 
 pytestmark = pytest.mark.slow    # ~2 min on 2 cores: three Ray nodes and two extraction runs
@@ -50,9 +50,9 @@ def write_job(tmp: Path, data: Path, store: str) -> Path:
 def reference_table(spec) -> pd.DataFrame:
     """The matrix computed in-process, no Ray: pools by the extraction's own chunk code,
     repetitions by the scoring task body."""
-    from segotce_ray import job as job_mod
-    from segotce_ray import scoring
-    from segotce_ray.extract import extract_in_process
+    from segotce_ray.job.run import run as job_mod
+    from segotce_ray.scoring.executor import executor as scoring
+    from segotce_ray.extract.pipeline import extract_in_process
 
     plan = job_mod.make_plan(spec, write=False)
     pools = {}
@@ -105,7 +105,7 @@ class ThreeNodes:
 def three_nodes(tmp_path_factory):
     import ray
 
-    from segotce_ray.runtime import init_ray
+    from segotce_ray.cluster.runtime import init_ray
 
     was_up = ray.is_initialized()
     if was_up:
@@ -121,7 +121,7 @@ def three_nodes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_run(three_nodes):
-    from segotce_ray.job import run_job
+    from segotce_ray.job.run import run_job
 
     spec = load_spec(write_job(three_nodes.root, three_nodes.data, "store_full"))
     return spec, run_job(spec, run_id="full")
@@ -158,7 +158,8 @@ def _remove_when_first_shard_is_written(three_nodes, store: Path, removed: list)
 
 
 def test_worker_node_removed_mid_run_finishes_with_the_same_matrix(three_nodes, full_run):
-    from segotce_ray.job import make_plan, run_job
+    from segotce_ray.job.plan import make_plan
+    from segotce_ray.job.run import run_job
 
     spec_full, result_full = full_run
     spec = load_spec(write_job(three_nodes.root, three_nodes.data, "store_cut"))

@@ -117,9 +117,10 @@ def test_solve_rejects_unknown_solvers_and_score_records_the_path():
 
 
 def test_matrix_rows_record_the_solver_and_its_passes():
-    from segotce_ray.matrix import long_schema
-    from segotce_ray.pools import PixelPool
-    from segotce_ray.scoring import RESULT_COLUMNS, otce_repetition as pool_repetition
+    from segotce_ray.results.matrix import long_schema
+    from segotce_ray.pools.pool import PixelPool
+    from segotce_ray.scoring.rows import RESULT_COLUMNS
+    from segotce_ray.scoring.adapters import otce_repetition as pool_repetition
 
     fs, ys = mixture(400, 8, 4, 0.0, 3)
     ft, yt = mixture(400, 8, 4, 0.3, 4)

@@ -9,23 +9,15 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from segotce_ray.metrics.peers import (
-    PEER_METRICS,
-    MetricInputError,
-    _fit_gaussian_mixture,
-    _logme_per_class,
-    _pca,
-    compute_metric,
-    gbc,
-    hscore,
-    hscore_shrinkage,
-    leep,
-    logme,
-    metrics_for_inputs,
-    nce,
-    nleep,
-    transrate,
-)
+from segotce_ray.metrics.peers import PEER_METRICS, compute_metric, metrics_for_inputs
+from segotce_ray.metrics.peer_inputs import MetricInputError, pca
+from segotce_ray.metrics.nleep import _fit_gaussian_mixture, nleep
+from segotce_ray.metrics.logme import _logme_per_class, logme
+from segotce_ray.metrics.gbc import gbc
+from segotce_ray.metrics.hscore import hscore, hscore_shrinkage
+from segotce_ray.metrics.leep import leep
+from segotce_ray.metrics.nce import nce
+from segotce_ray.metrics.transrate import transrate
 
 FEATURE_METRICS = [n for n, i in PEER_METRICS.items() if i.inputs == "features"]
 PROB_METRICS = [n for n, i in PEER_METRICS.items() if i.inputs == "probs"]
@@ -245,7 +237,7 @@ def test_pca_keeps_fewest_axes_reaching_80_percent_variance():
     x = rng.normal(size=(200, 6)) * np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.1])
     s = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
     expected_k = int(np.argmax(np.cumsum(s) / s.sum() >= 0.8)) + 1
-    z = _pca(x, variance=0.8)
+    z = pca(x, variance=0.8)
     assert z.shape == (200, expected_k)
     np.testing.assert_allclose(np.sort(z.var(0))[::-1], s[:expected_k] / 200, rtol=1e-9)
 
@@ -269,7 +261,7 @@ def test_gaussian_mixture_em(covariance):
 
 def test_nleep_is_leep_of_mixture_posteriors_with_the_log():
     x, y = blobs(n=200, d=6, c=3, sep=0.6)
-    z = _pca(x, variance=0.8)
+    z = pca(x, variance=0.8)
     post = _fit_gaussian_mixture(z, 5 * 3, seed=0).responsibilities
     expected = leep_by_loops(post, y)
     got = nleep(x, y)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from segotce_ray import placement
-from segotce_ray.placement import NodeType, cluster_gpus, memory_limit, node_types_from_bootstrap
+from segotce_ray.cluster import placement
+from segotce_ray.cluster.placement import NodeType, cluster_gpus, memory_limit, node_types_from_bootstrap
 
 GIB = 2**30
 HEAD_ONLY = [{"Alive": True, "Resources": {"CPU": 4.0, "memory": 8.0 * GIB}},
@@ -56,8 +56,10 @@ def test_gpus_from_zero_come_from_the_autoscaler_unless_off():
 
 
 def test_scorer_refuses_only_what_no_node_can_hold(ray_local, monkeypatch):
-    from segotce_ray.scoring import PairScorer, ScorePair, otce_metric, OTCESettings
-    from segotce_ray.pools import PixelPool
+    from segotce_ray.scoring.tasks import PairScorer
+    from segotce_ray.scoring.rows import ScorePair
+    from segotce_ray.scoring.adapters import otce_metric, OTCESettings
+    from segotce_ray.pools.pool import PixelPool
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -82,7 +84,8 @@ def test_scorer_refuses_only_what_no_node_can_hold(ray_local, monkeypatch):
 
 
 def test_spec_resources_autoscaling(tmp_path):
-    from segotce_ray.spec import SpecError, load_spec
+    from segotce_ray.spec.model import SpecError
+    from segotce_ray.spec.build import load_spec
 
     (tmp_path / "d").mkdir()
 

@@ -10,20 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segotce_ray.pools import PixelPool
-from segotce_ray.scoring import (
-    RESULT_COLUMNS,
-    MetricSpec,
-    OTCESettings,
-    PairScorer,
-    ScorePair,
-    otce_metric,
-    otce_repetition,
-    peer_metric,
-    repetition_seed,
-    score_pairs,
-    task_memory_bytes,
-)
+from segotce_ray.pools.pool import PixelPool
+from segotce_ray.scoring.rows import RESULT_COLUMNS, ScorePair
+from segotce_ray.scoring.adapters import MetricSpec, OTCESettings, otce_metric, otce_repetition, peer_metric, task_memory_bytes
+from segotce_ray.scoring.tasks import PairScorer
+from segotce_ray.seeds import repetition_seed
+from segotce_ray.scoring.executor import score_pairs
 
 # Small and quick: 64 pixels per side, 3 repetitions, a soft ε so Sinkhorn converges fast.
 SETTINGS = OTCESettings(n_pixels=64, repetitions=3, epsilon=10.0)
@@ -277,7 +269,7 @@ def test_peer_metric_rows_share_the_table(reference, zoo, ray_local):
 
 def test_probs_view_scores_the_probs_column_and_a_pool_without_it_fails_alone(zoo, ray_local):
     """ProbsView: metrics see the softmax column as features; no probs column = that pair fails."""
-    from segotce_ray.scoring import ProbsView, probs_as_features
+    from segotce_ray.pools.views import ProbsView, probs_as_features
 
     pairs, pools = zoo
     rng = np.random.default_rng(3)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segotce_ray.spec import (KNOWN_METRICS, SpecError, build_spec, check_spec_file, load_spec,
-                              validate)
+from segotce_ray.spec.model import KNOWN_METRICS, SpecError
+from segotce_ray.spec.build import build_spec, check_spec_file, load_spec
+from segotce_ray.spec.validate import validate
 
 ISSUE_SPEC = textwrap.dedent("""\
     name: nightly

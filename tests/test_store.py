@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from segotce_ray.pools import PixelPool
-from segotce_ray.store import PoolStore, StoreError, pool_key
+from segotce_ray.pools.pool import PixelPool
+from segotce_ray.pools.store import PoolStore, StoreError, pool_key
 
 KEY_ARGS = dict(model="m", weights_hash="ab" * 32, dataset="d", fingerprint="cd" * 32,
                 layer="penultimate", sampling={"pixels_per_image": 100, "mode": "uniform"}, seed=0)

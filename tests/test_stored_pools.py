@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from segotce_ray import store as store_mod
-from segotce_ray.pools import PixelPool
-from segotce_ray.scoring import OTCESettings, StoredPool, peer_metric, otce_metric, score_pairs
-from segotce_ray.store import PoolStore
+from segotce_ray.pools import store as store_mod
+from segotce_ray.pools.pool import PixelPool
+from segotce_ray.scoring.adapters import OTCESettings, peer_metric, otce_metric
+from segotce_ray.pools.views import StoredPool
+from segotce_ray.scoring.executor import score_pairs
+from segotce_ray.pools.store import PoolStore
 
 COLS = ["model", "target", "metric", "k", "score", "w_t", "w_d", "status", "error", "seed"]
 

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from segotce_ray.report import render_report
-from segotce_ray.run_status import STALE_S, Heartbeat, driver_identity, mark_abandoned
-from segotce_ray.spec import load_spec
+from segotce_ray.results.report import render_report
+from segotce_ray.job.status import STALE_S, Heartbeat, driver_identity, mark_abandoned
+from segotce_ray.spec.build import load_spec
 from tests.test_job import seed_pools, write_job
 from tests.fixtures_layouts import make_folder
 
@@ -84,7 +84,7 @@ def test_next_run_marks_the_killed_one_and_records_its_driver(tmp_path, ray_loca
     seed_pools(path)
     spec = load_spec(path)
     killed = _running(spec.job_dir, "killed", pid=_dead_pid(), host=driver_identity()["host"])
-    from segotce_ray.job import run_job
+    from segotce_ray.job.run import run_job
 
     result = run_job(spec, run_id="next")
     assert result.status == "ok"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segotce_ray import runtime
+from segotce_ray.cluster import runtime
 from segotce_ray.cli import EXIT_ERROR, main
 from tests.fixtures_layouts import make_folder
 

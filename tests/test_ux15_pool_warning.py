@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
-from segotce_ray.extract import _consume_chunk, _PendingPool
-from segotce_ray.store import PoolStore, write_shard
+from segotce_ray.extract.pipeline import _consume_chunk, _PendingPool
+from segotce_ray.pools.store import PoolStore, write_shard
 
 
 def _pending(draws: int) -> _PendingPool:

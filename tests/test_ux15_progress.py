@@ -6,10 +6,11 @@ import logging
 
 import numpy as np
 
-from segotce_ray import progress as progress_mod
-from segotce_ray.pools import PixelPool
-from segotce_ray.progress import RepetitionProgress
-from segotce_ray.scoring import OTCESettings, score_pairs
+from segotce_ray.cluster import progress as progress_mod
+from segotce_ray.pools.pool import PixelPool
+from segotce_ray.cluster.progress import RepetitionProgress
+from segotce_ray.scoring.adapters import OTCESettings
+from segotce_ray.scoring.executor import score_pairs
 
 
 def _pool(model: str, dataset: str, seed: int) -> PixelPool:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segotce_ray.matrix import TransferabilityMatrix, column_positions
-from segotce_ray.scoring import results_frame
+from segotce_ray.results.matrix import TransferabilityMatrix, column_positions
+from segotce_ray.scoring.rows import results_frame
 
 
 def _long(scores: dict[tuple[str, str], float], metrics=("otce",), k: int = 2):
@@ -64,7 +64,7 @@ def _run_dir(tmp_path: Path, long, **info) -> Path:
 
 
 def test_per_target_table_stays_narrow_with_every_metric(tmp_path):
-    from segotce_ray.report import render_report
+    from segotce_ray.results.report import render_report
 
     scores = {(f"m{i}", t): -float(i + j) for i in range(4) for j, t in enumerate(["ta", "tb"])}
     text = render_report(_run_dir(tmp_path, _long(scores, metrics=ALL_METRICS)))
@@ -78,7 +78,7 @@ def test_per_target_table_stays_narrow_with_every_metric(tmp_path):
 
 
 def test_a_failure_is_listed_once_per_pair_and_cause(tmp_path):
-    from segotce_ray.report import render_report
+    from segotce_ray.results.report import render_report
 
     long = _long({("m0", "ta"): -1.0, ("m1", "ta"): -2.0}, metrics=("otce", "logme", "leep"))
     rows = [{"model": "m2", "target": "ta", "metric": m, "k": k, "score": float("nan"),
@@ -93,7 +93,7 @@ def test_a_failure_is_listed_once_per_pair_and_cause(tmp_path):
 
 
 def test_skipped_images_are_in_the_report(tmp_path):
-    from segotce_ray.report import render_report
+    from segotce_ray.results.report import render_report
 
     skipped = {"m0@ta": [{"image_id": "img_003", "error": "cannot read image (truncated)"}]}
     text = render_report(_run_dir(tmp_path, _long({("m0", "ta"): -1.0}), skipped_images=skipped))
@@ -103,9 +103,10 @@ def test_skipped_images_are_in_the_report(tmp_path):
 
 
 def test_run_groups_failures_and_records_skipped_images(tmp_path, ray_local):
-    from segotce_ray.job import make_plan, run_job
-    from segotce_ray.spec import load_spec
-    from segotce_ray.store import PoolStore
+    from segotce_ray.job.plan import make_plan
+    from segotce_ray.job.run import run_job
+    from segotce_ray.spec.build import load_spec
+    from segotce_ray.pools.store import PoolStore
     from tests.fixtures_layouts import make_folder
     from tests.test_job import seed_pools, write_job
 

@@ -3,7 +3,7 @@
 :func:`build_demo` is what ``segotce-ray demo`` calls before it runs the job::
 
     job_yaml = build_demo(workdir)      # world + zoo + ground truth + <workdir>/demo.yaml
-    spec = segotce_ray.spec.load_spec(job_yaml)
+    spec = segotce_ray.spec.build.load_spec(job_yaml)
 
 Layout under ``workdir`` (every step is cached; a second call only re-checks manifests)::
 

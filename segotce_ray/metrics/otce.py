@@ -223,7 +223,7 @@ def _repetition_rngs(seed: int, k: int) -> tuple[np.random.Generator, np.random.
 # --------------------------------------------------------------------------- joint & entropy
 
 
-def _one_hot(labels: np.ndarray, classes: np.ndarray, dtype, device) -> torch.Tensor:
+def one_hot(labels: np.ndarray, classes: np.ndarray, dtype, device) -> torch.Tensor:
     idx = np.searchsorted(classes, labels)
     out = torch.zeros((labels.shape[0], classes.shape[0]), dtype=dtype, device=device)
     out[torch.arange(labels.shape[0], device=device), torch.from_numpy(idx).to(device)] = 1
@@ -253,7 +253,7 @@ def _sparse_joint(rows, cols, mass, c_vals, sc, tc, source_labels, target_labels
 
 def _chunked_joint(cost, pot: SinkhornResult, sc, tc, source_labels, target_labels, chunk_rows):
     dev = cost.device
-    t_onehot = _one_hot(target_labels, tc, torch.float64, dev)
+    t_onehot = one_hot(target_labels, tc, torch.float64, dev)
     s_idx = torch.from_numpy(np.searchsorted(sc, source_labels)).to(dev)
     joint = torch.zeros((len(sc), len(tc)), dtype=torch.float64, device=dev)
     w_d = torch.zeros((), dtype=torch.float64, device=dev)
@@ -286,8 +286,8 @@ def label_joint(coupling: torch.Tensor | SinkhornResult | ExactPlan, source_labe
         j, w_d = _chunked_joint(cost, coupling, sc, tc, source_labels, target_labels, chunk_rows)
     else:
         p = coupling.double()
-        s1 = _one_hot(source_labels, sc, torch.float64, p.device)
-        t1 = _one_hot(target_labels, tc, torch.float64, p.device)
+        s1 = one_hot(source_labels, sc, torch.float64, p.device)
+        t1 = one_hot(target_labels, tc, torch.float64, p.device)
         j = (s1.T @ p @ t1).cpu().numpy()
         w_d = float((p * cost.double()).sum().item()) if cost is not None else math.nan
     total = j.sum()

@@ -14,7 +14,7 @@ first, ``manifest.json`` last — and published with one ``os.rename`` of the fo
 reader sees either nothing or the whole pool; :meth:`PoolStore.has` also requires the
 manifest. A crash leaves only a ``tmp`` folder, which is invisible and is redone (and swept
 by :meth:`PoolStore.sweep_tmp`). Shards are plain Parquet with the explicit Arrow schema of
-:func:`segotce_ray.pools.pool_schema`: pandas, polars, duckdb and Spark read them as is,
+:func:`segotce_ray.pools.pool.pool_schema`: pandas, polars, duckdb and Spark read them as is,
 e.g. ``duckdb.sql("select label, count(*) from 'root/pools/ab/ab…/part-*.parquet' group by 1")``.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from segotce_ray.pools import POOL_SCHEMA_VERSION, PixelPool
+from segotce_ray.pools.pool import POOL_SCHEMA_VERSION, PixelPool
 
 log = logging.getLogger(__name__)
 

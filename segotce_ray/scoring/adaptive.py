@@ -6,7 +6,7 @@ further repetitions only on candidates that can still enter the top-k of t; the 
 *pruned* and keep their partial estimate (mean of the repetitions they got).
 
 Repetitions are always taken in order k = 0, 1, 2, … with the seed
-:func:`segotce_ray.scoring.repetition_seed` (job seed, model, target, k), so every repetition the
+:func:`segotce_ray.seeds.repetition_seed` (job seed, model, target, k), so every repetition the
 adaptive run computes is bit-for-bit the repetition k of the full schedule: a pruned candidate
 holds a prefix of the full run's repetitions, a surviving one holds all K of them (its mean is
 the full schedule's mean; the top-k therefore ranks exactly as the full run does whenever no true
@@ -63,7 +63,7 @@ level.
 Output
 ------
 :class:`AdaptiveRun` with ``table`` — the long results table of
-:func:`segotce_ray.scoring.results_frame` plus ``schedule_status`` (``complete`` / ``pruned`` /
+:func:`segotce_ray.scoring.rows.results_frame` plus ``schedule_status`` (``complete`` / ``pruned`` /
 ``failed``) and ``repetitions_done`` (ok repetitions of that pair) on each row — and
 ``decisions``: one row per (model, target): status, repetitions, mean, lower, upper, the
 threshold τ it was judged against and the snapshot level used.
@@ -83,14 +83,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from segotce_ray.scoring import (
-    MetricSpec,
-    OTCESettings,
-    open_scorer,
-    ScorePair,
-    otce_metric,
-    results_frame,
-)
+from segotce_ray.scoring.adapters import MetricSpec, OTCESettings, otce_metric
+from segotce_ray.scoring.executor import open_scorer
+from segotce_ray.scoring.rows import ScorePair, results_frame
 
 log = logging.getLogger(__name__)
 
@@ -315,14 +310,14 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
                          autoscaling: str = "auto", progress: bool | None = None) -> AdaptiveRun:
     """Score pairs with the adaptive schedule (module docstring) on Ray.
 
-    Arguments as :func:`segotce_ray.scoring.score_pairs` (one metric: ``metric`` or the OTCE
+    Arguments as :func:`segotce_ray.scoring.executor.score_pairs` (one metric: ``metric`` or the OTCE
     ``settings``; K = its ``repetitions``); ``schedule``: :class:`AdaptiveSettings`. ``done``:
     rows finished earlier (their ok repetitions are reused, not rerun; the decisions come out the
     same). ``on_result`` sees each newly computed row as it arrives.
     """
     import ray
 
-    from segotce_ray.progress import RepetitionProgress
+    from segotce_ray.cluster.progress import RepetitionProgress
 
     sched = schedule or AdaptiveSettings()
     spec = metric or otce_metric(settings)

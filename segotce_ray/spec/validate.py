@@ -13,245 +13,21 @@ factory ``package.module:function`` is only checked for its shape here (it is im
 eval'd, when the model is loaded).
 """
 
+
 from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
-import json
-import logging
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
+from segotce_ray.spec.model import COST_SCALES, DATASET_FORMATS, DEFAULT_METRICS, KNOWN_METRICS, OTCESettings, SAMPLINGS, SCHEDULES, SCHEDULES_AVAILABLE, SOLVERS, SOURCE_METRICS, SpecProblem, TORCHVISION_ARCHITECTURES
 
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "DATASET_FORMATS", "KNOWN_METRICS", "DatasetEntry", "ExtractionSettings", "JobSpec",
-    "ModelEntry", "OTCESettings", "Resources", "Schedule", "SpecError", "SpecProblem",
-    "build_spec", "check_spec_file", "load_spec", "read_yaml", "validate",
-]
-
-DATASET_FORMATS = ("cityscapes", "bdd100k", "gta5", "folder")
-SOLVERS = ("auto", "sinkhorn", "emd", "exact+polish")
-SAMPLINGS = ("uniform", "class_balanced")
-COST_SCALES = ("none", "mean", "max")
-#: feature spaces that need no module name: the classifier's input, its output, its softmax
-LAYER_SPACES = ("penultimate", "logits", "probs")
-SCHEDULES = ("full", "adaptive")
-#: Schedules this version runs (``adaptive``: issue 8's early pruning, :mod:`segotce_ray.adaptive`).
-SCHEDULES_AVAILABLE = ("full", "adaptive")
-#: Every metric name a job may select (issue 7's peers next to SEG-OTCE).
-KNOWN_METRICS = ("otce", "nce", "leep", "nleep", "logme", "hscore", "hscore_shrinkage",
-                 "gbc", "transrate")
-#: Metrics a job scores when its spec has no ``metrics`` key: every metric the pools allow.
-#: Pools always keep the source head's probabilities (NCE, LEEP) and the features (the
-#: others); SEG-OTCE also needs the model's source pool and is marked unavailable, with the
-#: reason, for a model without one. ``metrics: [otce]`` scores SEG-OTCE alone.
-DEFAULT_METRICS = KNOWN_METRICS
-#: Metrics that need the model's source-dataset pool (the others only need the target pool).
-SOURCE_METRICS = ("otce",)
-TORCHVISION_ARCHITECTURES = (
-    "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
-    "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large",
-)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-@dataclass(frozen=True)
-class SpecProblem:
-    """One problem in a spec: where (dotted path, e.g. ``models.m1.checkpoint``) and what."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
-class SpecError(ValueError):
-    """A spec that does not validate; ``.problems`` lists every problem found."""
-
-    def __init__(self, problems: list[SpecProblem], source: str | Path | None = None) -> None:
-        self.problems = list(problems)
-        self.source = str(source) if source is not None else None
-        head = f"job spec {self.source}" if self.source else "job spec"
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{head}: {len(self.problems)} problem(s)\n{lines}")
-
-
-# ---------------------------------------------------------------------------- dataclasses
-
-
-@dataclass
-class OTCESettings:
-    """SEG-OTCE settings: N pixels per side, K repetitions, entropic ε, solver, sampling, the
-    cost scaling applied before ε (``none`` | ``mean`` | ``max``: C divided by its mean or its
-    max), and an optional calibration file (adds the ``otce_calibrated`` metric). The feature
-    space is ``extraction.layer`` (``otce.layer`` is deprecated)."""
-
-    n_pixels: int = 10_000
-    repetitions: int = 10
-    epsilon: float = 0.1
-    solver: str = "auto"
-    sampling: str = "uniform"
-    cost_scale: str = "none"
-    calibration: str | None = None
-
-
-@dataclass
-class ExtractionSettings:
-    """How pools are drawn: pixels kept per image (uniformly or class-balanced among the
-    valid pixels), images per forward batch, a default image cap for every dataset, what
-    a bad image file does to its pool (``fail`` it, or ``skip`` the image), and the default
-    feature space of every model (``layer``: ``penultimate`` | ``logits`` | ``probs`` | a
-    module name; ``probs`` reads the softmax column of the ``logits`` pool, no extra pass)."""
-
-    layer: str = "penultimate"
-    pixels_per_image: int = 1000
-    batch_size: int = 8
-    max_images: int | None = None
-    sampling: str = "uniform"
-    bad_images: str = "fail"
-
-
-@dataclass
-class Resources:
-    """Ray resources. ``None`` = decided from the cluster.
-
-    gpus_per_actor: 1 pins each extraction actor to a GPU, 0 runs on CPU (default: 1 when
-    the cluster has GPUs); actors: extraction actors, shared by every model (default: the number of GPUs,
-    or 1 on CPU); cpu_threads: torch threads per CPU actor; gpus_per_task: GPU share of one
-    scoring task (default 0.25 on a GPU cluster, else 0); autoscaling: ``auto`` | ``on`` |
-    ``off`` (YAML's true/false read as on/off): whether node types an autoscaler can add count
-    as feasible (:mod:`segotce_ray.placement`).
-    """
-
-    gpus_per_actor: float | None = None
-    actors: int | None = None
-    cpu_threads: int | None = None
-    gpus_per_task: float | None = None
-    autoscaling: str = "auto"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.autoscaling, bool):
-            self.autoscaling = "on" if self.autoscaling else "off"
-
-
-@dataclass
-class Schedule:
-    """Repetition schedule: ``full`` (K for every pair) or ``adaptive`` (issue 8 pruning).
-
-    adaptive: every (model, target) gets ``min_repetitions`` (k₀ ≤ K) repetitions; further ones
-    go only to models whose confidence interval can still reach the target's ``top_k``; δ =
-    ``alpha`` bounds the chance per target that a true top-k model is pruned (see
-    :mod:`segotce_ray.adaptive`). Written as ``schedule: adaptive`` or as a mapping
-    ``{mode: adaptive, min_repetitions: 2, top_k: 5, alpha: 0.05}``.
-    """
-
-    mode: str = "full"
-    min_repetitions: int = 2
-    top_k: int = 5
-    alpha: float = 0.05
-
-
-@dataclass
-class DatasetEntry:
-    """A declared dataset: its name plus the reader options handed to ``open_dataset``."""
-
-    name: str
-    format: str
-    root: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def reader_spec(self) -> dict[str, Any]:
-        """The mapping ``datasets.open_dataset(name, spec)`` takes (root absolute)."""
-        return {"format": self.format, "root": self.root, **self.options}
-
-
-@dataclass
-class ModelEntry:
-    """A declared model (mirrors ``models.ModelSpec``; ``layer`` falls back to ``extraction.layer``)."""
-
-    name: str
-    architecture: str
-    checkpoint: str | None = None
-    num_classes: int | None = None
-    source: str | None = None
-    layer: str = "penultimate"
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    input_size: tuple[int, int] | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def constructor(self) -> str:
-        """The architecture as ``models.ModelSpec`` spells it (``torchvision/`` prefix dropped)."""
-        return self.architecture.removeprefix("torchvision/")
-
-
-@dataclass
-class JobSpec:
-    """A validated job: every path absolute, every default filled."""
-
-    name: str
-    output: str
-    store: str
-    seed: int
-    otce: OTCESettings
-    datasets: dict[str, DatasetEntry]
-    models: dict[str, ModelEntry]
-    targets: list[str]
-    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
-    ground_truth: str | None = None
-    resources: Resources = field(default_factory=Resources)
-    extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
-    schedule: Schedule = field(default_factory=Schedule)
-    base_dir: str = "."
-    path: str | None = None
-
-    @property
-    def job_dir(self) -> Path:
-        """``<output>/<name>``: where this job's run directories and ``latest`` live."""
-        return Path(self.output) / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved spec as plain YAML-able data (the run directory's ``spec.yaml``)."""
-        out: dict[str, Any] = {
-            "name": self.name, "output": self.output, "store": self.store, "seed": self.seed,
-            "otce": asdict(self.otce), "metrics": list(self.metrics),
-            "schedule": asdict(self.schedule), "extraction": asdict(self.extraction),
-            "resources": asdict(self.resources),
-            "datasets": {n: d.reader_spec() for n, d in self.datasets.items()},
-            "models": {},
-            "targets": list(self.targets),
-        }
-        for n, m in self.models.items():
-            md = {k: v for k, v in asdict(m).items() if k != "name" and v is not None}
-            if not md.get("kwargs"):
-                md.pop("kwargs", None)
-            for k in ("mean", "std", "input_size"):
-                if k in md:
-                    md[k] = list(md[k])
-            out["models"][n] = md
-        if self.ground_truth:
-            out["ground_truth"] = self.ground_truth
-        return out
-
-    def content_hash(self) -> str:
-        """sha256 of the resolved spec minus its output root: what determines the results."""
-        d = self.to_dict()
-        d.pop("output", None)
-        blob = json.dumps(d, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()
-
-    def metric_needs_source(self, metric: str) -> bool:
-        return metric in SOURCE_METRICS
 
 
 # ---------------------------------------------------------------------------- YAML loading
@@ -502,8 +278,7 @@ def _check_calibration(c: _Checker, raw: dict) -> None:
     p = c.input_path("otce.calibration", raw["otce"]["calibration"], "file")
     if p is None or not Path(p).is_file():
         return
-    from segotce_ray.calibration import (CalibrationError, otce_settings, read_calibration,
-                                         settings_mismatch)
+    from segotce_ray.metrics.calibration import CalibrationError, otce_settings, read_calibration, settings_mismatch
 
     try:
         cal = read_calibration(p)
@@ -521,7 +296,7 @@ def _check_calibration(c: _Checker, raw: dict) -> None:
 def _dataset_keys(fmt: Any) -> tuple[str, ...]:
     """Keys the dataset reader accepts for ``fmt`` (all formats' keys when ``fmt`` is unknown)."""
     try:
-        from segotce_ray.datasets import DATASET_SPEC_KEYS
+        from segotce_ray.inputs.datasets import DATASET_SPEC_KEYS
     except ImportError:  # reader not importable: fall back to the contract's keys
         return _DATASET_KEYS
     if fmt in DATASET_SPEC_KEYS:
@@ -834,98 +609,3 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
                 c.add(f"models.{name}.source", "required: every selected metric "
                       f"({', '.join(map(str, metrics_sel))}) needs the model's source dataset")
     return c.problems
-
-
-# ---------------------------------------------------------------------------- building
-
-
-def _tuple(v: Any) -> tuple | None:
-    if v is None:
-        return None
-    if isinstance(v, int):
-        return (v, v)
-    return tuple(v)
-
-
-def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) -> JobSpec:
-    """A :class:`JobSpec` from a raw spec; raises :class:`SpecError` listing every problem."""
-    base = Path(base_dir).expanduser().absolute()
-    problems = validate(raw, base)
-    if problems:
-        raise SpecError(problems, path)
-    c = _Checker(base)
-    otce_raw = dict(raw.get("otce", {}))
-    legacy_layer = otce_raw.pop("layer", None)
-    otce = OTCESettings(**otce_raw)
-    otce.epsilon = float(otce.epsilon)
-    if otce.calibration:
-        otce.calibration = str(c.resolve(otce.calibration).absolute())
-    sched_raw = raw.get("schedule", "full")
-    schedule = Schedule(mode=sched_raw) if isinstance(sched_raw, str) else Schedule(**sched_raw)
-    extraction = ExtractionSettings(**raw.get("extraction", {}))
-    if legacy_layer is not None:
-        log.warning("%sotce.layer is deprecated: the layer is the feature space of every metric "
-                    "and decides the pools; write it as extraction.layer (or per model as "
-                    "models.<name>.layer)", f"{path}: " if path else "")
-        if "layer" not in raw.get("extraction", {}):
-            extraction.layer = legacy_layer
-    resources = Resources(**raw.get("resources", {}))
-
-    datasets: dict[str, DatasetEntry] = {}
-    for name, d in raw["datasets"].items():
-        opts = {k: v for k, v in d.items() if k not in ("format", "root")}
-        if "split_list" in opts:
-            opts["split_list"] = str(c.resolve(opts["split_list"]).absolute())
-        if "cities" in opts and isinstance(opts["cities"], str):
-            opts["cities"] = [opts["cities"]]
-        if "max_images" not in opts and extraction.max_images is not None:
-            opts["max_images"] = extraction.max_images
-        datasets[name] = DatasetEntry(name=name, format=d["format"],
-                                      root=str(c.resolve(d["root"]).absolute()), options=opts)
-
-    models: dict[str, ModelEntry] = {}
-    for name, m in raw["models"].items():
-        ckpt = m.get("checkpoint")
-        models[name] = ModelEntry(
-            name=name, architecture=m["architecture"],
-            checkpoint=str(c.resolve(ckpt).absolute()) if ckpt else None,
-            num_classes=m.get("num_classes"), source=m.get("source"),
-            layer=m.get("layer", extraction.layer),
-            mean=_tuple(m.get("mean")), std=_tuple(m.get("std")),
-            input_size=_tuple(m.get("input_size")),
-            kwargs=dict(m.get("kwargs") or {}),
-        )
-    targets = raw["targets"]
-    metrics = raw.get("metrics", list(DEFAULT_METRICS))
-    gt = raw.get("ground_truth")
-    return JobSpec(
-        name=raw["name"],
-        output=str(c.resolve(raw.get("output", "runs")).absolute()),
-        store=str(c.resolve(raw.get("store", "store")).absolute()),
-        seed=int(raw.get("seed", 0)), otce=otce, datasets=datasets, models=models,
-        targets=[targets] if isinstance(targets, str) else list(targets),
-        metrics=[metrics] if isinstance(metrics, str) else list(metrics),
-        ground_truth=str(c.resolve(gt).absolute()) if gt else None,
-        resources=resources, extraction=extraction, schedule=schedule,
-        base_dir=str(base), path=str(Path(path).absolute()) if path else None,
-    )
-
-
-def load_spec(path: str | Path) -> JobSpec:
-    """Read, validate and resolve a job spec file; :class:`SpecError` lists every problem."""
-    path = Path(path)
-    raw, problems = read_yaml(path)
-    if raw is not None:
-        problems += validate(raw, path.parent)
-    if problems:
-        raise SpecError(problems, path)
-    return build_spec(raw, path.parent, path)
-
-
-def check_spec_file(path: str | Path) -> list[SpecProblem]:
-    """Every problem in a spec file (YAML errors, duplicate keys, then :func:`validate`)."""
-    path = Path(path)
-    raw, problems = read_yaml(path)
-    if raw is not None:
-        problems += validate(raw, path.parent)
-    return problems

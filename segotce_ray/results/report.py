@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segotce_ray.io import write_text
 log = logging.getLogger(__name__)
 
 __all__ = ["load_long", "load_schedule", "rank_changes", "rankings_from_long", "render_report",
@@ -84,14 +85,14 @@ def schedule_line(schedule: pd.DataFrame) -> str:
 def rankings_from_long(long: pd.DataFrame) -> pd.DataFrame:
     """Per (metric, target): mean/std/n of ``ok`` scores per model and its rank.
 
-    The ranking of :meth:`segotce_ray.matrix.TransferabilityMatrix.rankings` (rank 1 = most
+    The ranking of :meth:`segotce_ray.results.matrix.TransferabilityMatrix.rankings` (rank 1 = most
     transferable; equal means ordered by model name); pairs without an ok repetition are
     left out. Returns columns metric, target, model, mean, std, n, rank.
     """
     cols = ["metric", "target", "model", "mean", "std", "n", "rank"]
     if long.empty:
         return pd.DataFrame(columns=cols)
-    from segotce_ray.matrix import TransferabilityMatrix
+    from segotce_ray.results.matrix import TransferabilityMatrix
 
     ranks = TransferabilityMatrix(long).rankings()
     ranks = ranks[ranks["rank"].notna()].copy()
@@ -509,8 +510,4 @@ def write_report(run_dir: str | Path, previous_run_dir: str | Path | None = None
     """Render and write ``run_dir/report.md`` (atomically); returns its path."""
     run_dir = Path(run_dir)
     text = render_report(run_dir, previous_run_dir)
-    path = run_dir / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(run_dir / "report.md", text)

@@ -64,7 +64,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segotce_ray.sampling import stable_seed
+from segotce_ray.seeds import stable_seed
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from segotce_ray.io import write_json
+
 log = logging.getLogger(__name__)
 
 __all__ = ["HEARTBEAT_S", "STALE_S", "Heartbeat", "driver_identity", "mark_abandoned",
@@ -64,12 +66,6 @@ def stale_reason(info: dict[str, Any], heartbeat: float, now: float | None = Non
     return None
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def mark_abandoned(job_dir: str | Path, now: float | None = None) -> list[Path]:
     """Mark every dead ``running`` run under ``job_dir`` ``abandoned``; returns their dirs."""
     job_dir = Path(job_dir)
@@ -87,10 +83,10 @@ def mark_abandoned(job_dir: str | Path, now: float | None = None) -> list[Path]:
             continue
         info.update(status="abandoned", error=f"the run stopped without finishing: {reason}",
                     abandoned=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        _write_json(path, info)
+        write_json(path, info)
         log.warning("run %s was left 'running' and is marked abandoned: %s", run_dir, reason)
         try:
-            from segotce_ray.report import write_report
+            from segotce_ray.results.report import write_report
 
             write_report(run_dir)
         except Exception as exc:  # noqa: BLE001 - the mark matters, the report is a courtesy

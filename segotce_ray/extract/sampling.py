@@ -16,9 +16,9 @@ padding_mode="border")`` at the normalised pixel centre. Memory is ``O(k·D)`` i
 ``O(H·W·D)`` (a 1024×2048 image × 256 channels would be 2 GB upsampled).
 """
 
+
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
 
 import numpy as np
@@ -27,12 +27,6 @@ import torch.nn.functional as F
 
 SamplingMode = Literal["uniform", "balanced"]
 SAMPLING_MODES: tuple[str, ...] = ("uniform", "balanced")
-
-
-def stable_seed(*parts: object) -> int:
-    """A 64-bit seed from the SHA-256 of the parts' string forms (stable across processes)."""
-    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(h[:8], "little")
 
 
 def sample_pixels(label: np.ndarray, k: int, *, seed: int, ignore_index: int = 255,

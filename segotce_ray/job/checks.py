@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from segotce_ray.spec import JobSpec, SpecProblem
+from segotce_ray.spec.model import JobSpec, SpecProblem
 
 __all__ = ["MAX_FILE_PROBLEMS", "dataset_file_problems", "model_problems", "validate_inputs"]
 
@@ -30,7 +30,7 @@ LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "LA", "PA")
 
 def model_problems(model_specs: Mapping[str, Any]) -> dict[str, str]:
     """Load every model on CPU as a run would; ``{"models.<name>": reason}`` for each failure."""
-    from segotce_ray.models import ModelError, load_model
+    from segotce_ray.inputs.models import ModelError, load_model
 
     errors: dict[str, str] = {}
     for name, ms in model_specs.items():
@@ -47,7 +47,7 @@ def _verify_header(dataset: Any, path: Any, what: str) -> tuple[tuple[int, int],
     """(size, mode) of an image file whose header and chunk structure verify."""
     from PIL import Image
 
-    from segotce_ray.datasets import DatasetError
+    from segotce_ray.inputs.datasets import DatasetError
 
     try:
         with Image.open(path) as img:
@@ -63,7 +63,7 @@ def _verify_header(dataset: Any, path: Any, what: str) -> tuple[tuple[int, int],
 
 def check_sample(dataset: Any, sample: Any, deep: bool = False) -> None:
     """Raise :class:`DatasetError` (naming the file) if ``sample`` would fail a run."""
-    from segotce_ray.datasets import DatasetError
+    from segotce_ray.inputs.datasets import DatasetError
 
     image_size, _ = _verify_header(dataset, sample.image_path, "image")
     label_size, mode = _verify_header(dataset, sample.label_path, "label")
@@ -80,7 +80,7 @@ def check_sample(dataset: Any, sample: Any, deep: bool = False) -> None:
 
 def dataset_file_problems(datasets: Mapping[str, Any], deep: bool = False) -> list[SpecProblem]:
     """Every bad image/label file of ``datasets`` (see the module docstring)."""
-    from segotce_ray.datasets import DatasetError
+    from segotce_ray.inputs.datasets import DatasetError
 
     problems: list[SpecProblem] = []
     for name, ds in datasets.items():
@@ -100,7 +100,7 @@ def dataset_file_problems(datasets: Mapping[str, Any], deep: bool = False) -> li
 
 def validate_inputs(spec: JobSpec, deep: bool = False) -> list[SpecProblem]:
     """``validate``'s input pass: open the datasets, load every model, check every file."""
-    from segotce_ray.job import check_inputs
+    from segotce_ray.job.plan import check_inputs
 
     datasets, model_specs, errors = check_inputs(spec)
     errors.update(model_problems(model_specs))

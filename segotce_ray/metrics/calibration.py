@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segotce_ray.io import write_text
 from segotce_ray.metrics.correlation import measures_for_target
 from segotce_ray.metrics.otce import fit_otce_weights
 
@@ -317,7 +318,7 @@ def otce_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
     else the deprecated ``otce.layer``), or the sorted list when the models differ; unset keys
     take the spec defaults.
     """
-    from segotce_ray.spec import ExtractionSettings, OTCESettings
+    from segotce_ray.spec.model import ExtractionSettings, OTCESettings
 
     default = OTCESettings()
     otce = spec.get("otce") if isinstance(spec.get("otce"), Mapping) else {}
@@ -350,12 +351,7 @@ def settings_mismatch(calibrated: Mapping[str, Any], job: Mapping[str, Any]) -> 
 
 def write_calibration(path: str | Path, cal: Calibration) -> Path:
     """Write ``cal`` as JSON to ``path`` (atomically); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cal.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(cal.to_dict(), indent=2, allow_nan=False) + "\n")
 
 
 def _number(data: Mapping[str, Any], key: str, where: str) -> float:

@@ -1,7 +1,7 @@
 """The transferability matrix: repetitions reduced to mean ± std per (model, target, metric).
 
-Input is the long table of :func:`segotce_ray.scoring.score_pairs` (one row per repetition;
-columns :data:`segotce_ray.scoring.RESULT_COLUMNS`). Only ``status == "ok"`` rows with a finite
+Input is the long table of :func:`segotce_ray.scoring.executor.score_pairs` (one row per repetition;
+columns :data:`segotce_ray.scoring.rows.RESULT_COLUMNS`). Only ``status == "ok"`` rows with a finite
 score enter the reduction; a (model, target, metric) without any is kept with NaN mean and
 ``status="failed"`` (``"partial"`` when some repetitions failed).
 
@@ -51,6 +51,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from segotce_ray.io import atomic_write
 from segotce_ray.metrics.correlation import correlation_table
 
 log = logging.getLogger(__name__)
@@ -113,20 +114,6 @@ def read_ground_truth(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"ground truth {path}: model {row['model']!r}, target {row['target']!r} "
                          f"appears more than once")
     return out
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: keep results readable as usual
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _file_suffix(metric: str) -> str:
@@ -256,7 +243,7 @@ class TransferabilityMatrix:
             gt = read_ground_truth(gt)
         s = self.summary()
         means = s.rename(columns={"mean": "score"})[["metric", "model", "target", "score"]]
-        from segotce_ray.report import METRIC_ORDER
+        from segotce_ray.results.report import METRIC_ORDER
 
         return correlation_table(means, gt, higher_is_better=self.higher_is_better,
                                  metric_order=METRIC_ORDER)
@@ -267,7 +254,7 @@ class TransferabilityMatrix:
         """Write :meth:`heatmap_figure` as a PNG; returns its path."""
         fig = self.heatmap_figure(metric)
         path = Path(path)
-        _atomic_write(path, lambda p: fig.savefig(p, format="png"))
+        atomic_write(path, lambda p: fig.savefig(p, format="png"))
         return path
 
     def heatmap_figure(self, metric: str | None = None) -> Any:
@@ -336,7 +323,7 @@ class TransferabilityMatrix:
 
         def put(name: str, write: Callable[[Path], None]) -> None:
             path = run_dir / name
-            _atomic_write(path, write)
+            atomic_write(path, write)
             written[name] = path
 
         table = self._arrow_long()
@@ -388,7 +375,7 @@ class TransferabilityMatrix:
         path = run_dir / "matrix.parquet"
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir}: no matrix.parquet (not a run directory?)")
-        from segotce_ray.scoring import results_frame
+        from segotce_ray.scoring.rows import results_frame
 
         df = results_frame(pq.read_table(path).to_pandas())
         gt_path = run_dir / "ground_truth.csv"

@@ -1,0 +1,316 @@
+"""Execute a plan: extract its missing pools, score its missing repetitions, write the matrix.
+"""
+
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+from segotce_ray.spec.model import SOURCE_METRICS, JobSpec
+from segotce_ray.job.plan import PROBS_SPACE, PairPlan, Plan, extraction_request
+from segotce_ray.io import atomic_write, write_json
+from segotce_ray.pools.score_log import ScoreLog
+
+log = logging.getLogger(__name__)
+
+def _skipped_images(spec: JobSpec, plan: Plan) -> dict[str, list[dict[str, str]]]:
+    """``{"model@dataset": [{image_id, error}, ...]}``: images the job's pools left out
+    (``extraction.bad_images: skip``), read from the pool manifests (cached pools included)."""
+    from segotce_ray.pools.store import PoolStore
+
+    store = PoolStore(spec.store)
+    out: dict[str, list[dict[str, str]]] = {}
+    for p in plan.pools:
+        if p.key is None or not store.has(p.key):
+            continue
+        try:
+            skipped = store.manifest(p.key).get("skipped") or []
+        except Exception:  # noqa: BLE001 - an unreadable manifest fails elsewhere, not here
+            continue
+        if skipped:
+            out[f"{p.model}@{p.dataset}"] = [{"image_id": str(e.get("image_id")),
+                                               "error": str(e.get("error", ""))} for e in skipped]
+    return out
+
+
+def _metric_specs(spec: JobSpec) -> dict[str, Any]:
+    """Scoring :class:`MetricSpec` per selected metric."""
+    from segotce_ray.scoring.executor import executor as scoring
+
+    out: dict[str, Any] = {}
+    for metric in spec.metrics:
+        if metric == "otce":
+            o = spec.otce
+            out[metric] = scoring.otce_metric(scoring.OTCESettings(
+                n_pixels=o.n_pixels, repetitions=o.repetitions, epsilon=float(o.epsilon),
+                solver=o.solver, sampling=o.sampling,
+                options={"cost_scale": o.cost_scale} if o.cost_scale != "none" else {}))
+        else:
+            out[metric] = scoring.peer_metric(metric, n_pixels=spec.otce.n_pixels,
+                                              repetitions=spec.otce.repetitions)
+    return out
+
+
+def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
+    """A failed row for repetition k of a pair that cannot run (its reason in ``error``)."""
+    from segotce_ray.seeds import repetition_seed
+
+    return {"model": p.model, "target": p.target, "metric": p.metric, "k": k,
+            "score": math.nan, "w_t": math.nan, "w_d": math.nan, "iterations": None,
+            "converged": None, "n_source": None, "n_target": None, "seconds": math.nan,
+            "status": "unavailable" if p.not_applicable else "failed", "error": p.error,
+            "source": p.source,
+            "seed": repetition_seed(spec.seed, p.model, p.target, k)}
+
+
+def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *,
+             address: str | None, num_cpus: int | None, progress: bool | None,
+             on_row: Callable[[dict[str, Any]], None] | None) -> tuple[Any, dict[str, str], Any]:
+    """Extract, score and write the matrix files.
+
+    Returns (long table, extraction errors, decisions of an adaptive schedule or None).
+    """
+    from segotce_ray.extract.pipeline import pipeline as extraction
+    from segotce_ray.scoring.executor import executor as scoring
+    from segotce_ray.cluster.runtime import init_ray
+    from segotce_ray.pools.store import PoolStore
+
+    t0 = time.perf_counter()
+    init_ray(address=address, num_cpus=num_cpus)
+    timings["ray_init"] = time.perf_counter() - t0
+    store = PoolStore(spec.store)
+    scores = ScoreLog(spec.store)
+    errors: dict[str, str] = {}
+
+    # -- extract the missing pools
+    t0 = time.perf_counter()
+    pool_results: dict[tuple[str, str], Any] = {}
+    for p in plan.pools:
+        if p.error:
+            pool_results[(p.model, p.dataset)] = RuntimeError(p.error)
+        elif p.cached:
+            pool_results[(p.model, p.dataset)] = p.key
+    missing = [p for p in plan.pools if not p.cached and p.error is None]
+    probs_models = {m for m, e in spec.models.items() if e.layer == PROBS_SPACE}
+    if missing:
+        requests = [extraction_request(spec, plan.model_specs[p.model], plan.datasets[p.dataset])
+                    for p in missing]
+        gpus = spec.resources.gpus_per_actor
+        got = extraction.extract_pools(
+            requests, store, batch_size=spec.extraction.batch_size,
+            num_actors=spec.resources.actors, use_gpu=None if gpus is None else gpus > 0,
+            cpu_threads=spec.resources.cpu_threads, bad_images=spec.extraction.bad_images,
+            progress=progress, n_draws=spec.otce.n_pixels,
+            autoscaling=spec.resources.autoscaling)
+        for (model, dataset), out in got.items():
+            pool_results[(model, dataset)] = out
+            if isinstance(out, BaseException):
+                errors[f"pool {model}@{dataset}"] = str(out)
+    for (model, dataset), src in list(pool_results.items()):  # layer: probs reads that column
+        if model in probs_models and not isinstance(src, BaseException):
+            pool_results[(model, dataset)] = scoring.ProbsView(src)
+    timings["extract"] = time.perf_counter() - t0
+
+    # -- score the missing repetitions (persist each row as it arrives)
+    t0 = time.perf_counter()
+    specs = _metric_specs(spec)
+    key_of = {(p.model, p.target, p.metric): p.key for p in plan.pairs}
+
+    def persist(row: dict[str, Any]) -> None:
+        key = key_of.get((row["model"], row["target"], row["metric"]))
+        if key is not None:
+            scores.append(key, row)
+        if on_row is not None:
+            on_row(row)
+
+    tables = []
+    decisions = []
+    adaptive = spec.schedule.mode == "adaptive"
+    for metric, mspec in specs.items():
+        runnable = [p for p in plan.pairs if p.metric == metric and p.error is None]
+        if not runnable:
+            continue
+        done = [r for p in runnable for r in scores.rows(p.key) if int(r["k"]) < mspec.repetitions]
+        # metrics without source data (the peers) never read the source pool
+        pairs = [scoring.ScorePair(p.model, p.source or spec.models[p.model].source or "",
+                                   p.target) for p in runnable]
+        if adaptive:
+            from segotce_ray.scoring.adaptive import AdaptiveSettings, score_pairs_adaptive
+
+            sched = spec.schedule
+            run = score_pairs_adaptive(
+                pairs, pool_results, store=store, seed=spec.seed, metric=mspec, done=done,
+                schedule=AdaptiveSettings(min_repetitions=sched.min_repetitions,
+                                          top_k=sched.top_k, alpha=float(sched.alpha)),
+                on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task,
+                autoscaling=spec.resources.autoscaling)
+            tables.append(run.table)
+            decisions.append(run.decisions.assign(repetitions_full=mspec.repetitions))
+            continue
+        tables.append(scoring.score_pairs(
+            pairs, pool_results, store=store, seed=spec.seed, metrics=[mspec], done=done,
+            on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task,
+            autoscaling=spec.resources.autoscaling))
+    unavailable = [_unavailable_row(spec, p, k) for p in plan.pairs if p.error
+                   for k in range(p.repetitions)]
+    rows = [r for t in tables for r in t.to_dict("records")] + unavailable
+    table = scoring.results_frame(rows)
+    timings["score"] = time.perf_counter() - t0
+
+    # -- matrix, correlation, report
+    t0 = time.perf_counter()
+    from segotce_ray.results import matrix as matrix_mod
+
+    table = _calibrate(spec, table, run_dir, errors)
+    table = mark_degenerate(table, pool_checks(store, pool_results), spec.otce.n_pixels)
+    mat = matrix_mod.TransferabilityMatrix(table)
+    mat.save(run_dir, ground_truth=spec.ground_truth)
+    schedule = None
+    if adaptive:
+        schedule = _schedule_frame(decisions, plan)
+        _write_schedule(run_dir, mat, schedule)
+    timings["matrix"] = time.perf_counter() - t0
+
+    return table, errors, schedule
+
+
+def _calibrate(spec: JobSpec, table: Any, run_dir: Path, errors: dict[str, str]) -> Any:
+    """The table plus the ``otce_calibrated`` rows when ``otce.calibration`` is set.
+
+    The calibration file is copied to ``run_dir/calibration_applied.json`` (the report shows its
+    LOTO figures). A file that no longer reads is an error of the job (``otce.calibration``),
+    never of the raw results.
+    """
+    if not spec.otce.calibration or "otce" not in spec.metrics:
+        return table
+    from segotce_ray.metrics import calibration as cal_mod
+    from segotce_ray.scoring.rows import results_frame
+
+    try:
+        cal = cal_mod.read_calibration(spec.otce.calibration)
+    except cal_mod.CalibrationError as exc:
+        errors["otce.calibration"] = str(exc)
+        return table
+    data = {**cal.to_dict(), "path": spec.otce.calibration}
+    write_json(run_dir / "calibration_applied.json", data)
+    extra = cal_mod.calibrated_rows(table, cal)
+    return results_frame([*table.to_dict("records"), *extra.to_dict("records")])
+
+
+def pool_checks(store: Any, pool_results: Mapping[tuple[str, str], Any]) -> dict[tuple[str, str], dict]:
+    """:func:`segotce_ray.pools.degeneracy.pool_stats` of every committed pool, memoised in the store.
+
+    The memo is ``<store>/checks/<key[:2]>/<key>.json`` (a pool key fixes its content), so a
+    pool is read for the check once, whatever the number of runs and repetitions. A pool that
+    cannot be read is left out (its pairs fail on their own).
+    """
+    from segotce_ray.pools.degeneracy import STATS_VERSION, pool_stats
+
+    out: dict[tuple[str, str], dict] = {}
+    for pool, key in pool_results.items():
+        if not isinstance(key, str):
+            continue
+        memo = Path(store.root) / "checks" / key[:2] / f"{key}.json"
+        try:
+            stats = json.loads(memo.read_text(encoding="utf-8"))
+            if stats.get("version") == STATS_VERSION:
+                out[pool] = stats
+                continue
+        except (OSError, ValueError):
+            pass
+        try:
+            table = store.read_table(key, columns=["label", "feature"]).combine_chunks()
+            width = table.schema.field("feature").type.list_size
+            feats = table.column("feature").combine_chunks().flatten() \
+                .to_numpy(zero_copy_only=False).reshape(-1, width)
+            stats = pool_stats(feats, table.column("label").to_numpy())
+        except Exception as exc:  # noqa: BLE001 - a bad pool fails its pairs elsewhere
+            log.warning("pool %s@%s: degeneracy check skipped: %s", *pool, exc)
+            continue
+        out[pool] = stats
+        try:  # the memo only saves time: two runs writing it at once may both lose
+            write_json(memo, stats, indent=None)
+        except OSError as exc:
+            log.info("pool %s@%s: check not memoised: %s", *pool, exc)
+    return out
+
+
+def mark_degenerate(table: Any, stats: Mapping[tuple[str, str], dict], n_pixels: int) -> Any:
+    """``table`` with column ``degenerate``: per row, the reasons of the pools its metric reads.
+
+    SEG-OTCE rows (and ``otce_calibrated``) read the model's source and target pools, the
+    peers the target pool; the cell reads ``model@dataset: why`` (several joined by `` | ``;
+    None when all are fine).
+    """
+    from segotce_ray.metrics.calibration import CALIBRATED_METRIC
+    from segotce_ray.pools.degeneracy import degenerate_reason
+
+    reasons = {pool: degenerate_reason(s, n_pixels) for pool, s in stats.items()}
+
+    def why(model: str, target: str, metric: str, source: Any) -> str | None:
+        pools = [(model, target)]
+        if metric in (*SOURCE_METRICS, CALIBRATED_METRIC) and isinstance(source, str) and source:
+            pools.insert(0, (model, source))
+        found = [f"{m}@{d}: {reasons[(m, d)]}" for m, d in pools if reasons.get((m, d))]
+        return " | ".join(found) or None
+
+    out = table.copy()
+    out["degenerate"] = [why(str(r.model), str(r.target), str(r.metric), r.source)
+                         for r in out[["model", "target", "metric", "source"]].itertuples()]
+    return out
+
+
+#: Columns of ``schedule.csv`` (an adaptive run's decisions, one row per pair).
+SCHEDULE_FILE_COLUMNS = ["metric", "model", "target", "schedule_status", "repetitions_done",
+                         "repetitions_full", "scheduled", "mean", "lower", "upper", "threshold",
+                         "snapshot", "reason"]
+
+
+def _schedule_frame(decisions: list[Any], plan: Plan) -> Any:
+    """The adaptive decisions of every metric, plus the pairs that could not run.
+
+    A pair that could not be scheduled (a pool failed: ``failed``; a source metric without a
+    source: ``unavailable``) has 0 repetitions and ``scheduled`` False, so every (metric,
+    model, target) of the plan has a row; repetition counts (spent vs full) cover the
+    scheduled pairs only.
+    """
+    import pandas as pd
+
+    frames = [d.assign(scheduled=True) for d in decisions if not d.empty]
+    extra = [{"metric": p.metric, "model": p.model, "target": p.target,
+              "schedule_status": "unavailable" if p.not_applicable else "failed",
+              "repetitions_done": 0, "repetitions_full": p.repetitions, "scheduled": False,
+              "reason": p.error}
+             for p in plan.pairs if p.error is not None]
+    if extra:
+        frames.append(pd.DataFrame(extra))
+    if not frames:
+        return pd.DataFrame(columns=SCHEDULE_FILE_COLUMNS)
+    out = pd.concat(frames, ignore_index=True).reindex(columns=SCHEDULE_FILE_COLUMNS)
+    out["repetitions_done"] = out["repetitions_done"].astype("int64")
+    out["repetitions_full"] = out["repetitions_full"].astype("int64")
+    out["scheduled"] = out["scheduled"].astype(bool)
+    out["snapshot"] = pd.array(pd.to_numeric(out["snapshot"], errors="coerce"), dtype="Int64")
+    return out.sort_values(["metric", "model", "target"], kind="stable").reset_index(drop=True)
+
+
+def _write_schedule(run_dir: Path, mat: Any, schedule: Any) -> None:
+    """``schedule.csv``; ``schedule_status``/``repetitions_done`` joined onto ``summary.csv``
+    and ``rankings.csv`` (``matrix.parquet`` keeps the plain long-table schema)."""
+    keys = ["metric", "model", "target"]
+    marks = schedule[[*keys, "schedule_status", "repetitions_done"]]
+
+    def put(name: str, frame: Any) -> None:
+        atomic_write(run_dir / name, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.10g"))
+
+    put("schedule.csv", schedule)
+    put("summary.csv", mat.summary().merge(marks, on=keys, how="left"))
+    put("rankings.csv", mat.rankings().merge(marks, on=keys, how="left"))

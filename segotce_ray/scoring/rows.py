@@ -1,0 +1,74 @@
+"""The long results table: one row per (model, target, metric, k), its columns and types.
+"""
+
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+
+#: Columns of the long results table, in order.
+RESULT_COLUMNS = ["model", "target", "metric", "k", "score", "w_t", "w_d", "iterations",
+                  "converged", "n_source", "n_target", "seconds", "status", "error",
+                  "source", "seed", "solver", "passes", "degenerate"]
+_KEY = ["model", "target", "metric", "k"]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, order=True)
+class ScorePair:
+    """One (model, target) pair: the model's pools on its ``source`` and on ``target``."""
+
+    model: str
+    source: str
+    target: str
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"model": pair.model, "target": pair.target, "metric": metric,
+                           "k": int(k), "score": math.nan, "w_t": math.nan, "w_d": math.nan,
+                           "iterations": None, "converged": None, "n_source": None,
+                           "n_target": None, "seconds": math.nan, "status": "ok",
+                           "error": None, "source": pair.source, "seed": int(seed),
+                           "solver": None, "passes": math.nan, "degenerate": None}
+    row.update(values)
+    return row
+
+
+def _failed(pair: ScorePair, metric: str, k: int, seed: int, error: str) -> dict[str, Any]:
+    return _row(pair, metric, k, seed, status="failed", error=error)
+
+
+def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Rows (or a frame, e.g. read from Parquet) → the long results table.
+
+    Columns :data:`RESULT_COLUMNS` (missing ones filled with nulls, others dropped), typed
+    (str columns as object, ``Int64``/``boolean`` for nullable ints/bools), sorted by
+    (model, target, metric, k).
+    """
+    if isinstance(rows, pd.DataFrame):
+        df = rows.reindex(columns=RESULT_COLUMNS).copy()
+    else:
+        df = pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
+    for col in ("model", "target", "metric", "status", "source", "solver"):
+        df[col] = df[col].astype(object)
+    for col in ("error", "degenerate"):
+        df[col] = df[col].astype(object).where(df[col].notna(), None)
+    df["k"] = df["k"].astype("int64")
+    for col in ("score", "w_t", "w_d", "seconds", "passes"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for col in ("iterations", "n_source", "n_target", "seed"):
+        df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
+    df["converged"] = pd.array([None if pd.isna(v) else bool(v) for v in df["converged"]],
+                               dtype="boolean")
+    return df.sort_values(_KEY, kind="stable").reset_index(drop=True)
