@@ -112,22 +112,22 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, data_root, capsys):
 
 
 def test_spec_without_metrics_scores_every_metric_the_pools_allow(tmp_path, data_root, capsys):
-    from segotce_ray.spec.model import KNOWN_METRICS
+    from segotce_ray.spec.model import known_metrics
 
     # m_x has no source dataset: the peers still score it, SEG-OTCE is marked unavailable
     path = write_job(tmp_path, data_root, metrics=None,
                      models={"m_a": "src_a", "m_x": None})
     spec = load_spec(path)
-    assert spec.metrics == list(KNOWN_METRICS) and spec.metrics[0] == "otce"
+    assert spec.metrics == list(known_metrics()) and spec.metrics[0] == "otce"
     plan = make_plan(spec)
-    by_metric = {m: [p for p in plan.pairs if p.metric == m] for m in KNOWN_METRICS}
+    by_metric = {m: [p for p in plan.pairs if p.metric == m] for m in known_metrics()}
     assert all(len(v) == 2 * 2 for v in by_metric.values())  # 2 models × 2 targets each
     otce_x = [p for p in by_metric["otce"] if p.model == "m_x"]
     assert otce_x and all(p.not_applicable and "source" in p.error for p in otce_x)
-    assert all(p.error is None for m in KNOWN_METRICS[1:] for p in by_metric[m])
+    assert all(p.error is None for m in known_metrics()[1:] for p in by_metric[m])
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert f"pairs: {len(KNOWN_METRICS) * 4} (model × target × metric)" in out
+    assert f"pairs: {len(known_metrics()) * 4} (model × target × metric)" in out
 
 
 def test_resume_after_kill_computes_only_missing_rows_and_same_matrix(tmp_path, data_root, ray_local):

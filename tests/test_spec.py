@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segotce_ray.spec.model import KNOWN_METRICS, SpecError
+from segotce_ray.spec.model import SpecError, known_metrics
 from segotce_ray.spec.build import build_spec, check_spec_file, load_spec
 from segotce_ray.spec.validate import validate
 
@@ -76,7 +76,7 @@ def test_issue_spec_validates_and_resolves_against_its_folder(tmp_path):
     assert spec.models["lraspp_gta5"].constructor == "lraspp_mobilenet_v3_large"
     assert spec.models["tiny_bdd"].layer == "penultimate"  # falls back to otce.layer
     assert spec.otce.n_pixels == 10000 and spec.otce.repetitions == 10
-    assert spec.otce.solver == "auto" and spec.metrics == list(KNOWN_METRICS)
+    assert spec.otce.solver == "auto" and spec.metrics == list(known_metrics())
     assert spec.ground_truth == str(jobs / "gt.csv")
     assert spec.targets == ["cs_aachen", "mine"]
     # the resolved spec round-trips through YAML and validates again

@@ -8,7 +8,7 @@ import numpy as np
 
 from segotce_ray.cluster import progress as progress_mod
 from segotce_ray.pools.pool import PixelPool
-from segotce_ray.cluster.progress import RepetitionProgress
+from segotce_ray.cluster.progress import Progress
 from segotce_ray.scoring.adapters import OTCESettings
 from segotce_ray.scoring.executor import score_pairs
 
@@ -24,7 +24,7 @@ def _pool(model: str, dataset: str, seed: int) -> PixelPool:
 def test_log_lines_every_interval_and_per_finished_pair(caplog):
     now = [0.0]
     caplog.set_level(logging.INFO, logger="segotce_ray.progress")
-    bar = RepetitionProgress(4, "scoring", enabled=False, interval=30.0, clock=lambda: now[0],
+    bar = Progress(4, "scoring", enabled=False, interval=30.0, clock=lambda: now[0],
                              units={("otce", "a", "t"): 2, ("otce", "b", "t"): 2})
     row = {"metric": "otce", "model": "a", "target": "t", "status": "ok"}
     bar.update([row])

@@ -54,7 +54,6 @@ import json
 import logging
 import math
 import pickle
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -64,10 +63,11 @@ import numpy as np
 import pyarrow as pa
 
 from segotce_ray.inputs.models import ModelError, ModelSpec, model_weights_hash
-from segotce_ray.pools.pool import POOL_SCHEMA_VERSION
+from segotce_ray.pools.pool import POOL_SCHEMA_VERSION, PixelPool
 from segotce_ray.extract.sampling import SAMPLING_MODES
 from segotce_ray.pools.store import PoolStore, pool_key
 from segotce_ray.extract.actor import ChunkFeatureExtractor, load_chunk
+from segotce_ray.cluster.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,6 @@ def extract_in_process(req: ExtractionRequest, batch_size: int = 8) -> PixelPool
     actor chunk code as :func:`extract_pools`, chunk by chunk (the reference that tests and
     benchmarks compare a cluster's pools with). Any bad image or model raises
     :class:`ExtractionError`."""
-    from segotce_ray.pools.pool import PixelPool
 
     m, d = req.pair
     weights_hash = model_weights_hash(req.model)
@@ -364,7 +363,8 @@ def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, 
     ctx = ray.data.DataContext.get_current()
     saved = ctx.enable_progress_bars
     ctx.enable_progress_bars = False
-    bar = _Progress(sum(len(p.request.dataset.samples) for p in pools), "extract", progress)
+    bar = Progress(sum(len(p.request.dataset.samples) for p in pools), "extract", progress,
+                   interval=30.0, noun=("img", "images"))
     t0 = time.perf_counter()
     t_first, first_images, driver_bytes = None, 0, 0
     try:
@@ -387,7 +387,7 @@ def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, 
                                 for a in batch.values())
             for row in _rows(batch):
                 _consume_chunk(by_index[int(row["request"])], row, store, bad_images)
-                bar.update(int(row["images"]))
+                bar.advance(int(row["images"]))
                 if t_first is None:
                     t_first, first_images = time.perf_counter(), int(row["images"])
     except Exception as exc:  # noqa: BLE001 - the whole pipeline broke: fail what is unfinished
@@ -480,28 +480,3 @@ def _consume_chunk(p: _PendingPool, row: dict[str, Any], store: PoolStore, bad_i
     log.info("pool %s@%s: %d pixels from %d images -> %s", m, d, p.rows, p.images, p.key[:12])
 
 
-class _Progress:
-    """tqdm bar on a tty, otherwise a log line at most every 30 s."""
-
-    def __init__(self, total: int, desc: str, enabled: bool | None) -> None:
-        self.total, self.desc, self.done, self.last = total, desc, 0, time.time()
-        tty = sys.stderr.isatty()
-        self.bar = None
-        if enabled if enabled is not None else tty:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="img")
-
-    def update(self, n: int) -> None:
-        self.done = min(self.total, self.done + max(0, n))
-        if self.bar is not None:
-            self.bar.update(n)
-        elif time.time() - self.last > 30:
-            self.last = time.time()
-            log.info("%s: %d/%d images", self.desc, self.done, self.total)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        else:
-            log.info("%s: %d/%d images", self.desc, self.done, self.total)

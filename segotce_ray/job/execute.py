@@ -7,17 +7,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 
-from segotce_ray.spec.model import SOURCE_METRICS, JobSpec
+from segotce_ray.spec.model import needs_source, JobSpec
 from segotce_ray.job.plan import PROBS_SPACE, PairPlan, Plan, extraction_request
 from segotce_ray.io import atomic_write, write_json
 from segotce_ray.pools.score_log import ScoreLog
+from segotce_ray.scoring.adapters import OTCESettings, metric_spec
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,11 @@ def _skipped_images(spec: JobSpec, plan: Plan) -> dict[str, list[dict[str, str]]
 
 def _metric_specs(spec: JobSpec) -> dict[str, Any]:
     """Scoring :class:`MetricSpec` per selected metric."""
-    from segotce_ray.scoring.executor import executor as scoring
-
-    out: dict[str, Any] = {}
-    for metric in spec.metrics:
-        if metric == "otce":
-            o = spec.otce
-            out[metric] = scoring.otce_metric(scoring.OTCESettings(
-                n_pixels=o.n_pixels, repetitions=o.repetitions, epsilon=float(o.epsilon),
-                solver=o.solver, sampling=o.sampling,
-                options={"cost_scale": o.cost_scale} if o.cost_scale != "none" else {}))
-        else:
-            out[metric] = scoring.peer_metric(metric, n_pixels=spec.otce.n_pixels,
-                                              repetitions=spec.otce.repetitions)
-    return out
+    o = spec.otce
+    settings = OTCESettings(n_pixels=o.n_pixels, repetitions=o.repetitions,
+                            epsilon=float(o.epsilon), solver=o.solver, sampling=o.sampling,
+                            options={"cost_scale": o.cost_scale} if o.cost_scale != "none" else {})
+    return {metric: metric_spec(metric, settings) for metric in spec.metrics}
 
 
 def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
@@ -250,14 +241,13 @@ def mark_degenerate(table: Any, stats: Mapping[tuple[str, str], dict], n_pixels:
     peers the target pool; the cell reads ``model@dataset: why`` (several joined by `` | ``;
     None when all are fine).
     """
-    from segotce_ray.metrics.calibration import CALIBRATED_METRIC
     from segotce_ray.pools.degeneracy import degenerate_reason
 
     reasons = {pool: degenerate_reason(s, n_pixels) for pool, s in stats.items()}
 
     def why(model: str, target: str, metric: str, source: Any) -> str | None:
         pools = [(model, target)]
-        if metric in (*SOURCE_METRICS, CALIBRATED_METRIC) and isinstance(source, str) and source:
+        if needs_source(metric) and isinstance(source, str) and source:
             pools.insert(0, (model, source))
         found = [f"{m}@{d}: {reasons[(m, d)]}" for m, d in pools if reasons.get((m, d))]
         return " | ".join(found) or None

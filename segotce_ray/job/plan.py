@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 
-from segotce_ray.spec.model import SOURCE_METRICS, JobSpec, SpecProblem
+from segotce_ray.spec.model import needs_source, JobSpec, SpecProblem
 from segotce_ray.io import write_text
 from segotce_ray.pools.score_log import ScoreLog
+from segotce_ray.metrics import registry
 
 #: the feature space read from a pool's ``probs`` column (``layer: probs``)
 PROBS_SPACE = "probs"
@@ -234,7 +234,7 @@ def _metric_params(spec: JobSpec, metric: str, model: str) -> dict[str, Any]:
     (``none``, the pool's feature column), so earlier scores stay valid.
     """
     params: dict[str, Any] = {"n_pixels": spec.otce.n_pixels}
-    if metric == "otce":
+    if registry.get(metric).runner == "otce":
         o = spec.otce
         params.update(epsilon=float(o.epsilon), solver=o.solver, sampling=o.sampling)
         if o.cost_scale != "none":
@@ -292,11 +292,11 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True)
         m = spec.models[mname]
         for target in spec.targets:
             for metric in spec.metrics:
-                needs_source = metric in SOURCE_METRICS
+                source_needed = needs_source(metric)
                 tp = pool(mname, target)
-                sp = pool(mname, m.source) if needs_source and m.source else None
+                sp = pool(mname, m.source) if source_needed and m.source else None
                 err, by_design = None, False
-                if needs_source and not m.source:
+                if source_needed and not m.source:
                     err = f"{metric} unavailable: it needs the model's source dataset and " \
                           f"models.{mname}.source is not set"
                     by_design = True
@@ -308,10 +308,10 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True)
                 done = 0
                 if err is None:
                     key = _pair_key(spec, metric, _metric_params(spec, metric, mname), mname,
-                                    m.source if needs_source else None, target,
+                                    m.source if source_needed else None, target,
                                     sp.key if sp else None, tp.key)  # type: ignore[arg-type]
                     done = sum(1 for r in scores.rows(key) if int(r["k"]) < spec.otce.repetitions)
-                pairs.append(PairPlan(mname, m.source if needs_source else None, target, metric,
+                pairs.append(PairPlan(mname, m.source if source_needed else None, target, metric,
                                       key, spec.otce.repetitions, done, err, by_design))
     # only pools that some runnable pair still needs are extracted
     used = set()

@@ -38,7 +38,6 @@ failed with the reason, everything else completes, and the exit status is non-ze
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -53,7 +52,7 @@ import yaml
 from segotce_ray.spec.model import JobSpec
 from segotce_ray.job.execute import _execute, _skipped_images
 from segotce_ray.job.plan import Plan, make_plan
-from segotce_ray.io import write_json, write_text
+from segotce_ray.io import write_json
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,7 @@ temporary name and renamed, so a reader never sees half a file):
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any

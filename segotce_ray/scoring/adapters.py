@@ -12,6 +12,9 @@ import numpy as np
 
 from segotce_ray.metrics.otce import otce_score
 from segotce_ray.pools.pool import PixelPool
+from segotce_ray.metrics import registry
+from segotce_ray.metrics.peers import PEER_METRICS, call_peer
+from segotce_ray.metrics.registry import MetricRecord
 
 _WORKER_BASE_BYTES = 128 * 1024**2
 
@@ -108,23 +111,20 @@ def otce_metric(settings: OTCESettings | None = None) -> MetricSpec:
     return MetricSpec("otce", otce_repetition, s.repetitions, s.n_pixels, params)
 
 
-def peer_repetition(source: PixelPool | None, target: PixelPool, seed: int, *, name: str,
-                    n_pixels: int, ignore_index: int = 255,
+def peer_repetition(source: PixelPool | None, target: PixelPool, seed: int, *,
+                    record: MetricRecord, n_pixels: int, ignore_index: int = 255,
                     options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One repetition of peer metric ``name`` on ``n_pixels`` target pixels drawn with ``seed``.
-
-    Draws min(n_pixels, labelled pixels) pixels of the target pool uniformly without
-    replacement and calls :func:`segotce_ray.metrics.peers.compute_metric` on their features
-    (or source-head probabilities) and labels.
+    """One repetition of the peer metric of ``record`` on ``n_pixels`` target pixels drawn
+    with ``seed``: min(n_pixels, labelled pixels) pixels of the target pool, uniformly without
+    replacement, their features (or source-head probabilities) and labels.
     """
-    from segotce_ray.metrics.peers import compute_metric
 
     labelled = np.flatnonzero(np.asarray(target.labels) != ignore_index)
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(labelled, size=min(n_pixels, labelled.size), replace=False))
     probs = None if target.probs is None else target.probs[take]
-    score = compute_metric(name, labels=target.labels[take], features=target.features[take],
-                           probs=probs, ignore_index=ignore_index, **dict(options or {}))
+    score = call_peer(record, labels=target.labels[take], features=target.features[take],
+                      probs=probs, ignore_index=ignore_index, **dict(options or {}))
     return {"score": float(score), "n_target": int(take.size)}
 
 
@@ -135,16 +135,27 @@ def feature_memory_bytes(n_pixels: int, dim: int, pool_rows: int) -> int:
 
 def peer_metric(name: str, n_pixels: int = 10_000, repetitions: int = 10,
                 ignore_index: int = 255, **options: Any) -> MetricSpec:
-    """The :class:`MetricSpec` of a peer metric from :data:`segotce_ray.metrics.peers.PEER_METRICS`."""
-    from segotce_ray.metrics.peers import PEER_METRICS
-
+    """The :class:`MetricSpec` of a peer metric of the registry (runner ``peer``)."""
     if name not in PEER_METRICS:
         raise KeyError(f"unknown peer metric {name!r}; known: {sorted(PEER_METRICS)}")
-    params = {"name": name, "n_pixels": n_pixels, "ignore_index": ignore_index,
+    rec = PEER_METRICS[name]
+    params = {"record": rec, "n_pixels": n_pixels, "ignore_index": ignore_index,
               "options": options}
     return MetricSpec(name, peer_repetition, repetitions, n_pixels, params,
                       memory_bytes=feature_memory_bytes, needs_source=False,
-                      higher_is_better=PEER_METRICS[name].higher_is_better)
+                      higher_is_better=rec.higher_is_better)
+
+
+def metric_spec(name: str, otce: OTCESettings) -> MetricSpec:
+    """The :class:`MetricSpec` of any scored metric of the registry: its runner decides
+    (``otce``: SEG-OTCE under ``otce``; ``peer``: N and K of ``otce``, the job's draws)."""
+    rec = registry.get(name)
+    if rec.runner == "otce":
+        return otce_metric(otce)
+    if rec.runner == "peer":
+        return peer_metric(name, n_pixels=otce.n_pixels, repetitions=otce.repetitions,
+                           ignore_index=otce.ignore_index)
+    raise ValueError(f"metric {name!r} is derived from other metrics' rows, not scored")
 
 
 def task_memory_bytes(n_pixels: int, dim: int, pool_rows: int) -> int:

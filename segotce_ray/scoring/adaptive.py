@@ -317,7 +317,7 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
     """
     import ray
 
-    from segotce_ray.cluster.progress import RepetitionProgress
+    from segotce_ray.cluster.progress import Progress
 
     sched = schedule or AdaptiveSettings()
     spec = metric or otce_metric(settings)
@@ -415,7 +415,7 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
                         else:
                             want(c, c.decided)
 
-    bar = RepetitionProgress(len(pair_list) * K, "scoring (adaptive)", progress)
+    bar = Progress(len(pair_list) * K, "scoring (adaptive)", progress)
     new_rows: list[dict[str, Any]] = []
 
     def finish(out_rows: list[dict[str, Any]]) -> None:

@@ -154,7 +154,7 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
     """
     import ray
 
-    from segotce_ray.cluster.progress import RepetitionProgress
+    from segotce_ray.cluster.progress import Progress
 
     specs = list(metrics) if metrics is not None else [otce_metric(settings)]
     if not specs:
@@ -189,7 +189,7 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
     for pair, spec, ks in units:
         key = (spec.name, pair.model, pair.target)
         per_pair[key] = per_pair.get(key, 0) + len(ks)
-    bar = RepetitionProgress(total, "scoring", progress, per_pair)
+    bar = Progress(total, "scoring", progress, per_pair)
 
     def finish(rows: list[dict[str, Any]]) -> None:
         for row in rows:

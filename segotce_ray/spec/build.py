@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from segotce_ray.spec.model import DEFAULT_METRICS, DatasetEntry, ExtractionSettings, JobSpec, ModelEntry, OTCESettings, Resources, Schedule, SpecError, SpecProblem
+from segotce_ray.spec.model import known_metrics, DatasetEntry, ExtractionSettings, JobSpec, ModelEntry, OTCESettings, Resources, Schedule, SpecError, SpecProblem
 from segotce_ray.spec.validate import _Checker, read_yaml, validate
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) 
             kwargs=dict(m.get("kwargs") or {}),
         )
     targets = raw["targets"]
-    metrics = raw.get("metrics", list(DEFAULT_METRICS))
+    metrics = raw.get("metrics", list(known_metrics()))
     gt = raw.get("ground_truth")
     return JobSpec(
         name=raw["name"],

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segotce_ray.metrics import registry
+
 
 DATASET_FORMATS = ("cityscapes", "bdd100k", "gta5", "folder")
 SOLVERS = ("auto", "sinkhorn", "emd", "exact+polish")
@@ -20,16 +22,22 @@ LAYER_SPACES = ("penultimate", "logits", "probs")
 SCHEDULES = ("full", "adaptive")
 #: Schedules this version runs (``adaptive``: issue 8's early pruning, :mod:`segotce_ray.adaptive`).
 SCHEDULES_AVAILABLE = ("full", "adaptive")
-#: Every metric name a job may select (issue 7's peers next to SEG-OTCE).
-KNOWN_METRICS = ("otce", "nce", "leep", "nleep", "logme", "hscore", "hscore_shrinkage",
-                 "gbc", "transrate")
-#: Metrics a job scores when its spec has no ``metrics`` key: every metric the pools allow.
-#: Pools always keep the source head's probabilities (NCE, LEEP) and the features (the
-#: others); SEG-OTCE also needs the model's source pool and is marked unavailable, with the
-#: reason, for a model without one. ``metrics: [otce]`` scores SEG-OTCE alone.
-DEFAULT_METRICS = KNOWN_METRICS
-#: Metrics that need the model's source-dataset pool (the others only need the target pool).
-SOURCE_METRICS = ("otce",)
+
+
+def known_metrics() -> tuple[str, ...]:
+    """Every metric a job may select: the registry's scored metrics, in registry order.
+
+    It is also the selection of a spec without a ``metrics`` key: pools always keep the source
+    head's probabilities and the features, so every metric can run; SEG-OTCE also needs the
+    model's source pool and is marked unavailable, with the reason, for a model without one.
+    """
+    return registry.scored_names()
+
+
+def needs_source(metric: str) -> bool:
+    """Whether ``metric`` reads the model's source-dataset pool (the registry says)."""
+    rec = registry.METRICS.get(metric)
+    return bool(rec and rec.needs_source)
 TORCHVISION_ARCHITECTURES = (
     "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
     "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large",
@@ -180,7 +188,7 @@ class JobSpec:
     datasets: dict[str, DatasetEntry]
     models: dict[str, ModelEntry]
     targets: list[str]
-    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    metrics: list[str] = field(default_factory=lambda: list(known_metrics()))
     ground_truth: str | None = None
     resources: Resources = field(default_factory=Resources)
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
@@ -224,4 +232,4 @@ class JobSpec:
         return hashlib.sha256(blob).hexdigest()
 
     def metric_needs_source(self, metric: str) -> bool:
-        return metric in SOURCE_METRICS
+        return needs_source(metric)

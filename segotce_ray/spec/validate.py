@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from segotce_ray.spec.model import COST_SCALES, DATASET_FORMATS, DEFAULT_METRICS, KNOWN_METRICS, OTCESettings, SAMPLINGS, SCHEDULES, SCHEDULES_AVAILABLE, SOLVERS, SOURCE_METRICS, SpecProblem, TORCHVISION_ARCHITECTURES
+from segotce_ray.spec.model import known_metrics, needs_source, COST_SCALES, DATASET_FORMATS, OTCESettings, SAMPLINGS, SCHEDULES, SCHEDULES_AVAILABLE, SOLVERS, SpecProblem, TORCHVISION_ARCHITECTURES
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
@@ -287,7 +287,7 @@ def _check_calibration(c: _Checker, raw: dict) -> None:
         return
     for line in settings_mismatch(cal.settings, otce_settings(raw)):
         c.add("otce.calibration", f"{p}: {line}")
-    metrics = raw.get("metrics", list(DEFAULT_METRICS))
+    metrics = raw.get("metrics", list(known_metrics()))
     if "otce" not in ([metrics] if isinstance(metrics, str) else metrics or []):
         c.add("otce.calibration", "needs metric 'otce' selected (the calibrated score is "
                                   "computed from its W_D and W_T)")
@@ -488,10 +488,10 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
                 c.add(f"metrics[{i}]", "otce_calibrated is not selected here: set "
                                        "otce.calibration to a calibration file (it adds "
                                        "the metric) and select otce")
-            elif m not in KNOWN_METRICS:
-                hint = difflib.get_close_matches(m, KNOWN_METRICS, n=1, cutoff=0.6)
+            elif m not in known_metrics():
+                hint = difflib.get_close_matches(m, known_metrics(), n=1, cutoff=0.6)
                 c.add(f"metrics[{i}]", f"unknown metric {m!r}" + (
-                    f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(KNOWN_METRICS)})"))
+                    f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(known_metrics())})"))
         if metrics is not None and not metrics:
             c.add("metrics", "select at least one metric")
         if metrics and len(set(metrics)) != len(metrics):
@@ -598,12 +598,12 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
         _check_ground_truth(c, raw["ground_truth"])
 
     # Cross-check: OTCE needs each model's source pool.
-    metrics_sel = raw.get("metrics", list(DEFAULT_METRICS))
+    metrics_sel = raw.get("metrics", list(known_metrics()))
     if isinstance(metrics_sel, str):
         metrics_sel = [metrics_sel]
     if isinstance(models, dict) and isinstance(metrics_sel, list) and \
-            any(m in SOURCE_METRICS for m in metrics_sel) and \
-            all(m in SOURCE_METRICS for m in metrics_sel if isinstance(m, str)):
+            any(needs_source(m) for m in metrics_sel if isinstance(m, str)) and \
+            all(needs_source(m) for m in metrics_sel if isinstance(m, str)):
         for name, m in models.items():
             if isinstance(m, dict) and m.get("source") is None and _NAME_RE.match(str(name)):
                 c.add(f"models.{name}.source", "required: every selected metric "
