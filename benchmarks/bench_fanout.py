@@ -6,7 +6,7 @@ D-dim features, C classes) is scored
 
 1. serially in this process, one ``otce_score(repetitions=1, seed=repetition_seed(...))``
    per (pair, k) — exactly the work of one fan-out task (``serial/rep``);
-2. by :func:`segotce_ray.scoring.executor.score_pairs` on an embedded Ray with 1 worker, one task per
+2. by :func:`segotce_ray.scoring.schedules.score_pairs` on an embedded Ray with 1 worker, one task per
    (pair, k) and grouped (one task per pair), then with 2 workers.
 
 Every timing is taken after a warm-up (worker processes started, imports done); Ray start-up
@@ -78,7 +78,7 @@ def serial_per_rep(pairs, pools, spec, seed):
 
 
 def fanout(pairs, pools, spec, seed, workers, reps_per_task):
-    from segotce_ray.scoring.executor import score_pairs
+    from segotce_ray.scoring.schedules import score_pairs
 
     t0 = time.perf_counter()
     df = score_pairs(pairs, pools, seed=seed, metrics=[spec], reps_per_task=reps_per_task,

@@ -38,7 +38,7 @@ from segotce_ray.results.matrix import TransferabilityMatrix
 from segotce_ray.pools.pool import PixelPool
 from segotce_ray.cluster.runtime import init_ray
 from segotce_ray.scoring.adapters import OTCESettings
-from segotce_ray.scoring.executor import score_pairs
+from segotce_ray.scoring.schedules import score_pairs
 
 
 def mixture_pool(sep: float, seed: int, rows: int, dim: int, classes: int) -> PixelPool:

@@ -153,7 +153,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import yaml
 
-    from segotce_ray.metrics.calibration import CalibrationError, calibrate, otce_settings, write_calibration
+    from segotce_ray.spec.model import otce_settings
+    from segotce_ray.metrics.calibration import CalibrationError, calibrate, write_calibration
     from segotce_ray.results.matrix import read_ground_truth
     from segotce_ray.results.report import load_long
 

@@ -13,7 +13,7 @@ from segotce_ray.results.matrix import TransferabilityMatrix
 from segotce_ray.pools.pool import PixelPool
 from segotce_ray.scoring.adapters import MetricSpec, OTCESettings
 from segotce_ray.seeds import repetition_seed
-from segotce_ray.scoring.executor import score_pairs
+from segotce_ray.scoring.schedules import score_pairs
 
 K = 8
 SIGMA = 0.05

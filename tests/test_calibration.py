@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from segotce_ray.metrics import calibration as cal
+from segotce_ray.spec.model import otce_settings
 from segotce_ray.cli import main
 from segotce_ray.results.matrix import TransferabilityMatrix
 from segotce_ray.scoring.rows import results_frame
@@ -155,9 +156,9 @@ def test_file_round_trip_and_refusals(tmp_path):
 def test_settings_of_a_spec_and_their_mismatch():
     raw = {"otce": {"epsilon": 0.5, "layer": "logits"},
            "models": {"a": {}, "b": {"layer": "logits"}}}
-    s = cal.otce_settings(raw)
+    s = otce_settings(raw)
     assert s == {"layer": "logits", "cost_scale": "none", "epsilon": 0.5, "solver": DEFAULT_SOLVER}
-    mixed = cal.otce_settings({"models": {"a": {}, "b": {"layer": "logits"}}})
+    mixed = otce_settings({"models": {"a": {}, "b": {"layer": "logits"}}})
     assert mixed["layer"] == ["logits", "penultimate"]
     assert cal.settings_mismatch(s, s) == []
     lines = cal.settings_mismatch(SETTINGS, s)

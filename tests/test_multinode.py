@@ -50,27 +50,30 @@ def write_job(tmp: Path, data: Path, store: str) -> Path:
 def reference_table(spec) -> pd.DataFrame:
     """The matrix computed in-process, no Ray: pools by the extraction's own chunk code,
     repetitions by the scoring task body."""
-    from segotce_ray.job.run import run as job_mod
-    from segotce_ray.scoring.executor import executor as scoring
     from segotce_ray.extract.pipeline import extract_in_process
+    from segotce_ray.job.execute import _metric_specs
+    from segotce_ray.job.plan import extraction_request, make_plan
+    from segotce_ray.scoring.rows import ScorePair, results_frame
+    from segotce_ray.scoring.tasks import _run_repetitions
+    from segotce_ray.seeds import repetition_seed
 
-    plan = job_mod.make_plan(spec, write=False)
+    plan = make_plan(spec, write=False)
     pools = {}
     for p in plan.pools:
-        req = job_mod.extraction_request(spec, plan.model_specs[p.model], plan.datasets[p.dataset])
+        req = extraction_request(spec, plan.model_specs[p.model], plan.datasets[p.dataset])
         pools[(p.model, p.dataset)] = extract_in_process(req, batch_size=spec.extraction.batch_size)
     rows = []
-    for metric, mspec in job_mod._metric_specs(spec).items():
+    for metric, mspec in _metric_specs(spec).items():
         for p in plan.pairs:
             if p.metric != metric:
                 continue
             source = p.source or spec.models[p.model].source
-            pair = scoring.ScorePair(p.model, source, p.target)
+            pair = ScorePair(p.model, source, p.target)
             ks = list(range(mspec.repetitions))
-            seeds = [scoring.repetition_seed(spec.seed, p.model, p.target, k) for k in ks]
-            rows += scoring._run_repetitions(pools[(p.model, source)], pools[(p.model, p.target)],
-                                             mspec, pair, ks, seeds)
-    return scoring.results_frame(rows)
+            seeds = [repetition_seed(spec.seed, p.model, p.target, k) for k in ks]
+            rows += _run_repetitions(pools[(p.model, source)], pools[(p.model, p.target)],
+                                     mspec, pair, ks, seeds)
+    return results_frame(rows)
 
 
 def _scores(table: pd.DataFrame) -> pd.DataFrame:

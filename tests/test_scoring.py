@@ -15,7 +15,7 @@ from segotce_ray.scoring.rows import RESULT_COLUMNS, ScorePair
 from segotce_ray.scoring.adapters import MetricSpec, OTCESettings, otce_metric, otce_repetition, peer_metric, task_memory_bytes
 from segotce_ray.scoring.tasks import PairScorer
 from segotce_ray.seeds import repetition_seed
-from segotce_ray.scoring.executor import score_pairs
+from segotce_ray.scoring.schedules import score_pairs
 
 # Small and quick: 64 pixels per side, 3 repetitions, a soft ε so Sinkhorn converges fast.
 SETTINGS = OTCESettings(n_pixels=64, repetitions=3, epsilon=10.0)

@@ -9,7 +9,7 @@ from segotce_ray.pools import store as store_mod
 from segotce_ray.pools.pool import PixelPool
 from segotce_ray.scoring.adapters import OTCESettings, peer_metric, otce_metric
 from segotce_ray.pools.views import StoredPool
-from segotce_ray.scoring.executor import score_pairs
+from segotce_ray.scoring.schedules import score_pairs
 from segotce_ray.pools.store import PoolStore
 
 COLS = ["model", "target", "metric", "k", "score", "w_t", "w_d", "status", "error", "seed"]

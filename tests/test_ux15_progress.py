@@ -10,7 +10,7 @@ from segotce_ray.cluster import progress as progress_mod
 from segotce_ray.pools.pool import PixelPool
 from segotce_ray.cluster.progress import Progress
 from segotce_ray.scoring.adapters import OTCESettings
-from segotce_ray.scoring.executor import score_pairs
+from segotce_ray.scoring.schedules import score_pairs
 
 
 def _pool(model: str, dataset: str, seed: int) -> PixelPool:

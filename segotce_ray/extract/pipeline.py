@@ -212,14 +212,74 @@ def _cluster_gpus(autoscaling: str = "auto") -> int:
                         autoscaling)
 
 
-def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_size: int = 8,
-                  num_actors: int | None = None, use_gpu: bool | None = None,
-                  cpu_threads: int | None = None, bad_images: BadImagePolicy = "fail",
-                  progress: bool | None = None,
-                  address: str | None = None, autoscaling: str = "auto",
-                  stats: dict[str, dict[str, float]] | None = None,
-                  n_draws: int = TARGET_DRAWS) -> dict[tuple[str, str], str | ExtractionError]:
-    """Produce every requested pool that is not in ``store`` yet, on Ray.
+@dataclass(frozen=True)
+class PoolOrder:
+    """One pool to produce as a plan decided it: the request, its store key and the facts the
+    key was derived from (weights hash, dataset fingerprint). Extraction takes orders as they
+    are: nothing is hashed or keyed again."""
+
+    request: ExtractionRequest
+    key: str
+    weights_hash: str
+    fingerprint: str
+
+
+def plan_orders(requests: list[ExtractionRequest]
+                ) -> tuple[list[PoolOrder], dict[tuple[str, str], ExtractionError]]:
+    """Orders for ``requests`` (weights hashed once per model, in the driver: a hash is a file
+    read, a worker for it costs more), and the requests that cannot be ordered, with why."""
+    pairs = [r.pair for r in requests]
+    dup = sorted({p for p in pairs if pairs.count(p) > 1})
+    if dup:
+        raise ValueError(f"duplicate (model, dataset) requests: {dup}")
+    specs: dict[str, ModelSpec] = {}
+    for r in requests:
+        if r.model.name in specs and specs[r.model.name] != r.model:
+            raise ValueError(f"two different model specs share the name {r.model.name!r}")
+        specs[r.model.name] = r.model
+    hashes = {name: _weights_hash_or_error(spec) for name, spec in specs.items()}
+    orders, errors = [], {}
+    for r in requests:
+        m, d = r.pair
+        if "error" in hashes[m]:
+            errors[r.pair] = ExtractionError(m, d, hashes[m]["error"])
+            continue
+        try:
+            fp = r.dataset.fingerprint()
+            orders.append(PoolOrder(r, request_key(r, hashes[m]["hash"], fp), hashes[m]["hash"], fp))
+        except Exception as exc:  # noqa: BLE001 - a dataset that cannot be fingerprinted
+            errors[r.pair] = ExtractionError(m, d, f"dataset {d!r}: {exc}")
+    return orders, errors
+
+
+def extract_pools(requests: list[ExtractionRequest], store: PoolStore, **options: Any
+                  ) -> dict[tuple[str, str], str | ExtractionError]:
+    """Produce every requested pool that is not in ``store`` yet, on Ray: :func:`plan_orders`
+    then :func:`extract_planned` (``options``: its keyword arguments).
+
+    Returns ``{(model name, dataset name): pool key | ExtractionError}``, one entry per
+    request, in request order; pools finished before a failure are kept.
+    """
+    orders, errors = plan_orders(requests)
+    done = extract_planned(orders, store, **options) if orders else {}
+    results = {**errors, **done}
+    return {r.pair: results[r.pair] for r in requests}
+
+
+def _check_options(bad_images: str, batch_size: int) -> None:
+    if bad_images not in ("fail", "skip"):
+        raise ValueError(f"bad_images must be 'fail' or 'skip', got {bad_images!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def extract_planned(orders: list[PoolOrder], store: PoolStore, *, batch_size: int = 8,
+                    num_actors: int | None = None, use_gpu: bool | None = None,
+                    cpu_threads: int | None = None, bad_images: BadImagePolicy = "fail",
+                    progress: bool | None = None, address: str | None = None,
+                    autoscaling: str = "auto", stats: dict[str, dict[str, float]] | None = None,
+                    n_draws: int = TARGET_DRAWS) -> dict[tuple[str, str], str | ExtractionError]:
+    """Produce the ordered pools that are not in ``store`` yet, in one Ray Data pipeline.
 
     batch_size: images per forward pass (one chunk); num_actors: extraction actors (default:
     the cluster's GPUs, or 1 on CPU — one actor using all cores' threads is the fastest CPU
@@ -227,91 +287,58 @@ def extract_pools(requests: list[ExtractionRequest], store: PoolStore, *, batch_
     float16); cpu_threads: torch threads per CPU actor (default: cluster CPUs // actors);
     bad_images: ``"fail"`` | ``"skip"`` (module docstring); autoscaling: ``auto`` | ``on`` |
     ``off``: with no GPU up yet, ``auto``/``on`` plan for the GPUs an autoscaler can add
-    (:mod:`segotce_ray.placement`); progress: tqdm bar (default: when
-    stderr is a tty; otherwise log lines); stats: if a dict, each model extracted gets the
-    figures of the one pipeline that served them all: ``pipeline_s`` (Ray Data run),
-    ``first_output_s`` (pipeline start to the first finished chunk: actor start-up included),
-    ``images``, ``after_first_images_per_s`` (the rate once the actors are up),
-    ``driver_bytes`` (metadata the driver received) and ``pool_bytes`` (shard bytes written).
-    n_draws: the job's ``otce.n_pixels``; a pool with fewer pixels is warned about (SEG-OTCE
-    then uses it whole).
+    (:mod:`segotce_ray.cluster.placement`); progress: a bar (default: when stderr is a tty;
+    otherwise log lines); stats: if a dict, each model extracted gets the figures of the one
+    pipeline that served them all (``pipeline_s``, ``first_output_s``, ``images``,
+    ``after_first_images_per_s``, ``driver_bytes``, ``pool_bytes``). n_draws: the job's
+    ``otce.n_pixels``; a smaller pool is warned about (SEG-OTCE then uses it whole).
 
-    Returns ``{(model name, dataset name): pool key | ExtractionError}``, one entry per
-    request; pools finished before a failure are kept.
+    Returns ``{(model, dataset): pool key | ExtractionError}`` for every order.
     """
-    import ray
-
+    _check_options(bad_images, batch_size)
+    results: dict[tuple[str, str], str | ExtractionError] = {}
+    pending: dict[str, list[_PendingPool]] = defaultdict(list)
+    for i, o in enumerate(orders):
+        (m, d), n = o.request.pair, len(o.request.dataset.samples)
+        if store.has(o.key):
+            log.info("pool %s@%s: cached (%s)", m, d, o.key[:12])
+            results[(m, d)] = o.key
+        elif n == 0:
+            results[(m, d)] = ExtractionError(m, d, f"dataset {d!r} has no samples")
+        else:
+            pending[m].append(_PendingPool(i, o.request, o.key, o.fingerprint,
+                                           math.ceil(n / batch_size), draws=n_draws))
+    if not pending:
+        return results
     from segotce_ray.cluster.runtime import init_ray
 
-    if bad_images not in ("fail", "skip"):
-        raise ValueError(f"bad_images must be 'fail' or 'skip', got {bad_images!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pairs = [r.pair for r in requests]
-    dup = sorted({p for p in pairs if pairs.count(p) > 1})
-    if dup:
-        raise ValueError(f"duplicate (model, dataset) requests: {dup}")
-    results: dict[tuple[str, str], str | ExtractionError] = {}
-    if not requests:
-        return results
     init_ray(address)
+    pools = [p for m in pending for p in pending[m]]
+    hashes = {o.request.model.name: o.weights_hash for o in orders}
+    run_stats: dict[str, float] = {}
+    _run_pipeline(pools, {m: (pending[m][0].request.model, hashes[m]) for m in pending}, store,
+                  batch_size=batch_size, **_actor_setup(num_actors, use_gpu, cpu_threads, autoscaling),
+                  bad_images=bad_images, progress=progress, stats=run_stats)
+    for p in pools:
+        results[p.request.pair] = p.failed if p.failed is not None else p.key
+    if stats is not None:
+        stats.update({m: run_stats for m in pending})
+    return results
 
-    # 1. weights hashes (no forward pass): file bytes, or the seeded init without a checkpoint.
-    #    Done in the driver: a hash is a file read; starting a worker for it costs more.
-    specs: dict[str, ModelSpec] = {}
-    for r in requests:
-        if r.model.name in specs and specs[r.model.name] != r.model:
-            raise ValueError(f"two different model specs share the name {r.model.name!r}")
-        specs[r.model.name] = r.model
-    hashes: dict[str, str | Exception] = {}
-    for name, spec in specs.items():
-        got = _weights_hash_or_error(spec)
-        hashes[name] = got["hash"] if "hash" in got else RuntimeError(got["error"])
 
-    # 2. keys and cache
-    pending: dict[str, list[_PendingPool]] = defaultdict(list)
-    for i, r in enumerate(requests):
-        m, d = r.pair
-        wh = hashes[m]
-        if isinstance(wh, Exception):
-            results[r.pair] = ExtractionError(m, d, str(wh))
-            continue
-        try:
-            fp = r.dataset.fingerprint()
-            key = request_key(r, wh, fp)
-        except Exception as exc:  # noqa: BLE001 - a dataset that cannot be fingerprinted
-            results[r.pair] = ExtractionError(m, d, f"dataset {d!r}: {exc}")
-            continue
-        if store.has(key):
-            log.info("pool %s@%s: cached (%s)", m, d, key[:12])
-            results[r.pair] = key
-            continue
-        n = len(r.dataset.samples)
-        if n == 0:
-            results[r.pair] = ExtractionError(m, d, f"dataset {d!r} has no samples")
-            continue
-        pending[m].append(_PendingPool(i, r, key, fp, math.ceil(n / batch_size), draws=n_draws))
+def _actor_setup(num_actors: int | None, use_gpu: bool | None, cpu_threads: int | None,
+                 autoscaling: str) -> dict[str, Any]:
+    """Actors, GPU use and torch threads of the pipeline (see :func:`extract_planned`)."""
+    import ray
 
-    if pending:
-        gpus = _cluster_gpus(autoscaling)
-        gpu = bool(gpus) if use_gpu is None else bool(use_gpu)
-        if gpu and not gpus:
-            raise ValueError("use_gpu=True but the Ray cluster has no GPUs")
-        actors = num_actors or (max(1, gpus) if gpu else 1)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        threads = None if gpu else (cpu_threads or max(1, cpus // actors))
-        # one pipeline for the whole zoo: actors load each model on first use (a bad model
-        # fails its own pools there), so start-up is paid per actor, not per model
-        pools = [p for m in pending for p in pending[m]]
-        run_stats: dict[str, float] = {}
-        _run_pipeline(pools, {m: (specs[m], str(hashes[m])) for m in pending}, store,
-                      batch_size=batch_size, actors=actors, gpu=gpu, threads=threads,
-                      bad_images=bad_images, progress=progress, stats=run_stats)
-        for p in pools:
-            results[p.request.pair] = p.failed if p.failed is not None else p.key
-        if stats is not None:
-            stats.update({m: run_stats for m in pending})
-    return {r.pair: results[r.pair] for r in requests}
+    gpus = _cluster_gpus(autoscaling)
+    gpu = bool(gpus) if use_gpu is None else bool(use_gpu)
+    if gpu and not gpus:
+        raise ValueError("use_gpu=True but the Ray cluster has no GPUs")
+    actors = num_actors or (max(1, gpus) if gpu else 1)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return {"actors": actors, "gpu": gpu,
+            "threads": None if gpu else (cpu_threads or max(1, cpus // actors))}
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -13,18 +13,28 @@ from pathlib import Path
 from typing import Any
 
 
-from segotce_ray.spec.model import needs_source, JobSpec
-from segotce_ray.job.plan import PROBS_SPACE, PairPlan, Plan, extraction_request
-from segotce_ray.io import atomic_write, write_json
+from segotce_ray.cluster.runtime import init_ray
+from segotce_ray.extract.pipeline import extract_planned
+from segotce_ray.io import write_json
+from segotce_ray.job.plan import PROBS_SPACE, PairPlan, Plan
+from segotce_ray.metrics.calibration import CalibrationError, calibrated_rows, read_calibration
+from segotce_ray.pools.degeneracy import STATS_VERSION, degenerate_reason, pool_stats
 from segotce_ray.pools.score_log import ScoreLog
+from segotce_ray.pools.store import PoolStore
+from segotce_ray.pools.views import ProbsView
+from segotce_ray.results.matrix import TransferabilityMatrix
 from segotce_ray.scoring.adapters import OTCESettings, metric_spec
+from segotce_ray.scoring.adaptive import AdaptiveSettings, score_pairs_adaptive
+from segotce_ray.scoring.rows import ScorePair, results_frame
+from segotce_ray.scoring.schedules import score_pairs
+from segotce_ray.seeds import repetition_seed
+from segotce_ray.spec.model import JobSpec, needs_source
 
 log = logging.getLogger(__name__)
 
-def _skipped_images(spec: JobSpec, plan: Plan) -> dict[str, list[dict[str, str]]]:
+def skipped_images(spec: JobSpec, plan: Plan) -> dict[str, list[dict[str, str]]]:
     """``{"model@dataset": [{image_id, error}, ...]}``: images the job's pools left out
     (``extraction.bad_images: skip``), read from the pool manifests (cached pools included)."""
-    from segotce_ray.pools.store import PoolStore
 
     store = PoolStore(spec.store)
     out: dict[str, list[dict[str, str]]] = {}
@@ -52,7 +62,6 @@ def _metric_specs(spec: JobSpec) -> dict[str, Any]:
 
 def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
     """A failed row for repetition k of a pair that cannot run (its reason in ``error``)."""
-    from segotce_ray.seeds import repetition_seed
 
     return {"model": p.model, "target": p.target, "metric": p.metric, "k": k,
             "score": math.nan, "w_t": math.nan, "w_d": math.nan, "iterations": None,
@@ -62,41 +71,49 @@ def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
             "seed": repetition_seed(spec.seed, p.model, p.target, k)}
 
 
-def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *,
-             address: str | None, num_cpus: int | None, progress: bool | None,
-             on_row: Callable[[dict[str, Any]], None] | None) -> tuple[Any, dict[str, str], Any]:
-    """Extract, score and write the matrix files.
+def execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *,
+            address: str | None, num_cpus: int | None, progress: bool | None,
+            on_row: Callable[[dict[str, Any]], None] | None) -> tuple[Any, dict[str, str], Any]:
+    """Run ``plan``: extract its missing pools, score its missing repetitions (each row
+    persisted as it arrives), write the matrix files.
 
     Returns (long table, extraction errors, decisions of an adaptive schedule or None).
     """
-    from segotce_ray.extract.pipeline import pipeline as extraction
-    from segotce_ray.scoring.executor import executor as scoring
-    from segotce_ray.cluster.runtime import init_ray
-    from segotce_ray.pools.store import PoolStore
-
     t0 = time.perf_counter()
     init_ray(address=address, num_cpus=num_cpus)
     timings["ray_init"] = time.perf_counter() - t0
     store = PoolStore(spec.store)
-    scores = ScoreLog(spec.store)
     errors: dict[str, str] = {}
-
-    # -- extract the missing pools
     t0 = time.perf_counter()
+    pool_results = _extract(spec, plan, store, progress, errors)
+    timings["extract"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    table, decisions = _score(spec, plan, pool_results, store, progress, on_row)
+    timings["score"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    table = _calibrate(spec, table, run_dir, errors)
+    table = mark_degenerate(table, pool_checks(store, pool_results), spec.otce.n_pixels)
+    schedule = _schedule_frame(decisions, plan) if spec.schedule.mode == "adaptive" else None
+    TransferabilityMatrix(table).save(run_dir, ground_truth=spec.ground_truth, schedule=schedule)
+    timings["matrix"] = time.perf_counter() - t0
+    return table, errors, schedule
+
+
+def _extract(spec: JobSpec, plan: Plan, store: PoolStore, progress: bool | None,
+             errors: dict[str, str]) -> dict[tuple[str, str], Any]:
+    """``{(model, dataset): store key | exception | ProbsView}`` of every pool of the plan:
+    the plan's orders that are not cached are extracted as they are."""
     pool_results: dict[tuple[str, str], Any] = {}
     for p in plan.pools:
         if p.error:
             pool_results[(p.model, p.dataset)] = RuntimeError(p.error)
         elif p.cached:
             pool_results[(p.model, p.dataset)] = p.key
-    missing = [p for p in plan.pools if not p.cached and p.error is None]
-    probs_models = {m for m, e in spec.models.items() if e.layer == PROBS_SPACE}
-    if missing:
-        requests = [extraction_request(spec, plan.model_specs[p.model], plan.datasets[p.dataset])
-                    for p in missing]
+    orders = plan.orders_to_extract()
+    if orders:
         gpus = spec.resources.gpus_per_actor
-        got = extraction.extract_pools(
-            requests, store, batch_size=spec.extraction.batch_size,
+        got = extract_planned(
+            orders, store, batch_size=spec.extraction.batch_size,
             num_actors=spec.resources.actors, use_gpu=None if gpus is None else gpus > 0,
             cpu_threads=spec.resources.cpu_threads, bad_images=spec.extraction.bad_images,
             progress=progress, n_draws=spec.otce.n_pixels,
@@ -105,14 +122,19 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
             pool_results[(model, dataset)] = out
             if isinstance(out, BaseException):
                 errors[f"pool {model}@{dataset}"] = str(out)
+    probs_models = {m for m, e in spec.models.items() if e.layer == PROBS_SPACE}
     for (model, dataset), src in list(pool_results.items()):  # layer: probs reads that column
         if model in probs_models and not isinstance(src, BaseException):
-            pool_results[(model, dataset)] = scoring.ProbsView(src)
-    timings["extract"] = time.perf_counter() - t0
+            pool_results[(model, dataset)] = ProbsView(src)
+    return pool_results
 
-    # -- score the missing repetitions (persist each row as it arrives)
-    t0 = time.perf_counter()
-    specs = _metric_specs(spec)
+
+def _score(spec: JobSpec, plan: Plan, pool_results: Mapping[tuple[str, str], Any],
+           store: PoolStore, progress: bool | None,
+           on_row: Callable[[dict[str, Any]], None] | None) -> tuple[Any, list[Any]]:
+    """The long table of every pair of the plan (rows of pairs that cannot run included) and
+    the adaptive decisions per metric (empty under the full schedule)."""
+    scores = ScoreLog(spec.store)
     key_of = {(p.model, p.target, p.metric): p.key for p in plan.pairs}
 
     def persist(row: dict[str, Any]) -> None:
@@ -122,55 +144,29 @@ def _execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], 
         if on_row is not None:
             on_row(row)
 
-    tables = []
-    decisions = []
-    adaptive = spec.schedule.mode == "adaptive"
-    for metric, mspec in specs.items():
+    common = dict(store=store, seed=spec.seed, on_result=persist, progress=progress,
+                  num_gpus=spec.resources.gpus_per_task, autoscaling=spec.resources.autoscaling)
+    tables, decisions = [], []
+    for metric, mspec in _metric_specs(spec).items():
         runnable = [p for p in plan.pairs if p.metric == metric and p.error is None]
         if not runnable:
             continue
         done = [r for p in runnable for r in scores.rows(p.key) if int(r["k"]) < mspec.repetitions]
         # metrics without source data (the peers) never read the source pool
-        pairs = [scoring.ScorePair(p.model, p.source or spec.models[p.model].source or "",
-                                   p.target) for p in runnable]
-        if adaptive:
-            from segotce_ray.scoring.adaptive import AdaptiveSettings, score_pairs_adaptive
-
+        pairs = [ScorePair(p.model, p.source or spec.models[p.model].source or "", p.target)
+                 for p in runnable]
+        if spec.schedule.mode == "adaptive":
             sched = spec.schedule
-            run = score_pairs_adaptive(
-                pairs, pool_results, store=store, seed=spec.seed, metric=mspec, done=done,
-                schedule=AdaptiveSettings(min_repetitions=sched.min_repetitions,
-                                          top_k=sched.top_k, alpha=float(sched.alpha)),
-                on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task,
-                autoscaling=spec.resources.autoscaling)
+            run = score_pairs_adaptive(pairs, pool_results, metric=mspec, done=done, **common,
+                                       schedule=AdaptiveSettings(min_repetitions=sched.min_repetitions,
+                                                                 top_k=sched.top_k, alpha=float(sched.alpha)))
             tables.append(run.table)
             decisions.append(run.decisions.assign(repetitions_full=mspec.repetitions))
-            continue
-        tables.append(scoring.score_pairs(
-            pairs, pool_results, store=store, seed=spec.seed, metrics=[mspec], done=done,
-            on_result=persist, progress=progress, num_gpus=spec.resources.gpus_per_task,
-            autoscaling=spec.resources.autoscaling))
+        else:
+            tables.append(score_pairs(pairs, pool_results, metrics=[mspec], done=done, **common))
     unavailable = [_unavailable_row(spec, p, k) for p in plan.pairs if p.error
                    for k in range(p.repetitions)]
-    rows = [r for t in tables for r in t.to_dict("records")] + unavailable
-    table = scoring.results_frame(rows)
-    timings["score"] = time.perf_counter() - t0
-
-    # -- matrix, correlation, report
-    t0 = time.perf_counter()
-    from segotce_ray.results import matrix as matrix_mod
-
-    table = _calibrate(spec, table, run_dir, errors)
-    table = mark_degenerate(table, pool_checks(store, pool_results), spec.otce.n_pixels)
-    mat = matrix_mod.TransferabilityMatrix(table)
-    mat.save(run_dir, ground_truth=spec.ground_truth)
-    schedule = None
-    if adaptive:
-        schedule = _schedule_frame(decisions, plan)
-        _write_schedule(run_dir, mat, schedule)
-    timings["matrix"] = time.perf_counter() - t0
-
-    return table, errors, schedule
+    return results_frame([r for t in tables for r in t.to_dict("records")] + unavailable), decisions
 
 
 def _calibrate(spec: JobSpec, table: Any, run_dir: Path, errors: dict[str, str]) -> Any:
@@ -182,17 +178,14 @@ def _calibrate(spec: JobSpec, table: Any, run_dir: Path, errors: dict[str, str])
     """
     if not spec.otce.calibration or "otce" not in spec.metrics:
         return table
-    from segotce_ray.metrics import calibration as cal_mod
-    from segotce_ray.scoring.rows import results_frame
-
     try:
-        cal = cal_mod.read_calibration(spec.otce.calibration)
-    except cal_mod.CalibrationError as exc:
+        cal = read_calibration(spec.otce.calibration)
+    except CalibrationError as exc:
         errors["otce.calibration"] = str(exc)
         return table
     data = {**cal.to_dict(), "path": spec.otce.calibration}
     write_json(run_dir / "calibration_applied.json", data)
-    extra = cal_mod.calibrated_rows(table, cal)
+    extra = calibrated_rows(table, cal)
     return results_frame([*table.to_dict("records"), *extra.to_dict("records")])
 
 
@@ -203,7 +196,6 @@ def pool_checks(store: Any, pool_results: Mapping[tuple[str, str], Any]) -> dict
     pool is read for the check once, whatever the number of runs and repetitions. A pool that
     cannot be read is left out (its pairs fail on their own).
     """
-    from segotce_ray.pools.degeneracy import STATS_VERSION, pool_stats
 
     out: dict[tuple[str, str], dict] = {}
     for pool, key in pool_results.items():
@@ -241,7 +233,6 @@ def mark_degenerate(table: Any, stats: Mapping[tuple[str, str], dict], n_pixels:
     peers the target pool; the cell reads ``model@dataset: why`` (several joined by `` | ``;
     None when all are fine).
     """
-    from segotce_ray.pools.degeneracy import degenerate_reason
 
     reasons = {pool: degenerate_reason(s, n_pixels) for pool, s in stats.items()}
 
@@ -290,17 +281,3 @@ def _schedule_frame(decisions: list[Any], plan: Plan) -> Any:
     out["scheduled"] = out["scheduled"].astype(bool)
     out["snapshot"] = pd.array(pd.to_numeric(out["snapshot"], errors="coerce"), dtype="Int64")
     return out.sort_values(["metric", "model", "target"], kind="stable").reset_index(drop=True)
-
-
-def _write_schedule(run_dir: Path, mat: Any, schedule: Any) -> None:
-    """``schedule.csv``; ``schedule_status``/``repetitions_done`` joined onto ``summary.csv``
-    and ``rankings.csv`` (``matrix.parquet`` keeps the plain long-table schema)."""
-    keys = ["metric", "model", "target"]
-    marks = schedule[[*keys, "schedule_status", "repetitions_done"]]
-
-    def put(name: str, frame: Any) -> None:
-        atomic_write(run_dir / name, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.10g"))
-
-    put("schedule.csv", schedule)
-    put("summary.csv", mat.summary().merge(marks, on=keys, how="left"))
-    put("rankings.csv", mat.rankings().merge(marks, on=keys, how="left"))

@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Any
 
 
-from segotce_ray.spec.model import needs_source, JobSpec, SpecProblem
+from segotce_ray.extract.pipeline import ExtractionRequest, PoolOrder, request_key
+from segotce_ray.inputs.datasets import open_dataset
+from segotce_ray.inputs.models import LAYER_LOGITS, ModelError, ModelSpec, model_weights_hash
 from segotce_ray.io import write_text
-from segotce_ray.pools.score_log import ScoreLog
 from segotce_ray.metrics import registry
+from segotce_ray.pools.score_log import ScoreLog
+from segotce_ray.pools.store import PoolStore
+from segotce_ray.spec.model import JobSpec, SpecProblem, needs_source
 
 #: the feature space read from a pool's ``probs`` column (``layer: probs``)
 PROBS_SPACE = "probs"
@@ -66,6 +70,14 @@ class Plan:
     errors: dict[str, str] = field(default_factory=dict)
     model_specs: dict[str, Any] = field(default_factory=dict, repr=False)
     datasets: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: (model, dataset) → the :class:`PoolOrder` extraction takes as it is (request, key,
+    #: weights hash, fingerprint): what the plan decided is what runs.
+    orders: dict[tuple[str, str], PoolOrder] = field(default_factory=dict, repr=False)
+
+    def orders_to_extract(self) -> list[PoolOrder]:
+        """The orders of the pools that are neither cached nor unavailable, in plan order."""
+        return [self.orders[(p.model, p.dataset)] for p in self.pools
+                if not p.cached and p.error is None]
 
     def counts(self) -> dict[str, int]:
         return {
@@ -136,7 +148,6 @@ def _model_spec(entry) -> Any:
     (``probs`` column), so the probs space is that column of the same pool (one pool serves
     ``logits`` and ``probs``; no extra forward pass).
     """
-    from segotce_ray.inputs.models import LAYER_LOGITS, ModelSpec
 
     layer = LAYER_LOGITS if entry.layer == PROBS_SPACE else entry.layer
     kw: dict[str, Any] = {"name": entry.name, "architecture": entry.constructor,
@@ -151,7 +162,6 @@ def _model_spec(entry) -> Any:
 
 def _weights_hash(spec: JobSpec, model_spec: Any, memoise: bool = True) -> str:
     """The checkpoint's content hash, memoised under the store by (path, size, mtime)."""
-    from segotce_ray.inputs.models import model_weights_hash
 
     ckpt = model_spec.checkpoint
     if ckpt is None:
@@ -176,8 +186,6 @@ def check_inputs(spec: JobSpec) -> tuple[dict[str, Any], dict[str, Any], dict[st
     ``errors`` maps ``"datasets.<name>"`` / ``"models.<name>"`` to the reason; the other
     items are returned and usable.
     """
-    from segotce_ray.inputs.datasets import open_dataset
-    from segotce_ray.inputs.models import ModelError
 
     datasets: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -210,7 +218,6 @@ def extraction_request(spec: JobSpec, model_spec: Any, dataset: Any) -> Any:
     SEG-OTCE and the probability-based peers (NCE, LEEP) and its key does not depend on
     which metrics a job selects.
     """
-    from segotce_ray.extract.pipeline import ExtractionRequest
 
     mode = {"class_balanced": "balanced"}.get(spec.extraction.sampling, spec.extraction.sampling)
     return ExtractionRequest(model=model_spec, dataset=dataset,
@@ -250,8 +257,6 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True)
     ``write=False`` (dry runs) leaves the store untouched: no folder is created and the
     checkpoint hashes are not memoised.
     """
-    from segotce_ray.extract.pipeline import pipeline as extraction
-    from segotce_ray.pools.store import PoolStore
 
     datasets, model_specs, errors = inputs if inputs is not None else check_inputs(spec)
     store = PoolStore(spec.store) if write or (Path(spec.store) / "pools").is_dir() else None
@@ -270,6 +275,7 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True)
             errors[f"models.{name}"] = str(exc)
 
     pools: dict[tuple[str, str], PoolPlan] = {}
+    orders: dict[tuple[str, str], PoolOrder] = {}
 
     def pool(model: str, dataset: str) -> PoolPlan:
         if (model, dataset) in pools:
@@ -279,7 +285,8 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True)
         if err is None:
             try:
                 req = extraction_request(spec, model_specs[model], datasets[dataset])
-                key = extraction.request_key(req, hashes[model], fingerprints[dataset])
+                key = request_key(req, hashes[model], fingerprints[dataset])
+                orders[(model, dataset)] = PoolOrder(req, key, hashes[model], fingerprints[dataset])
             except Exception as exc:  # noqa: BLE001 - e.g. a bad sampling mode for this pool
                 err = f"pool {model}@{dataset}: {exc}"
         cached = bool(key) and store is not None and store.has(key)  # type: ignore[arg-type]
@@ -321,4 +328,5 @@ def make_plan(spec: JobSpec, *, inputs: tuple | None = None, write: bool = True)
             if p.source:
                 used.add((p.model, p.source))
     plan_pools = [p for k, p in sorted(pools.items()) if k in used or p.error]
-    return Plan(spec, plan_pools, pairs, errors, model_specs=model_specs, datasets=datasets)
+    return Plan(spec, plan_pools, pairs, errors, model_specs=model_specs, datasets=datasets,
+                orders=orders)

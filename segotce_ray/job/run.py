@@ -49,10 +49,12 @@ from typing import Any
 
 import yaml
 
-from segotce_ray.spec.model import JobSpec
-from segotce_ray.job.execute import _execute, _skipped_images
+from segotce_ray.io import write_json, write_text
+from segotce_ray.job.execute import execute, skipped_images
 from segotce_ray.job.plan import Plan, make_plan
-from segotce_ray.io import write_json
+from segotce_ray.job.status import Heartbeat, driver_identity, mark_abandoned
+from segotce_ray.results.report import failure_groups, write_report
+from segotce_ray.spec.model import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +171,43 @@ class JobResult:
 
 def _failure_lines(failed: Any, errors: Mapping[str, str]) -> list[str]:
     """One line per (pair, cause) with the metrics it hit, then errors no pair mentions."""
-    from segotce_ray.results.report import failure_groups
-
     lines = [f"{', '.join(g['metrics'])} {g['model']} → {g['target']}: {g['rows']} "
              f"repetition(s) failed: {g['error']}" for g in failure_groups(failed)]
     for what, msg in sorted(errors.items()):
         if not any(msg in line for line in lines):
             lines.append(f"{what}: {msg}")
     return lines
+
+
+def _run_info(spec: JobSpec, run_dir: Path, previous: Path | None) -> dict[str, Any]:
+    """``run.json`` as a run starts: who runs it, on what spec, with which settings."""
+    return {
+        "job": spec.name, "run_id": run_dir.name, "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **driver_identity(),
+        "spec_path": spec.path, "spec_hash": spec.content_hash(),
+        "previous_run": previous.name if previous else None, "versions": versions(),
+        "settings": {"seed": spec.seed, **{f"otce.{k}": v for k, v in asdict(spec.otce).items()},
+                     "metrics": ",".join(spec.metrics),
+                     "pixels_per_image": spec.extraction.pixels_per_image,
+                     "schedule": spec.schedule.mode,
+                     **({f"schedule.{k}": v for k, v in asdict(spec.schedule).items()
+                         if k != "mode"} if spec.schedule.mode == "adaptive" else {})},
+    }
+
+
+def _counts(plan: Plan, table: Any, failed: Any, schedule: Any) -> dict[str, int]:
+    """The plan's counts plus what the rows and an adaptive schedule say."""
+    counts = plan.counts()
+    counts.update(rows=len(table), rows_ok=int((table["status"] == "ok").sum()),
+                  rows_failed=int(len(failed)),
+                  rows_unavailable=int((table["status"] == "unavailable").sum()))
+    if schedule is not None:
+        ran = schedule[schedule["scheduled"]]
+        counts.update(repetitions_spent=int(ran["repetitions_done"].sum()),
+                      repetitions_full=int(ran["repetitions_full"].sum()),
+                      pairs_pruned=int((ran["schedule_status"] == "pruned").sum()))
+    return counts
 
 
 def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
@@ -195,33 +226,16 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     if dry_run:
         return JobResult(None, "planned", plan, plan.counts(), timings=timings)
     log.info("plan:\n%s", plan.render())
-
-    job_dir = spec.job_dir
-    from segotce_ray.job.status import Heartbeat, driver_identity, mark_abandoned
-
-    mark_abandoned(job_dir)           # earlier runs left 'running' by a killed driver
-    previous = latest_run(job_dir)
-    run_dir = _new_run_dir(job_dir, run_id)
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    info: dict[str, Any] = {
-        "job": spec.name, "run_id": run_dir.name, "status": "running", "started": started,
-        **driver_identity(),
-        "spec_path": spec.path, "spec_hash": spec.content_hash(),
-        "previous_run": previous.name if previous else None, "versions": versions(),
-        "settings": {"seed": spec.seed, **{f"otce.{k}": v for k, v in asdict(spec.otce).items()},
-                     "metrics": ",".join(spec.metrics),
-                     "pixels_per_image": spec.extraction.pixels_per_image,
-                     "schedule": spec.schedule.mode,
-                     **({f"schedule.{k}": v for k, v in asdict(spec.schedule).items()
-                         if k != "mode"} if spec.schedule.mode == "adaptive" else {})},
-    }
-    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
+    mark_abandoned(spec.job_dir)      # earlier runs left 'running' by a killed driver
+    previous = latest_run(spec.job_dir)
+    run_dir = _new_run_dir(spec.job_dir, run_id)
+    info = _run_info(spec, run_dir, previous)
+    write_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     write_json(run_dir / "plan.json", plan.to_dict())
     write_json(run_dir / "run.json", info)
-
     try:
         with Heartbeat(run_dir / "run.json"):
-            table, extraction_errors, schedule = _execute(
+            table, extraction_errors, schedule = execute(
                 spec, plan, run_dir, timings, address=address, num_cpus=num_cpus,
                 progress=progress, on_row=on_row)
     except BaseException as exc:  # Ctrl-C or crash: say which, keep what finished
@@ -234,29 +248,18 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     failed = table[table["status"] == "failed"]
     failures = _failure_lines(failed, errors)
     status = "failed" if len(failed) or errors else "ok"
-    counts = plan.counts()
-    counts.update(rows=len(table), rows_ok=int((table["status"] == "ok").sum()),
-                  rows_failed=int(len(failed)),
-                  rows_unavailable=int((table["status"] == "unavailable").sum()))
-    if schedule is not None:
-        ran = schedule[schedule["scheduled"]]
-        counts.update(repetitions_spent=int(ran["repetitions_done"].sum()),
-                      repetitions_full=int(ran["repetitions_full"].sum()),
-                      pairs_pruned=int((ran["schedule_status"] == "pruned").sum()))
+    counts = _counts(plan, table, failed, schedule)
     timings["total"] = time.perf_counter() - t_start
     info.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 counts=counts, errors=errors, timings={k: round(v, 3) for k, v in timings.items()},
-                skipped_images=_skipped_images(spec, plan))
+                skipped_images=skipped_images(spec, plan))
     write_json(run_dir / "run.json", info)
     write_json(run_dir / "versions.json", info["versions"])
     write_json(run_dir / "timings.json", info["timings"])
-
-    from segotce_ray.results.report import write_report
-
     t0 = time.perf_counter()
     write_report(run_dir, previous)
     timings["report"] = time.perf_counter() - t0
-    _set_latest(job_dir, run_dir)
+    _set_latest(spec.job_dir, run_dir)
     log.info("run %s: %s (%d rows, %d failed) in %.1f s", run_dir, status, len(table),
              len(failed), timings["total"])
     return JobResult(run_dir, status, plan, counts, failures, timings, table, schedule)

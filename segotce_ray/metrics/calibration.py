@@ -59,7 +59,7 @@ from segotce_ray.metrics.otce import fit_otce_weights
 
 __all__ = [
     "CALIBRATED_METRIC", "CHECKED_SETTINGS", "FORMS", "Calibration", "CalibrationError",
-    "calibrate", "calibrated_rows", "loto", "otce_settings", "pair_features", "predict",
+    "calibrate", "calibrated_rows", "loto", "pair_features", "predict",
     "read_calibration", "settings_mismatch", "write_calibration",
 ]
 
@@ -308,29 +308,6 @@ def calibrated_rows(long: pd.DataFrame, cal: Calibration, metric: str = "otce") 
 
 
 # ---------------------------------------------------------------------------- settings
-
-
-def otce_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The :data:`CHECKED_SETTINGS` of a spec mapping (raw YAML or a resolved ``spec.yaml``).
-
-    ``layer`` is the one layer of every model (a model's ``layer``, else ``extraction.layer``,
-    else the deprecated ``otce.layer``), or the sorted list when the models differ; unset keys
-    take the spec defaults.
-    """
-    from segotce_ray.spec.model import ExtractionSettings, OTCESettings
-
-    default = OTCESettings()
-    otce = spec.get("otce") if isinstance(spec.get("otce"), Mapping) else {}
-    extraction = spec.get("extraction") if isinstance(spec.get("extraction"), Mapping) else {}
-    base_layer = extraction.get("layer", otce.get("layer", ExtractionSettings().layer))
-    models = spec.get("models") if isinstance(spec.get("models"), Mapping) else {}
-    layers = sorted({str(m.get("layer", base_layer)) if isinstance(m, Mapping) else str(base_layer)
-                     for m in models.values()}) or [str(base_layer)]
-    eps = otce.get("epsilon", default.epsilon)
-    return {"layer": layers[0] if len(layers) == 1 else layers,
-            "cost_scale": str(otce.get("cost_scale", getattr(default, "cost_scale", "none"))),
-            "epsilon": float(eps) if isinstance(eps, (int, float)) else eps,
-            "solver": str(otce.get("solver", default.solver))}
 
 
 def settings_mismatch(calibrated: Mapping[str, Any], job: Mapping[str, Any]) -> list[str]:

@@ -1,6 +1,6 @@
 """The transferability matrix: repetitions reduced to mean ± std per (model, target, metric).
 
-Input is the long table of :func:`segotce_ray.scoring.executor.score_pairs` (one row per repetition;
+Input is the long table of :func:`segotce_ray.scoring.schedules.score_pairs` (one row per repetition;
 columns :data:`segotce_ray.scoring.rows.RESULT_COLUMNS`). Only ``status == "ok"`` rows with a finite
 score enter the reduction; a (model, target, metric) without any is kept with NaN mean and
 ``status="failed"`` (``"partial"`` when some repetitions failed).
@@ -50,41 +50,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segotce_ray.io import atomic_write
+from segotce_ray.metrics import registry
+from segotce_ray.scoring.rows import long_schema
 from segotce_ray.metrics.correlation import correlation_table
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PRIMARY_METRIC", "TransferabilityMatrix", "long_schema", "read_ground_truth"]
 
-PRIMARY_METRIC = "otce"
+PRIMARY_METRIC = registry.PRIMARY
 #: Heatmaps with more cells annotate only each target's top 3.
 FULL_ANNOTATION_CELLS = 400
 _GROUP = ["metric", "model", "target"]
-
-
-def long_schema() -> pa.Schema:
-    """Arrow schema of ``matrix.parquet`` (the long results table)."""
-    return pa.schema([
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("target", pa.string(), nullable=False),
-        pa.field("metric", pa.string(), nullable=False),
-        pa.field("k", pa.int64(), nullable=False),
-        pa.field("score", pa.float64()),
-        pa.field("w_t", pa.float64()),
-        pa.field("w_d", pa.float64()),
-        pa.field("iterations", pa.int64()),
-        pa.field("converged", pa.bool_()),
-        pa.field("n_source", pa.int64()),
-        pa.field("n_target", pa.int64()),
-        pa.field("seconds", pa.float64()),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("error", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("seed", pa.int64()),
-        pa.field("solver", pa.string()),
-        pa.field("passes", pa.float64()),
-        pa.field("degenerate", pa.string()),
-    ])
 
 
 def read_ground_truth(path: str | Path) -> pd.DataFrame:
@@ -241,10 +218,8 @@ class TransferabilityMatrix:
             gt = read_ground_truth(gt)
         s = self.summary()
         means = s.rename(columns={"mean": "score"})[["metric", "model", "target", "score"]]
-        from segotce_ray.results.report import METRIC_ORDER
-
         return correlation_table(means, gt, higher_is_better=self.higher_is_better,
-                                 metric_order=METRIC_ORDER)
+                                 metric_order=registry.ordered(registry.METRICS))
 
     # ------------------------------------------------------------------ plots
 
@@ -313,8 +288,14 @@ class TransferabilityMatrix:
     # ------------------------------------------------------------------ files
 
     def save(self, run_dir: str | Path,
-             ground_truth: pd.DataFrame | str | Path | None = None) -> dict[str, Path]:
-        """Write the run-directory files (see the module docstring); returns name → path."""
+             ground_truth: pd.DataFrame | str | Path | None = None,
+             schedule: pd.DataFrame | None = None) -> dict[str, Path]:
+        """Write the run-directory files (see the module docstring); returns name → path.
+
+        schedule: an adaptive run's decisions (one row per (metric, model, target)): written
+        as ``schedule.csv``, and its ``schedule_status``/``repetitions_done`` join
+        ``summary.csv`` and ``rankings.csv`` (``matrix.parquet`` keeps the plain schema).
+        """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
@@ -326,8 +307,15 @@ class TransferabilityMatrix:
 
         table = self._arrow_long()
         put("matrix.parquet", lambda p: pq.write_table(table, p))
-        put("summary.csv", lambda p: self.summary().to_csv(p, index=False))
-        put("rankings.csv", lambda p: self.rankings().to_csv(p, index=False))
+        if schedule is None:
+            put("summary.csv", lambda p: self.summary().to_csv(p, index=False))
+            put("rankings.csv", lambda p: self.rankings().to_csv(p, index=False))
+        else:
+            marks = schedule[[*_GROUP, "schedule_status", "repetitions_done"]]
+            for name, frame in (("schedule.csv", schedule),
+                                ("summary.csv", self.summary().merge(marks, on=_GROUP, how="left")),
+                                ("rankings.csv", self.rankings().merge(marks, on=_GROUP, how="left"))):
+                put(name, lambda p, f=frame: f.to_csv(p, index=False, float_format="%.10g"))
         metrics = self.metrics
         if metrics:
             primary = metrics[0]

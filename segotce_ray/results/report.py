@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from segotce_ray.io import write_text
+from segotce_ray.metrics import registry
 log = logging.getLogger(__name__)
 
 __all__ = ["load_long", "load_schedule", "rank_changes", "rankings_from_long", "render_report",
@@ -41,12 +42,10 @@ MAX_MOVE_ROWS = 40
 #: Skipped images listed in the report (all of them are in run.json).
 MAX_SKIPPED_ROWS = 20
 
-METRIC_ORDER = ("otce", "otce_calibrated", "logme", "hscore", "hscore_shrinkage", "gbc", "transrate", "nleep",
-                "leep", "nce")
 
 
-def metric_sort_key(metric: str) -> tuple[int, str]:
-    return (METRIC_ORDER.index(metric) if metric in METRIC_ORDER else len(METRIC_ORDER), metric)
+
+metric_sort_key = registry.sort_key
 
 
 def load_long(run_dir: str | Path) -> pd.DataFrame:

@@ -83,9 +83,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from segotce_ray.cluster.progress import Progress
 from segotce_ray.scoring.adapters import MetricSpec, OTCESettings, otce_metric
-from segotce_ray.scoring.executor import open_scorer
+from segotce_ray.scoring.executor import open_scorer, run_fanout
 from segotce_ray.scoring.rows import ScorePair, results_frame
+from segotce_ray.scoring.tasks import PairScorer
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +297,166 @@ def _probe_set(cands: Sequence[ScorePair], fraction: float) -> set[str]:
     return {p.model for p in order[:n]}
 
 
-# --------------------------------------------------------------------------- driver
+# --------------------------------------------------------------------------- policy
+
+
+class AdaptiveSchedule:
+    """The adaptive schedule as a policy of :func:`segotce_ray.scoring.executor.run_fanout`.
+
+    Units are single repetitions, taken by (target order, k, candidate): every target moves
+    level by level. Rows finished earlier (``done``) are used, not rerun; each new row updates
+    its candidate and the decisions its target's results allow (:meth:`advance`).
+    """
+
+    def __init__(self, pair_list: list[ScorePair], spec: MetricSpec, sched: AdaptiveSettings,
+                 done: pd.DataFrame | Iterable[Mapping[str, Any]] | None) -> None:
+        self.spec, self.K = spec, spec.repetitions
+        sign = 1.0 if spec.higher_is_better else -1.0
+        self.targets: dict[str, _Target] = {}
+        self.cand_of: dict[tuple[str, str], _Candidate] = {}
+        by_target: dict[str, list[ScorePair]] = {}
+        for p in pair_list:
+            by_target.setdefault(p.target, []).append(p)
+        for tname, plist in sorted(by_target.items()):
+            probes = _probe_set(plist, sched.variance_probes) if sched.min_repetitions == 1 else set()
+            cands = []
+            for i, p in enumerate(plist):
+                c = _Candidate(p, i, min(self.K, max(sched.min_repetitions, 2 if p.model in probes else 1)))
+                cands.append(c)
+                self.cand_of[(p.model, p.target)] = c
+            self.targets[tname] = _Target(tname, cands, sched, self.K, sign)
+        self.t_order = {t: i for i, t in enumerate(sorted(self.targets))}
+        self.rows = self._earlier_rows(done)
+        self.reused = len(self.rows)
+        self.queue: list[tuple[int, int, int, str]] = []   # (target order, k, candidate, target)
+        self.dirty: set[str] = set(self.targets)            # targets with news since the last advance
+        self.held: set[tuple[str, str]] = set()
+        self.scorer: PairScorer | None = None
+
+    def _earlier_rows(self, done: Any) -> dict[tuple[str, str, int], dict[str, Any]]:
+        rows: dict[tuple[str, str, int], dict[str, Any]] = {}
+        if done is None:
+            return rows
+        frame = done if isinstance(done, pd.DataFrame) else pd.DataFrame(list(done))
+        if frame.empty:
+            return rows
+        ok = frame["status"] == "ok"
+        if "metric" in frame.columns:
+            ok &= frame["metric"] == self.spec.name
+        for r in results_frame(frame[ok]).to_dict("records"):
+            key = (str(r["model"]), str(r["target"]))
+            if key in self.cand_of and 0 <= int(r["k"]) < self.K:
+                rows[(*key, int(r["k"]))] = r
+        return rows
+
+    def _record(self, row: Mapping[str, Any]) -> None:
+        c = self.cand_of[(row["model"], row["target"])]
+        ok = row["status"] == "ok" and math.isfinite(float(row["score"]))
+        c.results[int(row["k"])] = float(row["score"]) if ok else None
+        self.targets[c.pair.target].version += 1
+        self.dirty.add(c.pair.target)
+
+    def _want(self, c: _Candidate, upto: int) -> None:
+        """Make repetitions c.next_k .. upto-1 available (from ``done`` or the queue)."""
+        while c.next_k < upto:
+            k = c.next_k
+            c.next_k += 1
+            if (c.pair.model, c.pair.target, k) in self.rows:
+                self._record(self.rows[(c.pair.model, c.pair.target, k)])
+            else:
+                heapq.heappush(self.queue, (self.t_order[c.pair.target], k, c.index, c.pair.target))
+
+    def _release(self, c: _Candidate) -> None:
+        if (c.pair.model, c.pair.target) in self.held:
+            self.held.discard((c.pair.model, c.pair.target))
+            self.scorer.release(c.pair, self.spec)   # type: ignore[union-attr] - drop the hold
+
+    def advance(self) -> None:
+        """Take every decision the results in hand allow (fixpoint; order-independent).
+        Decisions of a target depend on its own candidates only: only targets with news are
+        visited."""
+        while self.dirty:
+            tgt = self.targets[min(self.dirty)]
+            self.dirty.discard(tgt.name)
+            changed = True
+            while changed:
+                changed = False
+                for c in tgt.cands:
+                    while c.final is None:
+                        verdict = tgt.decide(c)
+                        if verdict is None:
+                            break
+                        changed = True
+                        if verdict == "stop":
+                            tgt.version += 1
+                            self._release(c)
+                        else:
+                            self._want(c, c.decided)
+
+    # -- the policy
+    def start(self, scorer: PairScorer) -> None:
+        self.scorer = scorer
+        for (m, t), c in self.cand_of.items():
+            scorer.reserve(c.pair, self.spec)        # a hold: keeps its pools while it runs
+            self.held.add((m, t))
+            self._want(c, c.init)
+        self.advance()
+
+    def next_unit(self) -> tuple[ScorePair, MetricSpec, list[int]] | None:
+        if not self.queue:
+            return None
+        _, k, idx, tname = heapq.heappop(self.queue)
+        c = self.targets[tname].cands[idx]
+        self.scorer.reserve(c.pair, self.spec)      # type: ignore[union-attr]
+        return c.pair, self.spec, [k]
+
+    def on_rows(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.rows[(row["model"], row["target"], int(row["k"]))] = row
+            self._record(row)
+        self.advance()
+
+    def waiting(self) -> bool:
+        return bool(self.queue)
+
+    def close(self) -> None:
+        for c in self.cand_of.values():
+            self._release(c)
+
+    # -- the outcome
+    def result(self, pair_count: int) -> AdaptiveRun:
+        """The table of the repetitions the schedule used and one decision per pair."""
+        cands = list(self.cand_of.values())
+        undecided = [c for c in cands if c.final is None]
+        if undecided:  # cannot happen unless a result never came back; say so rather than hide it
+            raise RuntimeError(f"adaptive schedule stalled with {len(undecided)} undecided "
+                               f"pair(s), e.g. {undecided[0].pair}")
+        for tgt in self.targets.values():
+            for c in tgt.cands:
+                if c.status == "complete":
+                    tgt._fill_bounds(c, c.final, None)  # noqa: SLF001
+        used = [self.rows[(c.pair.model, c.pair.target, k)] for c in cands
+                for k in range(c.final or 0) if (c.pair.model, c.pair.target, k) in self.rows]
+        decisions = pd.DataFrame([_decision(c, self.spec.name) for c in cands],
+                                 columns=DECISION_COLUMNS).sort_values(["model", "target"]).reset_index(drop=True)
+        table = results_frame(used).merge(decisions[["model", "target", *SCHEDULE_COLUMNS]],
+                                          on=["model", "target"], how="left")
+        log.info("adaptive schedule: %d repetition(s) (%d reused) instead of %d; %d pruned, "
+                 "%d complete, %d failed", len(table), self.reused, pair_count * self.K,
+                 int((decisions["schedule_status"] == "pruned").sum()),
+                 int((decisions["schedule_status"] == "complete").sum()),
+                 int((decisions["schedule_status"] == "failed").sum()))
+        return AdaptiveRun(table, decisions, len(table), pair_count * self.K)
+
+
+def _decision(c: _Candidate, metric: str) -> dict[str, Any]:
+    """One row of ``decisions``: the candidate's status, repetitions and interval."""
+    good = [c.results[k] for k in range(c.final or 0) if c.results.get(k) is not None]
+    return {"model": c.pair.model, "target": c.pair.target, "metric": metric,
+            "schedule_status": c.status, "repetitions_done": len(good),
+            "mean": float(np.mean(good)) if good else math.nan,
+            "lower": c.lower, "upper": c.upper, "threshold": c.threshold,
+            "snapshot": c.snapshot, "reason": c.reason}
 
 
 def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
@@ -310,181 +471,17 @@ def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
                          autoscaling: str = "auto", progress: bool | None = None) -> AdaptiveRun:
     """Score pairs with the adaptive schedule (module docstring) on Ray.
 
-    Arguments as :func:`segotce_ray.scoring.executor.score_pairs` (one metric: ``metric`` or the OTCE
-    ``settings``; K = its ``repetitions``); ``schedule``: :class:`AdaptiveSettings`. ``done``:
-    rows finished earlier (their ok repetitions are reused, not rerun; the decisions come out the
-    same). ``on_result`` sees each newly computed row as it arrives.
+    Arguments as :func:`segotce_ray.scoring.schedules.score_pairs` (one metric: ``metric`` or
+    the OTCE ``settings``; K = its ``repetitions``); ``schedule``: :class:`AdaptiveSettings`.
+    ``done``: rows finished earlier (their ok repetitions are reused, not rerun; the decisions
+    come out the same). ``on_result`` sees each newly computed row as it arrives.
     """
-    import ray
-
-    from segotce_ray.cluster.progress import Progress
-
-    sched = schedule or AdaptiveSettings()
     spec = metric or otce_metric(settings)
-    K = spec.repetitions
-    sign = 1.0 if spec.higher_is_better else -1.0
     pair_list, scorer, max_in_flight = open_scorer(
         pairs, pools, store, seed=seed, ignore_index=int(spec.params.get("ignore_index", 255)),
         num_gpus=num_gpus, max_retries=max_retries, fail_infeasible=fail_infeasible,
         max_in_flight=max_in_flight, autoscaling=autoscaling)
-
-    # -- candidates per target
-    targets: dict[str, _Target] = {}
-    cand_of: dict[tuple[str, str], _Candidate] = {}
-    by_target: dict[str, list[ScorePair]] = {}
-    for p in pair_list:
-        by_target.setdefault(p.target, []).append(p)
-    for t_index, (tname, plist) in enumerate(sorted(by_target.items())):
-        probes = _probe_set(plist, sched.variance_probes) if sched.min_repetitions == 1 else set()
-        cands = []
-        for i, p in enumerate(plist):
-            init = min(K, max(sched.min_repetitions, 2 if p.model in probes else 1))
-            c = _Candidate(p, i, init)
-            cands.append(c)
-            cand_of[(p.model, p.target)] = c
-        targets[tname] = _Target(tname, cands, sched, K, sign)
-    t_order = {t: i for i, t in enumerate(sorted(targets))}
-
-    # -- rows finished earlier
-    rows: dict[tuple[str, str, int], dict[str, Any]] = {}
-    if done is not None:
-        frame = done if isinstance(done, pd.DataFrame) else pd.DataFrame(list(done))
-        if not frame.empty:
-            ok = frame["status"] == "ok"
-            if "metric" in frame.columns:
-                ok &= frame["metric"] == spec.name
-            frame = frame[ok]
-            for r in results_frame(frame).to_dict("records"):
-                key = (str(r["model"]), str(r["target"]))
-                if key in cand_of and 0 <= int(r["k"]) < K:
-                    rows[(*key, int(r["k"]))] = r
-    reused = len(rows)
-
-    queue: list[tuple[int, int, int, str]] = []      # (target order, k, candidate index, target)
-    dirty: set[str] = set(targets)                    # targets with news since the last advance
-    held: set[tuple[str, str]] = set()
-
-    def record(row: Mapping[str, Any]) -> None:
-        c = cand_of[(row["model"], row["target"])]
-        ok = row["status"] == "ok" and math.isfinite(float(row["score"]))
-        c.results[int(row["k"])] = float(row["score"]) if ok else None
-        targets[c.pair.target].version += 1
-        dirty.add(c.pair.target)
-
-    def want(c: _Candidate, upto: int) -> None:
-        """Make repetitions c.next_k .. upto-1 available (from ``done`` or the queue)."""
-        while c.next_k < upto:
-            k = c.next_k
-            c.next_k += 1
-            if (c.pair.model, c.pair.target, k) in rows:
-                record(rows[(c.pair.model, c.pair.target, k)])
-            else:
-                heapq.heappush(queue, (t_order[c.pair.target], k, c.index, c.pair.target))
-
-    for (m, t), c in cand_of.items():
-        scorer.reserve(c.pair, spec)                   # a hold: keeps its pools while it runs
-        held.add((m, t))
-        want(c, c.init)
-
-    def release(c: _Candidate) -> None:
-        if (c.pair.model, c.pair.target) in held:
-            held.discard((c.pair.model, c.pair.target))
-            scorer.release(c.pair, spec)              # noqa: SLF001 - drop the hold
-
-    def advance() -> None:
-        """Take every decision the results in hand allow (fixpoint; order-independent).
-
-        Decisions of a target depend on its own candidates only, so only targets with news
-        are visited.
-        """
-        while dirty:
-            tgt = targets[min(dirty)]
-            dirty.discard(tgt.name)
-            changed = True
-            while changed:
-                changed = False
-                for c in tgt.cands:
-                    while c.final is None:
-                        verdict = tgt.decide(c)
-                        if verdict is None:
-                            break
-                        changed = True
-                        if verdict == "stop":
-                            tgt.version += 1
-                            release(c)
-                        else:
-                            want(c, c.decided)
-
-    bar = Progress(len(pair_list) * K, "scoring (adaptive)", progress)
-    new_rows: list[dict[str, Any]] = []
-
-    def finish(out_rows: list[dict[str, Any]]) -> None:
-        for row in out_rows:
-            new_rows.append(row)
-            rows[(row["model"], row["target"], int(row["k"]))] = row
-            record(row)
-            if on_result is not None:
-                on_result(row)
-        bar.update(out_rows)
-
-    in_flight: list[Any] = []
-    try:
-        advance()
-        while True:
-            while queue and len(in_flight) < max_in_flight:
-                _, k, idx, tname = heapq.heappop(queue)
-                c = targets[tname].cands[idx]
-                scorer.reserve(c.pair, spec)
-                out = scorer.submit(c.pair, spec, [k])
-                if isinstance(out, list):
-                    finish(out)
-                    advance()
-                else:
-                    in_flight.append(out)
-            if not in_flight:
-                if queue:
-                    continue
-                break
-            ready, in_flight = ray.wait(in_flight, num_returns=1)
-            for ref in ready:
-                finish(scorer.collect(ref))
-            advance()
-    finally:
-        bar.close()
-        for ref in in_flight:
-            ray.cancel(ref)
-        for c in cand_of.values():
-            release(c)
-
-    undecided = [c for c in cand_of.values() if c.final is None]
-    if undecided:  # cannot happen unless a result never came back; say so rather than hide it
-        raise RuntimeError(f"adaptive schedule stalled with {len(undecided)} undecided pair(s), "
-                           f"e.g. {undecided[0].pair}")
-
-    for tgt in targets.values():
-        for c in tgt.cands:
-            if c.status == "complete":
-                tgt._fill_bounds(c, c.final, None)  # noqa: SLF001
-
-    # rows actually used by the schedule: repetitions 0..final-1 of each candidate
-    used = [rows[(c.pair.model, c.pair.target, k)] for c in cand_of.values()
-            for k in range(c.final or 0) if (c.pair.model, c.pair.target, k) in rows]
-    table = results_frame(used)
-    decisions = pd.DataFrame([{
-        "model": c.pair.model, "target": c.pair.target, "metric": spec.name,
-        "schedule_status": c.status,
-        "repetitions_done": sum(1 for k in range(c.final or 0) if c.results.get(k) is not None),
-        "mean": float(np.mean([c.results[k] for k in range(c.final or 0)
-                               if c.results.get(k) is not None]))
-        if any(c.results.get(k) is not None for k in range(c.final or 0)) else math.nan,
-        "lower": c.lower, "upper": c.upper, "threshold": c.threshold,
-        "snapshot": c.snapshot, "reason": c.reason} for c in cand_of.values()],
-        columns=DECISION_COLUMNS).sort_values(["model", "target"]).reset_index(drop=True)
-    table = table.merge(decisions[["model", "target", *SCHEDULE_COLUMNS]], on=["model", "target"],
-                        how="left")
-    log.info("adaptive schedule: %d repetition(s) (%d reused) instead of %d; %d pruned, "
-             "%d complete, %d failed", len(table), reused, len(pair_list) * K,
-             int((decisions["schedule_status"] == "pruned").sum()),
-             int((decisions["schedule_status"] == "complete").sum()),
-             int((decisions["schedule_status"] == "failed").sum()))
-    return AdaptiveRun(table, decisions, len(table), len(pair_list) * K)
+    policy = AdaptiveSchedule(pair_list, spec, schedule or AdaptiveSettings(), done)
+    bar = Progress(len(pair_list) * spec.repetitions, "scoring (adaptive)", progress)
+    run_fanout(scorer, policy, max_in_flight=max_in_flight, on_result=on_result, bar=bar)
+    return policy.result(len(pair_list))

@@ -1,73 +1,39 @@
-"""Fan-out scoring on Ray: (model, target) pairs × K repetitions → one long results table.
+"""The one fan-out loop: schedule policies decide what to submit, the loop does the rest.
 
-For each pair (model m with source dataset s, target t) the metric compares the pool of
-(m, s) with the pool of (m, t). Every repetition k of every pair is one unit of work with
-its own seed ``repetition_seed(job_seed, m, t, k)`` (SHA-256 of the names fed to NumPy's
-``SeedSequence``; never Python's ``hash()``), so the table is exactly the same whatever the
-number of workers, the completion order, or the retries.
+For each pair (model m with source dataset s, target t) a metric compares the pool of (m, s)
+with the pool of (m, t) (peers read (m, t) only). Every repetition k of every pair is one unit
+of work with its own seed ``repetition_seed(job_seed, m, t, k)`` (:mod:`segotce_ray.seeds`),
+so the table is exactly the same whatever the number of workers, the completion order, the
+retries or the schedule.
 
-Tasks
------
-One Ray task per (pair, k) by default (``reps_per_task=1``); ``reps_per_task=K`` groups a
-pair's repetitions in one task. Measured with ``benchmarks/bench_fanout.py`` on a 2-core VM
-(N = 1000, D = 64, ~0.25 s per repetition on one core): one worker ran at +6.4 % of the
-serial time with a task per (pair, k) and +5.0 % grouped per pair (best of 4 alternating
-rounds); the fan-out's wall time outside the solves is ~8 ms per task, 3 % of the solve
-time. At the paper's N = 10⁴ a repetition takes ~3.3 s on an H100, so that cost is < 0.3 %.
-Per-(pair, k) tasks were kept: K× more units to balance over workers, a dead worker loses one
-repetition, and they are what resumption and adaptive schedules need. Use
-``reps_per_task=K`` only when a repetition takes well under 100 ms (N ≲ 300 on a CPU).
-
-Pools named by a key of a :class:`~segotce_ray.pools.store.PoolStore` (a path every node mounts)
-are read by the tasks themselves: a task receives a :class:`StoredPool` (root, key), reads
-the shards memory-mapped and keeps the pool in a small per-worker LRU, so the repetitions and
-metrics of a pair that land on one worker share one read, and no pool byte passes through the
-driver (it reads the manifests only, for sizes). Pools given in memory (or through another
-store object) go into the object store once (``ray.put``), loaded lazily in submission order
-and released when their last task is done.
-
-Each task declares ``num_cpus`` (1), ``memory`` from :func:`task_memory_bytes` (the N×N
-float32 cost, coupling and kernel, ≈ 3·N²·4 bytes, plus the sampled features and a working
-copy of the pools), and ``num_gpus`` (:data:`DEFAULT_GPU_FRACTION` when the cluster has GPUs
-and ``num_gpus`` is not given; any fraction can be passed); a task holding a GPU solves on
-``cuda``. ``max_retries`` covers system failures (a worker that dies is retried with the
-same seed); an error inside a repetition (a failed solve) is recorded as
-``status="failed"`` with its error text and is not retried. A pair whose pool
-is missing, unreadable or invalid gets failed rows for each of its repetitions; every other
-pair completes.
-
-Results
--------
-A pandas DataFrame with :data:`RESULT_COLUMNS` (one row per (model, target, metric, k)),
-sorted by those keys. ``done=`` takes rows finished earlier (e.g. read back from disk) and
-skips their ok repetitions; ``on_result`` is called in the driver with each finished row the
-moment it arrives, so a job can persist it before anything else happens.
-
-Adding a metric
----------------
-A :class:`MetricSpec` names a module-level function ``repetition(source, target, seed,
-**params) -> Mapping`` that scores one repetition of two :class:`PixelPool` objects and
-returns at least ``score`` (higher = more transferable); optional keys are ``w_t``, ``w_d``,
-``iterations``, ``converged``, ``n_source``, ``n_target``. Pass several specs in
-``metrics=``; each gets its own rows under its ``metric`` name, with the same per-k seeds.
+:func:`run_fanout` submits the units a :class:`SchedulePolicy` asks for while fewer than
+``max_in_flight`` tasks run (default 4 per cluster CPU, at least 16), collects each finished
+task with ``ray.wait``, and hands its rows — once, in one place — to the caller's
+``on_result`` (a job persists each row before anything else happens), to the progress bar and
+back to the policy. Policies: :class:`segotce_ray.scoring.schedules.FullSchedule` (every
+repetition of every pair) and :class:`segotce_ray.scoring.adaptive.AdaptiveSchedule` (early
+pruning of models that cannot reach a target's top-k). Tasks, pool references and task
+resources: :mod:`segotce_ray.scoring.tasks`.
 """
-
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from segotce_ray.pools.views import PoolSource
-from segotce_ray.scoring.adapters import MetricSpec, OTCESettings, otce_metric
-from segotce_ray.scoring.rows import RESULT_COLUMNS, ScorePair, _KEY, results_frame
+from segotce_ray.cluster.progress import Progress
+from segotce_ray.scoring.adapters import MetricSpec
+from segotce_ray.scoring.rows import RESULT_COLUMNS, ScorePair, _KEY
 from segotce_ray.scoring.tasks import PairScorer
 
 log = logging.getLogger(__name__)
+
+__all__ = ["SchedulePolicy", "done_rows", "open_scorer", "run_fanout"]
+
 
 def _as_pair(p: ScorePair | Sequence[str]) -> ScorePair:
     if isinstance(p, ScorePair):
@@ -77,7 +43,7 @@ def _as_pair(p: ScorePair | Sequence[str]) -> ScorePair:
     return ScorePair(str(p[0]), str(p[1]), str(p[2]))
 
 
-def _done_keys(done: pd.DataFrame | Iterable[Mapping[str, Any]] | None,
+def done_rows(done: pd.DataFrame | Iterable[Mapping[str, Any]] | None,
                wanted: set[tuple[str, str, str, int]]) -> tuple[list[dict], set]:
     """The ok rows of ``done`` that belong to this request, and their keys."""
     if done is None:
@@ -95,11 +61,6 @@ def _done_keys(done: pd.DataFrame | Iterable[Mapping[str, Any]] | None,
             rows.append(r)
             keys.add(key)
     return rows, keys
-
-
-def _chunks(ks: list[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(ks), size):
-        yield ks[i:i + size]
 
 
 def open_scorer(pairs: Iterable[ScorePair | Sequence[str]], pools: Mapping[str, Any],
@@ -125,71 +86,37 @@ def open_scorer(pairs: Iterable[ScorePair | Sequence[str]], pools: Mapping[str, 
     return pair_list, scorer, max_in_flight
 
 
-def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
-                pools: Mapping[tuple[str, str], PoolSource] | None = None,
-                settings: OTCESettings | None = None, *, store: Any = None, seed: int = 0,
-                metrics: Sequence[MetricSpec] | None = None,
-                done: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None,
-                on_result: Callable[[dict[str, Any]], None] | None = None,
-                max_in_flight: int | None = None, reps_per_task: int = 1,
-                num_gpus: float | None = None, max_retries: int = 3,
-                fail_infeasible: bool = True, autoscaling: str = "auto",
-                progress: bool | None = None) -> pd.DataFrame:
-    """Score every pair K times on Ray and return the long results table.
+class SchedulePolicy(Protocol):
+    """What a schedule decides; the loop in :func:`run_fanout` does everything else.
 
-    pairs: (model, source dataset, target) triples or :class:`ScorePair`.
-    pools: ``{(model, dataset): PixelPool | store key | exception}`` (an exception, e.g. from
-    extraction, fails the pairs that need that pool); store keys are read with
-    ``store.load(key)``. settings: OTCE settings (ignored when ``metrics`` is given).
-    seed: the job seed. done: rows finished earlier; their ok (model, target, metric, k) are
-    skipped and returned as they are (rows of other pairs, metrics or k ≥ K are ignored). on_result: called with each newly finished row (dict
-    with :data:`RESULT_COLUMNS`). max_in_flight: tasks submitted at once (default 4 × cluster
-    CPUs, at least 16); 1 runs one task at a time. reps_per_task: repetitions per task.
-    num_gpus: GPU share per task (default: :data:`DEFAULT_GPU_FRACTION` on a cluster with
-    GPUs, else 0). max_retries: retries of a task whose worker died. fail_infeasible: fail a
-    pair at once when its task needs more memory than any live node or any node the
-    autoscaler can add has; autoscaling: ``auto`` | ``on`` | ``off``, how the autoscaler's
-    node types count (:mod:`segotce_ray.placement`). progress: tqdm bar over repetitions
-    (default: when stderr is a terminal; otherwise INFO log lines every 30 s and per finished pair, :mod:`segotce_ray.progress`).
+    ``start``: take the pools' reservations it needs (keeps them alive); ``next_unit``: the next
+    (pair, metric spec, repetitions) to submit now, or None when it wants nothing more until
+    results arrive; ``on_rows``: finished rows (after they were persisted), which may make it
+    want more; ``waiting``: whether it will still want something (a loop with nothing in
+    flight and a waiting policy asks again); ``close``: drop what it still holds.
     """
+
+    def start(self, scorer: PairScorer) -> None: ...
+
+    def next_unit(self) -> tuple[ScorePair, MetricSpec, list[int]] | None: ...
+
+    def on_rows(self, rows: list[dict[str, Any]]) -> None: ...
+
+    def waiting(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def run_fanout(scorer: PairScorer, policy: SchedulePolicy, *, max_in_flight: int,
+               on_result: Callable[[dict[str, Any]], None] | None,
+               bar: Progress) -> list[dict[str, Any]]:
+    """The one fan-out loop: submit what ``policy`` wants while fewer than ``max_in_flight``
+    tasks run, collect each finished task, hand its rows to ``on_result`` (persisted first),
+    the progress bar and the policy. A pair that cannot run comes back as failed rows at once.
+    Interrupted, it cancels what is still running. Returns the new rows in arrival order."""
     import ray
 
-    from segotce_ray.cluster.progress import Progress
-
-    specs = list(metrics) if metrics is not None else [otce_metric(settings)]
-    if not specs:
-        raise ValueError("no metric to score")
-    if len({s.name for s in specs}) != len(specs):
-        raise ValueError(f"metric names repeat: {[s.name for s in specs]}")
-    if reps_per_task < 1:
-        raise ValueError(f"reps_per_task must be >= 1, got {reps_per_task}")
-    pair_list, scorer, max_in_flight = open_scorer(
-        pairs, pools, store, seed=seed, ignore_index=int(specs[0].params.get("ignore_index", 255)),
-        num_gpus=num_gpus, max_retries=max_retries, fail_infeasible=fail_infeasible,
-        max_in_flight=max_in_flight, autoscaling=autoscaling)
-
-    wanted = {(p.model, p.target, spec.name, k) for p in pair_list for spec in specs
-              for k in range(spec.repetitions)}
-    old_rows, finished = _done_keys(done, wanted)
-    units: list[tuple[ScorePair, MetricSpec, list[int]]] = []
-    for pair in pair_list:
-        for spec in specs:
-            todo = [k for k in range(spec.repetitions)
-                    if (pair.model, pair.target, spec.name, k) not in finished]
-            for ks in _chunks(todo, reps_per_task):
-                units.append((pair, spec, ks))
-                scorer.reserve(pair, spec)
-    total = sum(len(ks) for _, _, ks in units)
-    log.info("scoring %d pair(s) × %s: %d repetition(s) to run, %d already done",
-             len(pair_list), ", ".join(f"{s.name}(K={s.repetitions})" for s in specs),
-             total, len(old_rows))
-
     new_rows: list[dict[str, Any]] = []
-    per_pair: dict[tuple[str, str, str], int] = {}
-    for pair, spec, ks in units:
-        key = (spec.name, pair.model, pair.target)
-        per_pair[key] = per_pair.get(key, 0) + len(ks)
-    bar = Progress(total, "scoring", progress, per_pair)
 
     def finish(rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -197,23 +124,24 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
             if on_result is not None:
                 on_result(row)
         bar.update(rows)
+        policy.on_rows(rows)
 
     in_flight: list[Any] = []
-    queue = iter(units)
-    exhausted = False
+    policy.start(scorer)
     try:
         while True:
-            while not exhausted and len(in_flight) < max_in_flight:
-                nxt = next(queue, None)
-                if nxt is None:
-                    exhausted = True
+            while len(in_flight) < max_in_flight:
+                unit = policy.next_unit()
+                if unit is None:
                     break
-                out = scorer.submit(*nxt)
+                out = scorer.submit(*unit)
                 if isinstance(out, list):
                     finish(out)
                 else:
                     in_flight.append(out)
             if not in_flight:
+                if policy.waiting():
+                    continue
                 break
             ready, in_flight = ray.wait(in_flight, num_returns=1)
             for ref in ready:
@@ -222,8 +150,5 @@ def score_pairs(pairs: Iterable[ScorePair | Sequence[str]],
         bar.close()
         for ref in in_flight:  # interrupted: do not leave work running for nobody
             ray.cancel(ref)
-    table = results_frame([*old_rows, *new_rows])
-    failed = int((table["status"] != "ok").sum())
-    if failed:
-        log.warning("%d of %d repetition(s) failed", failed, len(table))
-    return table
+        policy.close()
+    return new_rows

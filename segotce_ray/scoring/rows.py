@@ -1,6 +1,8 @@
 """The long results table: one row per (model, target, metric, k), its columns and types.
-"""
 
+:func:`long_schema` (the Arrow schema of ``matrix.parquet``) is the one source of the
+columns: :data:`RESULT_COLUMNS` is its field names.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +12,37 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 
-#: Columns of the long results table, in order.
-RESULT_COLUMNS = ["model", "target", "metric", "k", "score", "w_t", "w_d", "iterations",
-                  "converged", "n_source", "n_target", "seconds", "status", "error",
-                  "source", "seed", "solver", "passes", "degenerate"]
+
+def long_schema() -> pa.Schema:
+    """Arrow schema of the long results table (``matrix.parquet``)."""
+    return pa.schema([
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("k", pa.int64(), nullable=False),
+        pa.field("score", pa.float64()),
+        pa.field("w_t", pa.float64()),
+        pa.field("w_d", pa.float64()),
+        pa.field("iterations", pa.int64()),
+        pa.field("converged", pa.bool_()),
+        pa.field("n_source", pa.int64()),
+        pa.field("n_target", pa.int64()),
+        pa.field("seconds", pa.float64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("solver", pa.string()),
+        pa.field("passes", pa.float64()),
+        pa.field("degenerate", pa.string()),
+    ])
+
+
+#: Columns of the long results table, in order (the schema's field names).
+RESULT_COLUMNS = long_schema().names
 _KEY = ["model", "target", "metric", "k"]
 
 

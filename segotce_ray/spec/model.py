@@ -8,6 +8,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from segotce_ray.metrics import registry
@@ -233,3 +234,24 @@ class JobSpec:
 
     def metric_needs_source(self, metric: str) -> bool:
         return needs_source(metric)
+
+
+def otce_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a calibration is checked against (:data:`segotce_ray.metrics.calibration.CHECKED_SETTINGS`) of a spec mapping (raw YAML or a resolved ``spec.yaml``).
+
+    ``layer`` is the one layer of every model (a model's ``layer``, else ``extraction.layer``,
+    else the deprecated ``otce.layer``), or the sorted list when the models differ; unset keys
+    take the spec defaults.
+    """
+    default = OTCESettings()
+    otce = spec.get("otce") if isinstance(spec.get("otce"), Mapping) else {}
+    extraction = spec.get("extraction") if isinstance(spec.get("extraction"), Mapping) else {}
+    base_layer = extraction.get("layer", otce.get("layer", ExtractionSettings().layer))
+    models = spec.get("models") if isinstance(spec.get("models"), Mapping) else {}
+    layers = sorted({str(m.get("layer", base_layer)) if isinstance(m, Mapping) else str(base_layer)
+                     for m in models.values()}) or [str(base_layer)]
+    eps = otce.get("epsilon", default.epsilon)
+    return {"layer": layers[0] if len(layers) == 1 else layers,
+            "cost_scale": str(otce.get("cost_scale", getattr(default, "cost_scale", "none"))),
+            "epsilon": float(eps) if isinstance(eps, (int, float)) else eps,
+            "solver": str(otce.get("solver", default.solver))}

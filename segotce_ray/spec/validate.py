@@ -23,7 +23,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from segotce_ray.spec.model import known_metrics, needs_source, COST_SCALES, DATASET_FORMATS, OTCESettings, SAMPLINGS, SCHEDULES, SCHEDULES_AVAILABLE, SOLVERS, SpecProblem, TORCHVISION_ARCHITECTURES
+from segotce_ray.spec.model import (COST_SCALES, DATASET_FORMATS, SAMPLINGS, SCHEDULES,
+                                     SCHEDULES_AVAILABLE, SOLVERS, TORCHVISION_ARCHITECTURES,
+                                     OTCESettings, SpecProblem, known_metrics, needs_source,
+                                     otce_settings)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
@@ -278,7 +281,8 @@ def _check_calibration(c: _Checker, raw: dict) -> None:
     p = c.input_path("otce.calibration", raw["otce"]["calibration"], "file")
     if p is None or not Path(p).is_file():
         return
-    from segotce_ray.metrics.calibration import CalibrationError, otce_settings, read_calibration, settings_mismatch
+
+    from segotce_ray.metrics.calibration import CalibrationError, read_calibration, settings_mismatch
 
     try:
         cal = read_calibration(p)
