@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED_PAIRS, EXIT_INVALID, EXIT_ERROR = 0, 1, 2, 3
@@ -252,17 +253,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="segotce-ray",
-        description="Rank semantic-segmentation model zoos by SEG-OTCE transferability on Ray.",
-        epilog="Exit status: 0 ok, 1 some pairs failed, 2 invalid spec/arguments, 3 error, "
-               "130 interrupted.")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _ray_opts(q: argparse.ArgumentParser) -> None:
+    """Options of the commands that run on Ray."""
+    q.add_argument("--address", default=None,
+                   help="Ray cluster to join ('auto', 'ray://host:10001', 'host:6379'); "
+                        "default: RAY_ADDRESS, else an embedded local Ray")
+    q.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of the embedded local Ray (default: all)")
+    q.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="progress bars (auto: when stderr is a terminal)")
 
+
+def _add_validate(sub: Any) -> None:
     p = sub.add_parser("validate", help="check a job spec and its inputs; list every problem",
                        description="Check a job spec: unknown keys, types, ranges, missing files "
                                    "and roots, undeclared targets/sources, output roots that "
@@ -279,22 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "against the dataset's label map (reads all the data once)")
     p.set_defaults(func=cmd_validate)
 
-    def ray_opts(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--address", default=None,
-                       help="Ray cluster to join ('auto', 'ray://host:10001', 'host:6379'); "
-                            "default: RAY_ADDRESS, else an embedded local Ray")
-        q.add_argument("--num-cpus", type=int, default=None,
-                       help="CPUs of the embedded local Ray (default: all)")
-        q.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
-                       help="progress bars (auto: when stderr is a terminal)")
 
+def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="plan and run a job (only missing work is computed)",
                        description="Plan the job against the store, extract the missing pixel "
                                    "pools, score the missing (model, target) repetitions, and "
                                    "write runs/<name>/<run-id>/ (matrix, rankings, heatmap, "
                                    "report) and runs/<name>/latest. Safe to rerun after a kill.")
     p.add_argument("job", metavar="JOB", help="job spec (YAML)")
-    ray_opts(p)
+    _ray_opts(p)
     p.add_argument("--dry-run", action="store_true",
                    help="print what is cached and what would be computed; run nothing")
     p.add_argument("--store", default=None, help="override the spec's store root")
@@ -302,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None, help="name of the run directory (default: UTC time)")
     p.set_defaults(func=cmd_run)
 
+
+def _add_report(sub: Any) -> None:
     p = sub.add_parser("report", help="re-render a run's report.md and print it",
                        description="Re-render RUN_DIR/report.md from the run's files (a job "
                                    "folder or a 'latest' link means its latest run) and print it.")
@@ -310,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory to compare with (default: the one recorded in run.json)")
     p.set_defaults(func=cmd_report)
 
+
+def _add_calibrate(sub: Any) -> None:
     p = sub.add_parser("calibrate", help="fit the calibrated SEG-OTCE (λ1·W_D + λ2·W_T + b) "
                                          "on a finished run and ground truth",
                        description="Fit score = λ1·W_D + λ2·W_T + b (or a per-target "
@@ -325,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration file to write (default: RUN_DIR/otce_calibration.json)")
     p.set_defaults(func=cmd_calibrate)
 
+
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="build the demo world and zoo, rank it, compare with ground truth",
                        description="Generate a small multi-domain street-scene world and a zoo "
                                    "of segmentation models trained on it (cached in WORKDIR), "
@@ -333,10 +334,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "heatmap and report are.")
     p.add_argument("--workdir", default="segotce-demo",
                    help="where the demo world, zoo, store and runs live (default: ./segotce-demo)")
-    ray_opts(p)
+    _ray_opts(p)
     p.set_defaults(func=cmd_demo)
-    return parser
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segotce-ray",
+        description="Rank semantic-segmentation model zoos by SEG-OTCE transferability on Ray.",
+        epilog="Exit status: 0 ok, 1 some pairs failed, 2 invalid spec/arguments, 3 error, "
+               "130 interrupted.")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_validate, _add_run, _add_report, _add_calibrate, _add_demo):
+        add(sub)
+    return parser
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()

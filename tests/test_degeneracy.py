@@ -172,3 +172,22 @@ def test_real_extraction_of_a_dead_network_is_flagged(tmp_path, data_root, ray_l
     assert long[long["model"] == "dead"]["degenerate"].str.contains("(nearly) constant",
                                                                      regex=False).all()
     assert "- **dead**: dead@" in (result.run_dir / "report.md").read_text()
+
+
+def test_chunk_statistics_combine_to_the_pool_statistics():
+    """Stats merged from chunks (where a pool is written) equal those of the whole pool."""
+    from segotce_ray.pools.degeneracy import combine_stats, partial_stats
+
+    rng = np.random.default_rng(3)
+    feats = (rng.normal(5.0, 0.01, size=(1000, 7))).astype(np.float16)
+    feats[:, 2] = 1.0
+    labels = rng.integers(0, 4, size=1000)
+    labels[rng.random(1000) < 0.2] = 255
+    whole = pool_stats(feats, labels)
+    cuts = [0, 1, 250, 251, 700, 1000]
+    merged = combine_stats([partial_stats(feats[a:b], labels[a:b]) for a, b in zip(cuts, cuts[1:])])
+    assert merged["n_valid"] == whole["n_valid"] and merged["n_pixels"] == 1000
+    assert merged["constant_channels"] == whole["constant_channels"] == 1
+    assert merged["spread"] == pytest.approx(whole["spread"], rel=1e-9)
+    assert merged["rms_norm"] == pytest.approx(whole["rms_norm"], rel=1e-12)
+    assert degenerate_reason(merged) == degenerate_reason(whole)

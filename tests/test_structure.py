@@ -120,3 +120,15 @@ def test_the_checks_see_a_circle_and_a_long_function(tmp_path):
     tree = ast.parse(f"def f():\n{body}\n")
     fn = tree.body[0]
     assert fn.end_lineno - fn.lineno + 1 > MAX_FUNCTION_LINES
+
+
+def test_a_peer_metric_is_spelled_in_its_file_and_its_registry_entry_only():
+    from segotce_ray.metrics import registry
+
+    mods = _modules()
+    for name, rec in registry.METRICS.items():
+        if rec.runner != "peer":
+            continue
+        where = sorted(m for m, tree in mods.items()
+                       if any(isinstance(x, ast.Constant) and x.value == name for x in ast.walk(tree)))
+        assert len(where) <= 2 and "segotce_ray.metrics.registry" in where, (name, where)

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from segotce_ray.inputs.models import ModelError, ModelSpec, load_model
+from segotce_ray.pools.degeneracy import partial_stats
 from segotce_ray.pools.pool import pool_schema
 from segotce_ray.extract.sampling import sample_feature_maps, sample_pixels
 from segotce_ray.seeds import stable_seed
@@ -113,13 +114,14 @@ class ChunkFeatureExtractor:
         for req_i, chunk, payload in zip(batch["request"], batch["chunk"], batch["payload"]):
             items = pickle.loads(payload)
             req = self.requests[int(req_i)]
-            shard, dims = {"file": "", "rows": 0, "sha256": "", "bytes": 0}, (0, 0)
+            shard, dims, facts = {"file": "", "rows": 0, "sha256": "", "bytes": 0}, (0, 0), {}
             try:
                 table, errors = self._chunk(req, items)
                 if table is not None:
                     shard = write_shard(table, req["staging"], SHARD_PATTERN.format(int(chunk)))
                     dims = (int(table.schema.metadata[b"dim"]), int(table.schema.metadata.get(b"num_probs", 0)))
                     shard["kept_images"] = len(set(table.column("image_id").to_pylist()))
+                    facts = _chunk_facts(table, dims[0], req.get("ignore_index", 255))
             except ModelError as exc:
                 errors = [{"image_id": "", "kind": "load", "error": str(exc)}]
             except Exception as exc:  # noqa: BLE001 - a forward or a store write failed: this chunk
@@ -132,8 +134,9 @@ class ChunkFeatureExtractor:
             cols["num_probs"].append(dims[1])
             cols["images"].append(len(items))
             cols["errors"].append(json.dumps(errors))
+            cols["facts"].append(json.dumps(facts))
         out = {"request": batch["request"], "chunk": batch["chunk"]}
-        out.update({k: np.array(v, dtype=object if k in ("file", "sha256", "errors") else np.int64)
+        out.update({k: np.array(v, dtype=object if k in ("file", "sha256", "errors", "facts") else np.int64)
                     for k, v in cols.items()})
         return out
 
@@ -211,3 +214,9 @@ def _pixel_table(items: list[dict[str, Any]], results: list[tuple[np.ndarray, np
     if probs is not None:
         md["num_probs"] = str(probs.shape[1])
     return pa.Table.from_arrays(cols, schema=pool_schema(dim, probs.shape[1] if probs is not None else None, md))
+
+
+def _chunk_facts(table: pa.Table, dim: int, ignore_index: int) -> dict[str, Any]:
+    """:func:`segotce_ray.pools.degeneracy.partial_stats` of one shard's features."""
+    feats = table.column("feature").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return partial_stats(feats.reshape(-1, dim), table.column("label").to_numpy(), ignore_index)

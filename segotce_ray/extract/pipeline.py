@@ -63,6 +63,7 @@ import numpy as np
 import pyarrow as pa
 
 from segotce_ray.inputs.models import ModelError, ModelSpec, model_weights_hash
+from segotce_ray.pools.degeneracy import combine_stats
 from segotce_ray.pools.pool import POOL_SCHEMA_VERSION, PixelPool
 from segotce_ray.extract.sampling import SAMPLING_MODES
 from segotce_ray.pools.store import PoolStore, pool_key
@@ -188,6 +189,7 @@ class _PendingPool:
     meta: dict[str, str] = field(default_factory=dict)
     received: int = 0
     shards: dict[int, dict[str, Any]] = field(default_factory=dict)
+    facts: dict[int, dict[str, Any]] = field(default_factory=dict)   # chunk → partial_stats
     dims: set[tuple[int, int]] = field(default_factory=set)
     skipped: list[dict[str, str]] = field(default_factory=list)
     images: int = 0
@@ -382,7 +384,8 @@ def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, 
                          "pixels_per_image": int(r.pixels_per_image), "sampling": r.sampling}
         p.meta = _pool_meta(r, p.key, p.fingerprint, models[r.model.name][1])
         requests[p.index] = {"model": r.model.name, "keep_probs": bool(r.keep_probs),
-                             "staging": str(p.staging), "meta": p.meta}
+                             "staging": str(p.staging), "meta": p.meta,
+                             "ignore_index": int(ds.ignore_index)}
         n = len(ds.samples)
         items += [{"request": p.index, "chunk": c, "start": c * batch_size, "stop": min(n, (c + 1) * batch_size)}
                   for c in range(p.chunks)]
@@ -476,6 +479,7 @@ def _consume_chunk(p: _PendingPool, row: dict[str, Any], store: PoolStore, bad_i
         p.skipped.append(e)
     if row["file"]:
         p.shards[int(row["chunk"])] = {k: row[k] for k in ("file", "rows", "sha256", "bytes")}
+        p.facts[int(row["chunk"])] = json.loads(row["facts"])
         p.dims.add((int(row["dim"]), int(row["num_probs"])))
         p.images += int(row["kept_images"])
     if p.received < p.chunks:
@@ -500,7 +504,8 @@ def _consume_chunk(p: _PendingPool, row: dict[str, Any], store: PoolStore, bad_i
             "model": r.model.to_dict(), "dataset": d, "dataset_format": getattr(r.dataset, "format", ""),
             "fingerprint": p.fingerprint, "layer": r.model.layer, "sampling": r.sampling_params(),
             "seed": r.seed, "images": p.images, "images_requested": len(r.dataset.samples),
-            "skipped": p.skipped, "seconds": round(time.time() - p.started, 3)}, meta)
+            "skipped": p.skipped, "seconds": round(time.time() - p.started, 3),
+            "facts": combine_stats([p.facts[c] for c in sorted(p.shards)])}, meta)
     except Exception as exc:  # noqa: BLE001 - a store failure (disk full...) fails this pool only
         return _fail(p, f"writing the pool failed: {type(exc).__name__}: {exc}")
     p.committed = True

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 
+import numpy as np
+
 from segotce_ray.cluster.runtime import init_ray
 from segotce_ray.extract.pipeline import extract_planned
 from segotce_ray.io import write_json
@@ -20,7 +22,7 @@ from segotce_ray.job.plan import PROBS_SPACE, PairPlan, Plan
 from segotce_ray.metrics.calibration import CalibrationError, calibrated_rows, read_calibration
 from segotce_ray.pools.degeneracy import STATS_VERSION, degenerate_reason, pool_stats
 from segotce_ray.pools.score_log import ScoreLog
-from segotce_ray.pools.store import PoolStore
+from segotce_ray.pools.store import PoolStore, load_cached
 from segotce_ray.pools.views import ProbsView
 from segotce_ray.results.matrix import TransferabilityMatrix
 from segotce_ray.scoring.adapters import OTCESettings, metric_spec
@@ -190,39 +192,68 @@ def _calibrate(spec: JobSpec, table: Any, run_dir: Path, errors: dict[str, str])
 
 
 def pool_checks(store: Any, pool_results: Mapping[tuple[str, str], Any]) -> dict[tuple[str, str], dict]:
-    """:func:`segotce_ray.pools.degeneracy.pool_stats` of every committed pool, memoised in the store.
-
-    The memo is ``<store>/checks/<key[:2]>/<key>.json`` (a pool key fixes its content), so a
-    pool is read for the check once, whatever the number of runs and repetitions. A pool that
-    cannot be read is left out (its pairs fail on their own).
+    """:func:`segotce_ray.pools.degeneracy.pool_stats` of every committed pool, as its
+    manifest states them (``facts``, computed where the pool was written): the driver opens
+    no pool shard. A pool published before manifests carried facts is checked once by a Ray
+    task on a worker, memoised in ``<store>/checks/<key[:2]>/<key>.json``. A pool that cannot
+    be read is left out (its pairs fail on their own).
     """
-
     out: dict[tuple[str, str], dict] = {}
+    late: dict[tuple[str, str], str] = {}
     for pool, key in pool_results.items():
-        if not isinstance(key, str):
+        if not isinstance(key, str):   # failed pools, and probs views (as before)
             continue
-        memo = Path(store.root) / "checks" / key[:2] / f"{key}.json"
         try:
-            stats = json.loads(memo.read_text(encoding="utf-8"))
-            if stats.get("version") == STATS_VERSION:
-                out[pool] = stats
-                continue
-        except (OSError, ValueError):
-            pass
-        try:
-            table = store.read_table(key, columns=["label", "feature"]).combine_chunks()
-            width = table.schema.field("feature").type.list_size
-            feats = table.column("feature").combine_chunks().flatten() \
-                .to_numpy(zero_copy_only=False).reshape(-1, width)
-            stats = pool_stats(feats, table.column("label").to_numpy())
-        except Exception as exc:  # noqa: BLE001 - a bad pool fails its pairs elsewhere
+            facts = store.manifest(key).get("facts")
+        except Exception as exc:  # noqa: BLE001 - a bad manifest fails its pairs elsewhere
             log.warning("pool %s@%s: degeneracy check skipped: %s", *pool, exc)
             continue
-        out[pool] = stats
-        try:  # the memo only saves time: two runs writing it at once may both lose
-            write_json(memo, stats, indent=None)
-        except OSError as exc:
-            log.info("pool %s@%s: check not memoised: %s", *pool, exc)
+        memo = _read_memo(Path(store.root), key)
+        if facts and facts.get("version") == STATS_VERSION:
+            out[pool] = facts
+        elif memo is not None:
+            out[pool] = memo
+        else:
+            late[pool] = key
+    if late:
+        out.update(_stats_on_workers(str(store.root), late))
+    return out
+
+
+def _read_memo(root: Path, key: str) -> dict | None:
+    try:
+        stats = json.loads((root / "checks" / key[:2] / f"{key}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stats if stats.get("version") == STATS_VERSION else None
+
+
+def _pool_stats_task(root: str, key: str) -> dict | str:
+    """On a worker: the pool's statistics (memoised next to the store), or why not."""
+    try:
+        pool = load_cached(root, key)
+        stats = pool_stats(np.asarray(pool.features), np.asarray(pool.labels))
+    except Exception as exc:  # noqa: BLE001 - a bad pool fails its pairs elsewhere
+        return f"{type(exc).__name__}: {exc}"
+    try:  # the memo only saves time: two runs writing it at once may both lose
+        write_json(Path(root) / "checks" / key[:2] / f"{key}.json", stats, indent=None)
+    except OSError:
+        pass
+    return stats
+
+
+def _stats_on_workers(root: str, keys: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], dict]:
+    import ray
+
+    task = ray.remote(num_cpus=1)(_pool_stats_task)
+    refs = {pool: task.remote(root, key) for pool, key in keys.items()}
+    out = {}
+    for pool, ref in refs.items():
+        got = ray.get(ref)
+        if isinstance(got, dict):
+            out[pool] = got
+        else:
+            log.warning("pool %s@%s: degeneracy check skipped: %s", *pool, got)
     return out
 
 

@@ -20,15 +20,17 @@ class MetricInputError(ValueError):
 
 
 def prepare_labels(metric: str, target_labels: Any, n_rows: int,
-                    ignore_index: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Validate labels -> (keep mask (N,), codes (N',) int64 in 0..C-1, C)."""
+                   ignore_index: int | None, rows_of: str = "features"
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate labels -> (keep mask (N,), codes (N',) int64 in 0..C-1, C); ``rows_of``
+    names the array the labels must match (``features`` or ``source_probs``)."""
     y = np.asarray(target_labels)
     if y.ndim != 1:
         raise MetricInputError(f"{metric}: target_labels must be 1-D (N,), got shape {y.shape}")
     if y.shape[0] != n_rows:
         raise MetricInputError(
             f"{metric}: target_labels has {y.shape[0]} entries but the "
-            f"{'source_probs' if metric in ('nce', 'leep') else 'features'} have {n_rows} rows")
+            f"{rows_of} have {n_rows} rows")
     if y.dtype.kind == "b":
         y = y.astype(np.int64)
     elif y.dtype.kind == "f":
@@ -79,7 +81,8 @@ def prepare_probs(metric: str, source_probs: Any, target_labels: Any,
         raise MetricInputError(f"{metric}: source_probs have zero source classes (shape {p.shape})")
     if p.dtype.kind not in "fiub":
         raise MetricInputError(f"{metric}: source_probs must be numeric, got dtype {p.dtype}")
-    keep, y, n_classes = prepare_labels(metric, target_labels, p.shape[0], ignore_index)
+    keep, y, n_classes = prepare_labels(metric, target_labels, p.shape[0], ignore_index,
+                                        rows_of="source_probs")
     p = np.asarray(p[keep], dtype=np.float64)
     if not np.all(np.isfinite(p)):
         raise MetricInputError(f"{metric}: source_probs contain NaN/inf")

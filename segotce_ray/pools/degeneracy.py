@@ -19,6 +19,11 @@ n_pixels`` (fewer pixels than one SEG-OTCE repetition draws: the repetitions reu
 whole pool and differ only by order). :func:`pool_stats` is computed once per pool (one
 pass over the features) and does not depend on the job's settings; :func:`degenerate_reason`
 turns it into a sentence for a given ``n_pixels``.
+
+Where a pool is written, each chunk's :func:`partial_stats` (count, channel means, centred
+sums of squares) travel with the chunk's metadata and :func:`combine_stats` merges them
+exactly (Chan et al.'s pairwise update) into the pool's manifest (``facts``): nothing reads a
+pool back to learn its statistics.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ABS_SPREAD", "REL_SPREAD", "STATS_VERSION", "degenerate_reason", "pool_stats"]
+__all__ = ["ABS_SPREAD", "REL_SPREAD", "STATS_VERSION", "combine_stats", "degenerate_reason",
+           "partial_stats", "pool_stats"]
 
 #: Total feature std at or below which a pool is constant, absolutely ...
 ABS_SPREAD = 1e-6
@@ -68,6 +74,43 @@ def pool_stats(features: np.ndarray, labels: np.ndarray, ignore_index: int = 255
     var /= n
     out.update(spread=float(math.sqrt(var.sum())), rms_norm=float(math.sqrt(sq_norm / n)),
                constant_channels=int(np.count_nonzero(var == 0)))
+    return out
+
+
+def partial_stats(features: np.ndarray, labels: np.ndarray, ignore_index: int = 255
+                  ) -> dict[str, Any]:
+    """A chunk's share of :func:`pool_stats`: rows, labelled rows ``n``, channel ``mean``
+    and centred sums of squares ``m2`` (float64), and ``sq_norm`` = Σ ||f_i||² (JSON-able)."""
+    feats = np.asarray(features)
+    block = feats[np.asarray(labels) != ignore_index].astype(np.float64)
+    n = int(block.shape[0])
+    mean = block.mean(axis=0) if n else np.zeros(feats.shape[1] if feats.ndim == 2 else 0)
+    return {"rows": int(feats.shape[0]), "n": n, "mean": mean.tolist(),
+            "m2": np.square(block - mean).sum(axis=0).tolist() if n else [0.0] * mean.size,
+            "sq_norm": float(np.square(block).sum())}
+
+
+def combine_stats(parts: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """:func:`pool_stats` of a pool from its chunks' :func:`partial_stats` (in chunk order)."""
+    rows = sum(int(p["rows"]) for p in parts)
+    dim = len(parts[0]["mean"]) if parts else 0
+    n, mean, m2, sq_norm = 0, np.zeros(dim), np.zeros(dim), 0.0
+    for p in parts:
+        nb = int(p["n"])
+        if nb == 0:
+            continue
+        mb, m2b = np.asarray(p["mean"], dtype=np.float64), np.asarray(p["m2"], dtype=np.float64)
+        total = n + nb
+        delta = mb - mean
+        mean = mean + delta * (nb / total)
+        m2 = m2 + m2b + np.square(delta) * (n * nb / total)
+        n, sq_norm = total, sq_norm + float(p["sq_norm"])
+    out = {"version": STATS_VERSION, "n_pixels": rows, "n_valid": n, "dim": dim,
+           "spread": 0.0, "rms_norm": 0.0, "constant_channels": dim}
+    if n and dim:
+        var = m2 / n
+        out.update(spread=float(math.sqrt(var.sum())), rms_norm=float(math.sqrt(sq_norm / n)),
+                   constant_channels=int(np.count_nonzero(var == 0)))
     return out
 
 

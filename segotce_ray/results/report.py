@@ -281,22 +281,25 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = None) -> str:
-    """Markdown report of a run directory (see the module docstring)."""
-    run_dir = Path(run_dir)
-    info = _read_json(run_dir / "run.json")
-    long = load_long(run_dir)
-    ranks = rankings_from_long(long)
-    schedule = load_schedule(run_dir)
+def _pruned(schedule: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
+    """(metric, model, target) → "pruned after n/K" for an adaptive run's pruned pairs."""
     pruned: dict[tuple[str, str, str], str] = {}
     if schedule is not None:
         for r in schedule[schedule["schedule_status"] == "pruned"].itertuples(index=False):
             pruned[(r.metric, r.model, r.target)] = \
                 f"pruned after {int(r.repetitions_done)}/{int(r.repetitions_full)}"
-    truth: dict[tuple[str, str], float] = {}
-    if (run_dir / "ground_truth.csv").is_file():
-        gt = pd.read_csv(run_dir / "ground_truth.csv", dtype={"model": str, "target": str})
-        truth = {(str(m), str(t)): float(v) for m, t, v in gt[["model", "target", "value"]].itertuples(index=False)}
+    return pruned
+
+
+def _truth(run_dir: Path) -> dict[tuple[str, str], float]:
+    """(model, target) → ground truth, from the run's ``ground_truth.csv`` (empty without)."""
+    if not (run_dir / "ground_truth.csv").is_file():
+        return {}
+    gt = pd.read_csv(run_dir / "ground_truth.csv", dtype={"model": str, "target": str})
+    return {(str(m), str(t)): float(v) for m, t, v in gt[["model", "target", "value"]].itertuples(index=False)}
+
+
+def _header_section(run_dir: Path, info: dict, long: pd.DataFrame, schedule: pd.DataFrame | None) -> list[str]:
     out: list[str] = []
     job = info.get("job", run_dir.parent.name)
     out.append(f"# Transferability report — {job} / {info.get('run_id', run_dir.name)}")
@@ -322,9 +325,13 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     out.append("")
     out.append("Higher score = more transferable; rank 1 = the model to try first. "
                "Scores of different metrics are on different scales: compare ranks, not values.")
-    degenerate = degenerate_models(long)
-    out.extend(degenerate_section(degenerate))
+    out.extend(degenerate_section(degenerate_models(long)))
+    return out
 
+
+def _rankings_section(long: pd.DataFrame, ranks: pd.DataFrame, truth: dict, pruned: dict) -> list[str]:
+    out: list[str] = []
+    degenerate = degenerate_models(long)
     # -- rankings per target, metrics side by side (SEG-OTCE first)
     out.append("")
     out.append("## Rankings per target")
@@ -338,7 +345,11 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         out.append("")
         out.extend(_target_table(ranks[ranks["target"] == target], target, metrics, truth, pruned,
                                  degenerate))
+    return out
 
+
+def _agreement_section(run_dir: Path) -> list[str]:
+    out: list[str] = []
     # -- correlation with ground truth
     corr_path = run_dir / "correlation.csv"
     if corr_path.exists():
@@ -363,9 +374,12 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
             corr["reason"] = corr["reason"].fillna("")
         out.append("")
         out.append(_table(keep, corr.itertuples(index=False)))
+    return out
 
-    out.extend(calibration_section(run_dir))
 
+def _failures_section(info: dict, long: pd.DataFrame, ranks: pd.DataFrame) -> list[str]:
+    out: list[str] = []
+    status = info.get("status", "unknown")
     # -- failures
     failed = long[long.get("status", "ok") == "failed"] if not long.empty else long
     unavailable = long[long.get("status", "ok") == "unavailable"] if not long.empty else long
@@ -400,7 +414,11 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
         for (model, target, metric), grp in unavailable.groupby(["model", "target", "metric"], sort=True):
             err = str(grp["error"].dropna().iloc[0]) if grp["error"].notna().any() else ""
             out.append(f"- {metric} for {model} → {target}: {err}")
+    return out
 
+
+def _skipped_section(info: dict) -> list[str]:
+    out: list[str] = []
     # -- images left out of the pools (extraction.bad_images: skip)
     skipped = info.get("skipped_images") or {}
     if skipped:
@@ -419,7 +437,11 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
                 shown += 1
         if shown > MAX_SKIPPED_ROWS:
             out.append(f"- … and {shown - MAX_SKIPPED_ROWS} more (`run.json`, `skipped_images`).")
+    return out
 
+
+def _changes_section(run_dir: Path, info: dict, ranks: pd.DataFrame, previous_run_dir: str | Path | None) -> list[str]:
+    out: list[str] = []
     # -- changes vs previous run
     out.append("")
     out.append("## Changes since the previous run")
@@ -483,7 +505,11 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
             if tops:
                 out.append("")
                 out.extend(tops)
+    return out
 
+
+def _footer_section(run_dir: Path, info: dict, schedule: pd.DataFrame | None) -> list[str]:
+    out: list[str] = []
     # -- timings
     timings = info.get("timings", {})
     if timings:
@@ -498,10 +524,28 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     out.append("")
     out.append("Files: `matrix.parquet` (long table, one row per repetition), `scores.csv` "
                "(models × targets, mean), `rankings.csv`, `heatmap.png`"
-               + (", `correlation.csv`" if corr_path.exists() else "")
+               + (", `correlation.csv`" if (run_dir / "correlation.csv").exists() else "")
                + (", `schedule.csv` (adaptive decisions)" if schedule is not None else "")
                + ", `spec.yaml` (resolved), `plan.json`, `run.json` (status, counts, errors), "
                "`versions.json`, `timings.json`.")
+    return out
+
+
+def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = None) -> str:
+    """Markdown report of a run directory (see the module docstring)."""
+    run_dir = Path(run_dir)
+    info = _read_json(run_dir / "run.json")
+    long = load_long(run_dir)
+    ranks = rankings_from_long(long)
+    schedule = load_schedule(run_dir)
+    out = _header_section(run_dir, info, long, schedule)
+    out += _rankings_section(long, ranks, _truth(run_dir), _pruned(schedule))
+    out += _agreement_section(run_dir)
+    out += calibration_section(run_dir)
+    out += _failures_section(info, long, ranks)
+    out += _skipped_section(info)
+    out += _changes_section(run_dir, info, ranks, previous_run_dir)
+    out += _footer_section(run_dir, info, schedule)
     return "\n".join(out) + "\n"
 
 

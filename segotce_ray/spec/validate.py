@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
+from segotce_ray.metrics import registry
 from segotce_ray.spec.model import (COST_SCALES, DATASET_FORMATS, SAMPLINGS, SCHEDULES,
                                      SCHEDULES_AVAILABLE, SOLVERS, TORCHVISION_ARCHITECTURES,
                                      OTCESettings, SpecProblem, known_metrics, needs_source,
@@ -484,14 +485,28 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
         _check_otce(c, raw["otce"])
         if isinstance(raw["otce"], dict) and raw["otce"].get("calibration") is not None:
             _check_calibration(c, raw)
+    _check_metrics(c, raw)
+    _check_schedule(c, raw)
+    _check_extraction(c, raw)
+    _check_resources(c, raw)
+    datasets = _check_datasets(c, raw)
+    models = _check_models(c, raw, datasets)
+    _check_targets(c, raw, datasets)
+    if raw.get("ground_truth") is not None:
+        _check_ground_truth(c, raw["ground_truth"])
+    _check_sources(c, raw, models)
+    return c.problems
 
+
+def _check_metrics(c: _Checker, raw: dict) -> None:
+    """``metrics``: names the registry scores, once each."""
     if "metrics" in raw:
         metrics = c.string_list("metrics", raw["metrics"], allow_scalar=True)
         for i, m in enumerate(metrics or []):
-            if m == "otce_calibrated":
-                c.add(f"metrics[{i}]", "otce_calibrated is not selected here: set "
-                                       "otce.calibration to a calibration file (it adds "
-                                       "the metric) and select otce")
+            if m in registry.METRICS and registry.METRICS[m].runner == "derived":
+                c.add(f"metrics[{i}]", f"{m} is not selected here: it is computed from other "
+                                       "metrics' rows; set otce.calibration to a calibration "
+                                       "file (it adds the metric) and select otce")
             elif m not in known_metrics():
                 hint = difflib.get_close_matches(m, known_metrics(), n=1, cutoff=0.6)
                 c.add(f"metrics[{i}]", f"unknown metric {m!r}" + (
@@ -501,6 +516,9 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
         if metrics and len(set(metrics)) != len(metrics):
             c.add("metrics", "lists a metric twice")
 
+
+def _check_schedule(c: _Checker, raw: dict) -> None:
+    """``schedule``: a mode, or a mapping of the adaptive schedule's parameters."""
     if "schedule" in raw:
         s = raw["schedule"]
         mode, mode_path = None, "schedule"
@@ -530,6 +548,9 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
             c.add(mode_path, f"schedule {mode!r} is not available in this version; use "
                              f"{' or '.join(map(repr, SCHEDULES_AVAILABLE))}")
 
+
+def _check_extraction(c: _Checker, raw: dict) -> None:
+    """``extraction``: pixels per image, batch size, sampling, bad images, layer."""
     if "extraction" in raw and c.mapping("extraction", raw["extraction"]):
         e = raw["extraction"]
         c.keys("extraction", e, _EXTRACTION_KEYS)
@@ -547,6 +568,9 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
                 c.add("otce.layer", f"deprecated and contradicts extraction.layer ({e['layer']!r}); "
                                     "remove otce.layer")
 
+
+def _check_resources(c: _Checker, raw: dict) -> None:
+    """``resources``: actors, GPUs per actor and task, CPU threads, autoscaling."""
     if "resources" in raw and c.mapping("resources", raw["resources"]):
         r = raw["resources"]
         c.keys("resources", r, _RESOURCE_KEYS)
@@ -565,6 +589,9 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
                 r["autoscaling"] not in ("auto", "on", "off"):
             c.add("resources.autoscaling", f"expected auto, on or off, got {r['autoscaling']!r}")
 
+
+def _check_datasets(c: _Checker, raw: dict) -> dict:
+    """``datasets``: each entry; returns the declared datasets (a mapping, maybe empty)."""
     datasets = raw.get("datasets")
     if "datasets" in raw and c.mapping("datasets", datasets):
         if not datasets:
@@ -574,7 +601,11 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
                 _check_dataset(c, f"datasets.{name}", ds)
     if not isinstance(datasets, dict):
         datasets = {}
+    return datasets
 
+
+def _check_models(c: _Checker, raw: dict, datasets: dict) -> Any:
+    """``models``: each entry against the declared datasets; returns the raw mapping."""
     models = raw.get("models")
     if "models" in raw and c.mapping("models", models):
         if not models:
@@ -582,7 +613,11 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
         for name, m in models.items():
             if c.name(f"models.{name}", name, "model"):
                 _check_model(c, f"models.{name}", m, datasets)
+    return models
 
+
+def _check_targets(c: _Checker, raw: dict, datasets: dict) -> None:
+    """``targets``: declared datasets, each once."""
     if "targets" in raw:
         targets = c.string_list("targets", raw["targets"], allow_scalar=True)
         if targets is not None and not targets:
@@ -598,9 +633,9 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
                     f" (did you mean {hint[0]!r}?)" if hint else
                     f" (declared: {', '.join(map(str, datasets)) or 'none'})"))
 
-    if raw.get("ground_truth") is not None:
-        _check_ground_truth(c, raw["ground_truth"])
 
+def _check_sources(c: _Checker, raw: dict, models: Any) -> None:
+    """A selection of metrics that all need the source pool needs every model's source."""
     # Cross-check: OTCE needs each model's source pool.
     metrics_sel = raw.get("metrics", list(known_metrics()))
     if isinstance(metrics_sel, str):
@@ -612,4 +647,3 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
             if isinstance(m, dict) and m.get("source") is None and _NAME_RE.match(str(name)):
                 c.add(f"models.{name}.source", "required: every selected metric "
                       f"({', '.join(map(str, metrics_sel))}) needs the model's source dataset")
-    return c.problems
