@@ -188,7 +188,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from segotce_ray.scoring.adapters import OTCESettings, otce_metric
+    from segotce_ray.scoring.settings import OTCESettings
+    from segotce_ray.scoring.adapters import otce_metric
 
     spec = otce_metric(OTCESettings(n_pixels=args.n_pixels, repetitions=args.reps,
                                     epsilon=args.epsilon, solver=args.solver))

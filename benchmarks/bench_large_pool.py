@@ -37,7 +37,7 @@ from segotce_ray.scoring.adaptive import AdaptiveSettings, score_pairs_adaptive
 from segotce_ray.results.matrix import TransferabilityMatrix
 from segotce_ray.pools.pool import PixelPool
 from segotce_ray.cluster.runtime import init_ray
-from segotce_ray.scoring.adapters import OTCESettings
+from segotce_ray.scoring.settings import OTCESettings
 from segotce_ray.scoring.schedules import score_pairs
 
 

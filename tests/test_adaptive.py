@@ -11,7 +11,8 @@ import pytest
 from segotce_ray.scoring.adaptive import SCHEDULE_COLUMNS, AdaptiveSettings, interval_quantile, score_pairs_adaptive
 from segotce_ray.results.matrix import TransferabilityMatrix
 from segotce_ray.pools.pool import PixelPool
-from segotce_ray.scoring.adapters import MetricSpec, OTCESettings
+from segotce_ray.scoring.settings import OTCESettings
+from segotce_ray.scoring.adapters import MetricSpec
 from segotce_ray.seeds import repetition_seed
 from segotce_ray.scoring.schedules import score_pairs
 

@@ -15,7 +15,7 @@ from scipy import stats
 from segotce_ray.results.matrix import TransferabilityMatrix, read_ground_truth
 from segotce_ray.metrics.correlation import MEAN_ROW
 from segotce_ray.scoring.rows import RESULT_COLUMNS, results_frame
-from segotce_ray.scoring.adapters import OTCESettings
+from segotce_ray.scoring.settings import OTCESettings
 from segotce_ray.scoring.schedules import score_pairs
 
 MODELS = ["alpha", "beta", "gamma", "delta"]

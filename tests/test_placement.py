@@ -58,7 +58,8 @@ def test_gpus_from_zero_come_from_the_autoscaler_unless_off():
 def test_scorer_refuses_only_what_no_node_can_hold(ray_local, monkeypatch):
     from segotce_ray.scoring.tasks import PairScorer
     from segotce_ray.scoring.rows import ScorePair
-    from segotce_ray.scoring.adapters import otce_metric, OTCESettings
+    from segotce_ray.scoring.settings import OTCESettings
+    from segotce_ray.scoring.adapters import otce_metric
     from segotce_ray.pools.pool import PixelPool
     import numpy as np
 

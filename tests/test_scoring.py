@@ -12,7 +12,8 @@ import pytest
 
 from segotce_ray.pools.pool import PixelPool
 from segotce_ray.scoring.rows import RESULT_COLUMNS, ScorePair
-from segotce_ray.scoring.adapters import MetricSpec, OTCESettings, otce_metric, otce_repetition, peer_metric, task_memory_bytes
+from segotce_ray.scoring.settings import OTCESettings
+from segotce_ray.scoring.adapters import MetricSpec, otce_metric, otce_repetition, peer_metric, task_memory_bytes
 from segotce_ray.scoring.tasks import PairScorer
 from segotce_ray.seeds import repetition_seed
 from segotce_ray.scoring.schedules import score_pairs

@@ -7,7 +7,8 @@ import pandas as pd
 
 from segotce_ray.pools import store as store_mod
 from segotce_ray.pools.pool import PixelPool
-from segotce_ray.scoring.adapters import OTCESettings, peer_metric, otce_metric
+from segotce_ray.scoring.settings import OTCESettings
+from segotce_ray.scoring.adapters import peer_metric, otce_metric
 from segotce_ray.pools.views import StoredPool
 from segotce_ray.scoring.schedules import score_pairs
 from segotce_ray.pools.store import PoolStore

@@ -9,7 +9,7 @@ import numpy as np
 from segotce_ray.cluster import progress as progress_mod
 from segotce_ray.pools.pool import PixelPool
 from segotce_ray.cluster.progress import Progress
-from segotce_ray.scoring.adapters import OTCESettings
+from segotce_ray.scoring.settings import OTCESettings
 from segotce_ray.scoring.schedules import score_pairs
 
 

@@ -25,7 +25,7 @@ from segotce_ray.pools.score_log import ScoreLog
 from segotce_ray.pools.store import PoolStore, load_cached
 from segotce_ray.pools.views import ProbsView
 from segotce_ray.results.matrix import TransferabilityMatrix
-from segotce_ray.scoring.adapters import OTCESettings, metric_spec
+from segotce_ray.scoring.adapters import metric_spec
 from segotce_ray.scoring.adaptive import AdaptiveSettings, score_pairs_adaptive
 from segotce_ray.scoring.rows import ScorePair, results_frame
 from segotce_ray.scoring.schedules import score_pairs
@@ -55,11 +55,7 @@ def skipped_images(spec: JobSpec, plan: Plan) -> dict[str, list[dict[str, str]]]
 
 def _metric_specs(spec: JobSpec) -> dict[str, Any]:
     """Scoring :class:`MetricSpec` per selected metric."""
-    o = spec.otce
-    settings = OTCESettings(n_pixels=o.n_pixels, repetitions=o.repetitions,
-                            epsilon=float(o.epsilon), solver=o.solver, sampling=o.sampling,
-                            options={"cost_scale": o.cost_scale} if o.cost_scale != "none" else {})
-    return {metric: metric_spec(metric, settings) for metric in spec.metrics}
+    return {metric: metric_spec(metric, spec.otce) for metric in spec.metrics}
 
 
 def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:

@@ -15,32 +15,9 @@ from segotce_ray.pools.pool import PixelPool
 from segotce_ray.metrics import registry
 from segotce_ray.metrics.peers import PEER_METRICS, call_peer
 from segotce_ray.metrics.registry import MetricRecord
+from segotce_ray.scoring.settings import OTCESettings
 
 _WORKER_BASE_BYTES = 128 * 1024**2
-
-
-@dataclass(frozen=True)
-class OTCESettings:
-    """SEG-OTCE settings for :func:`otce_score` (one repetition per task).
-
-    ``options`` is passed through to :func:`otce_score` as extra keyword arguments.
-    """
-
-    n_pixels: int = 10_000
-    repetitions: int = 10
-    epsilon: float = 0.1
-    solver: str = "auto"
-    sampling: str = "uniform"
-    ignore_index: int = 255
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.n_pixels < 1:
-            raise ValueError(f"otce n_pixels must be >= 1, got {self.n_pixels}")
-        if self.repetitions < 1:
-            raise ValueError(f"otce repetitions must be >= 1, got {self.repetitions}")
-        if not self.epsilon > 0:
-            raise ValueError(f"otce epsilon must be > 0, got {self.epsilon}")
 
 
 @dataclass(frozen=True)
@@ -102,12 +79,15 @@ def _task_has_gpu() -> bool:
         return False
 
 
-def otce_metric(settings: OTCESettings | None = None) -> MetricSpec:
-    """The :class:`MetricSpec` of SEG-OTCE under ``settings``."""
+def otce_metric(settings: OTCESettings | None = None, *, ignore_index: int = 255,
+                options: Mapping[str, Any] | None = None) -> MetricSpec:
+    """The :class:`MetricSpec` of SEG-OTCE under ``settings``; ``options`` go to
+    :func:`otce_score` as extra keyword arguments (a cost scale other than ``none`` is one)."""
     s = settings or OTCESettings()
-    params = {"n_pixels": s.n_pixels, "epsilon": s.epsilon, "solver": s.solver,
-              "sampling": s.sampling, "ignore_index": s.ignore_index,
-              "options": dict(s.options)}
+    opts = {"cost_scale": s.cost_scale} if s.cost_scale != "none" else {}
+    params = {"n_pixels": s.n_pixels, "epsilon": float(s.epsilon), "solver": s.solver,
+              "sampling": s.sampling, "ignore_index": int(ignore_index),
+              "options": {**opts, **dict(options or {})}}
     return MetricSpec("otce", otce_repetition, s.repetitions, s.n_pixels, params)
 
 
@@ -153,8 +133,7 @@ def metric_spec(name: str, otce: OTCESettings) -> MetricSpec:
     if rec.runner == "otce":
         return otce_metric(otce)
     if rec.runner == "peer":
-        return peer_metric(name, n_pixels=otce.n_pixels, repetitions=otce.repetitions,
-                           ignore_index=otce.ignore_index)
+        return peer_metric(name, n_pixels=otce.n_pixels, repetitions=otce.repetitions)
     raise ValueError(f"metric {name!r} is derived from other metrics' rows, not scored")
 
 

@@ -84,7 +84,8 @@ import pandas as pd
 from scipy import stats
 
 from segotce_ray.cluster.progress import Progress
-from segotce_ray.scoring.adapters import MetricSpec, OTCESettings, otce_metric
+from segotce_ray.scoring.settings import OTCESettings
+from segotce_ray.scoring.adapters import MetricSpec, otce_metric
 from segotce_ray.scoring.executor import open_scorer, run_fanout
 from segotce_ray.scoring.rows import ScorePair, results_frame
 from segotce_ray.scoring.tasks import PairScorer

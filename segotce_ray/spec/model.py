@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from segotce_ray.metrics import registry
+from segotce_ray.scoring.settings import OTCESettings
 
 
 DATASET_FORMATS = ("cityscapes", "bdd100k", "gta5", "folder")
@@ -68,22 +69,6 @@ class SpecError(ValueError):
 
 
 # ---------------------------------------------------------------------------- dataclasses
-
-
-@dataclass
-class OTCESettings:
-    """SEG-OTCE settings: N pixels per side, K repetitions, entropic ε, solver, sampling, the
-    cost scaling applied before ε (``none`` | ``mean`` | ``max``: C divided by its mean or its
-    max), and an optional calibration file (adds the ``otce_calibrated`` metric). The feature
-    space is ``extraction.layer`` (``otce.layer`` is deprecated)."""
-
-    n_pixels: int = 10_000
-    repetitions: int = 10
-    epsilon: float = 0.1
-    solver: str = "auto"
-    sampling: str = "uniform"
-    cost_scale: str = "none"
-    calibration: str | None = None
 
 
 @dataclass
