@@ -43,7 +43,7 @@ def long_schema() -> pa.Schema:
 
 #: Columns of the long results table, in order (the schema's field names).
 RESULT_COLUMNS = long_schema().names
-_KEY = ["model", "target", "metric", "k"]
+ROW_KEY = ["model", "target", "metric", "k"]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -61,7 +61,7 @@ class ScorePair:
 # --------------------------------------------------------------------------- rows
 
 
-def _row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -> dict[str, Any]:
+def result_row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -> dict[str, Any]:
     row: dict[str, Any] = {"model": pair.model, "target": pair.target, "metric": metric,
                            "k": int(k), "score": math.nan, "w_t": math.nan, "w_d": math.nan,
                            "iterations": None, "converged": None, "n_source": None,
@@ -72,8 +72,8 @@ def _row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -> dict
     return row
 
 
-def _failed(pair: ScorePair, metric: str, k: int, seed: int, error: str) -> dict[str, Any]:
-    return _row(pair, metric, k, seed, status="failed", error=error)
+def failed_row(pair: ScorePair, metric: str, k: int, seed: int, error: str) -> dict[str, Any]:
+    return result_row(pair, metric, k, seed, status="failed", error=error)
 
 
 def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
@@ -98,4 +98,4 @@ def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFr
         df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
     df["converged"] = pd.array([None if pd.isna(v) else bool(v) for v in df["converged"]],
                                dtype="boolean")
-    return df.sort_values(_KEY, kind="stable").reset_index(drop=True)
+    return df.sort_values(ROW_KEY, kind="stable").reset_index(drop=True)
