@@ -225,6 +225,10 @@ def extraction_request(spec: JobSpec, model_spec: Any, dataset: Any) -> Any:
                              sampling=mode, seed=spec.seed, keep_probs=True)
 
 
+#: Version of the SEG-OTCE rows a pair key stands for (2: with the label joint).
+OTCE_ROW_FORMAT = 2
+
+
 def _pair_key(spec: JobSpec, metric: str, params: Mapping[str, Any], model: str,
               source: str | None, target: str, source_key: str | None, target_key: str) -> str:
     payload = {"version": SCORE_LOG_VERSION, "metric": metric, "params": dict(params),
@@ -238,12 +242,15 @@ def _metric_params(spec: JobSpec, metric: str, model: str) -> dict[str, Any]:
     """The settings that determine a metric's rows (part of the pair key).
 
     The cost scale and the probs space enter only when they are not the historical default
-    (``none``, the pool's feature column), so earlier scores stay valid.
+    (``none``, the pool's feature column), so earlier scores stay valid. SEG-OTCE rows carry
+    the label joint since row format 2 (the per-class view): rows logged before lack it, so
+    ``row_format`` makes such pairs score once more (the same seeded repetitions).
     """
     params: dict[str, Any] = {"n_pixels": spec.otce.n_pixels}
     if registry.get(metric).runner == "otce":
         o = spec.otce
-        params.update(epsilon=float(o.epsilon), solver=o.solver, sampling=o.sampling)
+        params.update(epsilon=float(o.epsilon), solver=o.solver, sampling=o.sampling,
+                      row_format=OTCE_ROW_FORMAT)
         if o.cost_scale != "none":
             params["cost_scale"] = o.cost_scale
     if spec.models[model].layer == PROBS_SPACE:

@@ -290,6 +290,8 @@ def calibrated_rows(long: pd.DataFrame, cal: Calibration, metric: str = "otce") 
     """
     rows = long[long["metric"].astype(str) == metric].copy()
     rows["metric"] = CALIBRATED_METRIC
+    if "joint" in rows.columns:    # the SEG-OTCE row keeps the label joint; no copy of it
+        rows["joint"] = None
     if rows.empty:
         return rows
     wd = pd.to_numeric(rows["w_d"], errors="coerce").to_numpy(np.float64)

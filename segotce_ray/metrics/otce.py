@@ -105,6 +105,11 @@ class OTCEResult:
     solvers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     passes: np.ndarray = field(default_factory=lambda: np.zeros(0))
     settings: dict[str, Any] = field(default_factory=dict)
+    #: per repetition: the label joint J (source classes × target classes, sums to 1) and
+    #: the class ids of its rows and columns (the sorted labels drawn on each side)
+    joints: list[np.ndarray] = field(default_factory=list)
+    source_classes: list[np.ndarray] = field(default_factory=list)
+    target_classes: list[np.ndarray] = field(default_factory=list)
 
     def as_rows(self) -> list[dict[str, Any]]:
         """One dict per repetition (k, score, w_t, w_d, iterations, converged, n_*)."""
@@ -332,9 +337,11 @@ def otce_repetition(fs: torch.Tensor, ys: np.ndarray, ft: torch.Tensor, yt: np.n
 
     ``solver`` as in :func:`segotce_ray.ot.solvers`; ``multiscale`` lets Sinkhorn warm-start
     from a clustered problem (same fixed point, fewer iterations at N ≳ 2000).
-    Returns ``{score, w_t, w_d, iterations, converged, marginal_error, solver, passes}``;
-    score = -W_T; solver = the path that produced the coupling; passes = kernel/cost entries
-    touched / (N_s·N_t).
+    Returns ``{score, w_t, w_d, iterations, converged, marginal_error, solver, passes, joint,
+    source_classes, target_classes}``; score = -W_T; solver = the path that produced the
+    coupling; passes = kernel/cost entries touched / (N_s·N_t); joint = the label joint J
+    (A, B) whose conditional entropy is W_T, its rows and columns the sorted class ids
+    ``source_classes`` (A,) and ``target_classes`` (B,) of the drawn pixels.
     """
     cost = squared_euclidean_cost(fs, ft)
     scale = scale_cost(cost, cost_scale)
@@ -348,7 +355,8 @@ def otce_repetition(fs: torch.Tensor, ys: np.ndarray, ft: torch.Tensor, yt: np.n
         iterations, converged, merr = plan.iterations, plan.converged, plan.marginal_error
     return {"score": -w_t, "w_t": w_t, "w_d": w_d, "iterations": iterations,
             "converged": converged, "marginal_error": merr, "solver": plan.solver,
-            "passes": float(plan.passes)}
+            "passes": float(plan.passes), "joint": joint,
+            "source_classes": np.unique(ys), "target_classes": np.unique(yt)}
 
 
 def otce_score(source_features: Any, source_labels: Any, target_features: Any,
@@ -420,6 +428,8 @@ def otce_score(source_features: Any, source_labels: Any, target_features: Any,
         solvers=np.array([r["solver"] for r in rows], dtype=object),
         passes=np.array([r["passes"] for r in rows]),
         repetition_ids=np.array(ids, dtype=np.int64),
+        joints=[r["joint"] for r in rows], source_classes=[r["source_classes"] for r in rows],
+        target_classes=[r["target_classes"] for r in rows],
         settings={"n_pixels": n_pixels, "epsilon": epsilon, "seed": seed, "solver": solver,
                   "sampling": sampling, "cost_scale": cost_scale, "tol": tol,
                   "max_iter": max_iter, "ignore_index": ignore_index, "dtype": str(tdtype)},

@@ -24,6 +24,9 @@ temporary name and renamed, so a reader never sees half a file):
   metrics; failed pairs last with an empty rank). ``degenerate`` is the reason a pair's
   pools are degenerate (:mod:`segotce_ray.degeneracy`), empty when they are fine: such a
   model is still ranked, but its score means little.
+- ``per_class.csv`` — per (model, target, target class): the class's share of SEG-OTCE's
+  H(Y_t|Y_s) and the source classes its pixels are coupled to
+  (:mod:`segotce_ray.results.perclass`); only when the SEG-OTCE rows carry label joints.
 - ``heatmap.png`` — models × targets, colour = the model's position between the target's
   lowest and highest mean (one scale per target column: scores compare only within a
   target), annotated ``mean`` and ``#rank`` (only the top 3 per target above 400 cells);
@@ -52,7 +55,7 @@ import pyarrow.parquet as pq
 from segotce_ray.io import atomic_write
 from segotce_ray.metrics import registry
 from segotce_ray.scoring.rows import long_schema
-from segotce_ray.metrics.correlation import correlation_table
+from segotce_ray.results.perclass import class_names, per_class_table
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +219,22 @@ class TransferabilityMatrix:
             raise ValueError("no ground truth given")
         if isinstance(gt, (str, Path)):
             gt = read_ground_truth(gt)
+        # imported here: scipy.stats takes seconds to import, and reports need no correlation
+        from segotce_ray.metrics.correlation import correlation_table
+
         s = self.summary()
         means = s.rename(columns={"mean": "score"})[["metric", "model", "target", "score"]]
         return correlation_table(means, gt, higher_is_better=self.higher_is_better,
                                  metric_order=registry.ordered(registry.METRICS))
+
+    def per_class(self, names: Mapping[str, list[str]] | None = None, top: int = 3) -> pd.DataFrame:
+        """Per (model, target): each target class's share of SEG-OTCE's H(Y_t|Y_s) and the
+        source classes its pixels are coupled to, worst-covered class first (the rows of
+        ``per_class.csv``; :mod:`segotce_ray.results.perclass`). ``names``: ``{dataset:
+        [class name by id]}`` (e.g. :func:`~segotce_ray.results.perclass.class_names` of a
+        run directory); ids are shown where a name is unknown. Empty when no SEG-OTCE row
+        carries a label joint (runs scored before the joints were kept)."""
+        return per_class_table(self.long, names, top)
 
     # ------------------------------------------------------------------ plots
 
@@ -307,6 +322,9 @@ class TransferabilityMatrix:
 
         table = self._arrow_long()
         put("matrix.parquet", lambda p: pq.write_table(table, p))
+        per_class = self.per_class(class_names(run_dir))
+        if not per_class.empty:
+            put("per_class.csv", lambda p: per_class.to_csv(p, index=False, float_format="%.6g"))
         if schedule is None:
             put("summary.csv", lambda p: self.summary().to_csv(p, index=False))
             put("rankings.csv", lambda p: self.rankings().to_csv(p, index=False))

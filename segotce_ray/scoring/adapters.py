@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from segotce_ray.metrics.otce import otce_score
+from segotce_ray.metrics.perclass import encode_joint
 from segotce_ray.pools.pool import PixelPool
 from segotce_ray.metrics import registry
 from segotce_ray.metrics.peers import PEER_METRICS, call_peer
@@ -47,6 +48,8 @@ def otce_repetition(source: PixelPool, target: PixelPool, seed: int, *, n_pixels
                     options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One SEG-OTCE repetition: ``otce_score(..., repetitions=1, seed=seed)`` as a row dict.
 
+    ``joint`` is the repetition's label joint as compact JSON
+    (:func:`segotce_ray.metrics.perclass.encode_joint`), for the per-class view.
     When the task was given a GPU (Ray sets ``CUDA_VISIBLE_DEVICES``; torch sees CUDA) and
     ``options`` names no ``device``, the solve runs on ``cuda``.
     """
@@ -62,7 +65,8 @@ def otce_repetition(source: PixelPool, target: PixelPool, seed: int, *, n_pixels
             "iterations": int(np.asarray(res.iterations).reshape(-1)[0]),
             "converged": bool(np.asarray(res.converged).reshape(-1)[0]),
             "n_source": int(res.n_source), "n_target": int(res.n_target),
-            "solver": str(res.solvers[0]), "passes": float(res.passes[0])}
+            "solver": str(res.solvers[0]), "passes": float(res.passes[0]),
+            "joint": encode_joint(res.joints[0], res.source_classes[0], res.target_classes[0])}
 
 
 def _task_has_gpu() -> bool:

@@ -38,6 +38,7 @@ def long_schema() -> pa.Schema:
         pa.field("solver", pa.string()),
         pa.field("passes", pa.float64()),
         pa.field("degenerate", pa.string()),
+        pa.field("joint", pa.string()),
     ])
 
 
@@ -67,7 +68,8 @@ def result_row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -
                            "iterations": None, "converged": None, "n_source": None,
                            "n_target": None, "seconds": math.nan, "status": "ok",
                            "error": None, "source": pair.source, "seed": int(seed),
-                           "solver": None, "passes": math.nan, "degenerate": None}
+                           "solver": None, "passes": math.nan, "degenerate": None,
+                           "joint": None}
     row.update(values)
     return row
 
@@ -89,7 +91,7 @@ def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFr
         df = pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
     for col in ("model", "target", "metric", "status", "source", "solver"):
         df[col] = df[col].astype(object)
-    for col in ("error", "degenerate"):
+    for col in ("error", "degenerate", "joint"):
         df[col] = df[col].astype(object).where(df[col].notna(), None)
     df["k"] = df["k"].astype("int64")
     for col in ("score", "w_t", "w_d", "seconds", "passes"):

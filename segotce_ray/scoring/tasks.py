@@ -55,7 +55,7 @@ def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool
         rows.append(result_row(pair, spec.name, k, seed, seconds=time.perf_counter() - t0,
                          **{key: values[key] for key in ("score", "w_t", "w_d", "iterations",
                                                          "converged", "n_source", "n_target",
-                                                         "solver", "passes")
+                                                         "solver", "passes", "joint")
                             if key in values}))
     return rows
 
