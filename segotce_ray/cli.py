@@ -74,10 +74,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args.job)
     if spec is None:
         return EXIT_INVALID
+    facts: dict[str, int] = {}
     if not args.shallow:
         from segotce_ray.job.checks import validate_inputs
 
-        problems = validate_inputs(spec, deep=args.deep)
+        problems = validate_inputs(spec, deep=args.deep, facts=facts)
         if problems:
             print(f"{args.job}: {len(problems)} problem(s) found opening the inputs:", file=sys.stderr)
             for prob in problems:
@@ -86,8 +87,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     n_pairs = len(spec.models) * len(spec.targets) * len(spec.metrics)
     print(f"{args.job}: ok — job {spec.name!r}: {len(spec.datasets)} dataset(s), "
           f"{len(spec.models)} model(s), {len(spec.targets)} target(s), metrics "
-          f"{', '.join(spec.metrics)} → {n_pairs} pair(s) × K={spec.otce.repetitions}")
+          f"{', '.join(spec.metrics)} → {n_pairs} pair(s) × K={spec.otce.repetitions}; "
+          + _checked_line(args, facts))
     return EXIT_OK
+
+
+def _checked_line(args: argparse.Namespace, facts: dict[str, int]) -> str:
+    """What ``validate`` looked at: the spec only, headers and a sample of label ids, or all."""
+    if args.shallow:
+        return "spec only (--shallow: no file opened, no label id decoded)"
+    files, decoded = facts.get("label_files", 0), facts.get("labels_decoded", 0)
+    if args.deep:
+        return f"every image and label decoded, label ids checked in all {files} label file(s)"
+    return (f"file headers checked; label ids decoded in {decoded} of {files} label file(s) "
+            f"(a sample; --deep checks them all)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -8,9 +8,11 @@
 - **Data files** of every dataset the job reads (its targets and the models' sources): each
   image and label file is opened and its header verified (PIL ``verify``: a truncated PNG
   fails here), the label must be single-channel and the same size as its image.
-  ``deep=True`` also decodes every image and label and maps each label id through the
-  dataset's label map (an id outside a folder dataset's ``label_map`` is a problem), i.e.
-  everything a run's extraction would read. Problems are named ``datasets.<name>`` and each
+  Without ``deep``, the labels of :data:`LABEL_SAMPLE_FILES` files per dataset (evenly
+  spread over its sorted list) are decoded and their ids mapped through the dataset's label
+  map (an id outside a folder dataset's ``label_map`` is a problem); the other label files'
+  ids are not looked at, and ``validate`` says so. ``deep=True`` decodes every image and label
+  and maps every label id, i.e. everything a run's extraction would read. Problems are named ``datasets.<name>`` and each
   names the file; at most :data:`MAX_FILE_PROBLEMS` are listed per dataset.
 """
 
@@ -21,10 +23,13 @@ from typing import Any
 
 from segotce_ray.spec.model import JobSpec, SpecProblem
 
-__all__ = ["MAX_FILE_PROBLEMS", "dataset_file_problems", "model_problems", "validate_inputs"]
+__all__ = ["LABEL_SAMPLE_FILES", "MAX_FILE_PROBLEMS", "dataset_file_problems", "model_problems",
+           "validate_inputs"]
 
 #: Bad files listed per dataset (the rest are counted).
 MAX_FILE_PROBLEMS = 20
+#: Label files per dataset whose ids a plain ``validate`` decodes and checks (``--deep``: all).
+LABEL_SAMPLE_FILES = 3
 LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "LA", "PA")
 
 
@@ -61,8 +66,9 @@ def _verify_header(dataset: Any, path: Any, what: str) -> tuple[tuple[int, int],
     return size, mode
 
 
-def check_sample(dataset: Any, sample: Any, deep: bool = False) -> None:
-    """Raise :class:`DatasetError` (naming the file) if ``sample`` would fail a run."""
+def check_sample(dataset: Any, sample: Any, deep: bool = False, label_ids: bool = False) -> None:
+    """Raise :class:`DatasetError` (naming the file) if ``sample`` would fail a run
+    (``label_ids``: also decode the label and map its ids; ``deep``: decode everything)."""
     from segotce_ray.inputs.datasets import DatasetError
 
     image_size, _ = _verify_header(dataset, sample.image_path, "image")
@@ -76,18 +82,33 @@ def check_sample(dataset: Any, sample: Any, deep: bool = False) -> None:
                            dataset.name, sample.label_path)
     if deep:
         dataset.load(sample)       # full decode + label ids through the label map
+    elif label_ids:
+        dataset.load_label(sample)  # the label's ids through the label map
 
 
-def dataset_file_problems(datasets: Mapping[str, Any], deep: bool = False) -> list[SpecProblem]:
-    """Every bad image/label file of ``datasets`` (see the module docstring)."""
+def _spread(n: int, k: int) -> set[int]:
+    """``min(n, k)`` indices evenly spread over ``range(n)``."""
+    return {(i * n) // k for i in range(k)} if n > k else set(range(n))
+
+
+def dataset_file_problems(datasets: Mapping[str, Any], deep: bool = False,
+                          facts: dict[str, int] | None = None) -> list[SpecProblem]:
+    """Every bad image/label file of ``datasets`` (see the module docstring). ``facts`` gets
+    ``label_files`` (files checked) and ``labels_decoded`` (those whose ids were checked)."""
     from segotce_ray.inputs.datasets import DatasetError
 
     problems: list[SpecProblem] = []
+    facts = {} if facts is None else facts
+    facts.setdefault("label_files", 0)
+    facts.setdefault("labels_decoded", 0)
     for name, ds in datasets.items():
         bad = 0
-        for sample in ds.samples:
+        decode = _spread(len(ds.samples), LABEL_SAMPLE_FILES)
+        facts["label_files"] += len(ds.samples)
+        facts["labels_decoded"] += len(ds.samples) if deep else len(decode)
+        for i, sample in enumerate(ds.samples):
             try:
-                check_sample(ds, sample, deep)
+                check_sample(ds, sample, deep, label_ids=i in decode)
             except DatasetError as exc:
                 bad += 1
                 if bad <= MAX_FILE_PROBLEMS:
@@ -98,11 +119,13 @@ def dataset_file_problems(datasets: Mapping[str, Any], deep: bool = False) -> li
     return problems
 
 
-def validate_inputs(spec: JobSpec, deep: bool = False) -> list[SpecProblem]:
-    """``validate``'s input pass: open the datasets, load every model, check every file."""
+def validate_inputs(spec: JobSpec, deep: bool = False,
+                    facts: dict[str, int] | None = None) -> list[SpecProblem]:
+    """``validate``'s input pass: open the datasets, load every model, check every file
+    (``facts``: see :func:`dataset_file_problems`)."""
     from segotce_ray.job.plan import check_inputs
 
     datasets, model_specs, errors = check_inputs(spec)
     errors.update(model_problems(model_specs))
     problems = [SpecProblem(path, msg) for path, msg in sorted(errors.items())]
-    return problems + dataset_file_problems(datasets, deep)
+    return problems + dataset_file_problems(datasets, deep, facts)
