@@ -46,8 +46,8 @@ def _write_checkpoint(path: Path, kind: str) -> None:
         raise AssertionError(kind)
 
 
-def _job(tmp_path: Path, ckpt_kind: str = "good") -> tuple[Path, object]:
-    layout = make_folder(tmp_path / "data" / "mine", n=3, label_map={0: "road", 1: "car"})
+def _job(tmp_path: Path, ckpt_kind: str = "good", n: int = 3) -> tuple[Path, object]:
+    layout = make_folder(tmp_path / "data" / "mine", n=n, label_map={0: "road", 1: "car"})
     ckpt = tmp_path / "m.pt"
     _write_checkpoint(ckpt, ckpt_kind)
     spec = {"name": "j", "datasets": {"mine": {"format": "folder", "root": "data/mine",
@@ -104,17 +104,34 @@ def test_truncated_png_fails_validate_naming_the_file(tmp_path, capsys):
     assert "1 problem(s)" in err
 
 
-def test_label_id_outside_label_map_needs_deep(tmp_path, capsys):
+def _bad_id(layout, image_id: str) -> Path:
     import numpy as np
     from PIL import Image
 
-    path, layout = _job(tmp_path)
-    label = layout.label_paths["img_002"]
+    label = layout.label_paths[image_id]
     raw = np.array(Image.open(label))
     raw[0, 0] = 7                                       # not in label_map {0, 1}, not ignore
     Image.fromarray(raw).save(label)
-    assert main(["validate", str(path)]) == EXIT_OK       # headers are fine
-    capsys.readouterr()
+    return label
+
+
+def test_label_id_outside_label_map_in_an_unsampled_file_needs_deep(tmp_path, capsys):
+    """Plain validate decodes 3 of the 8 label files (img_000, _002, _005) and says so."""
+    path, layout = _job(tmp_path, n=8)
+    label = _bad_id(layout, "img_001")
+    assert main(["validate", str(path)]) == EXIT_OK       # headers are fine, not sampled
+    out = capsys.readouterr().out
+    assert "label ids decoded in 3 of 8 label file(s) (a sample; --deep checks them all)" in out
     assert main(["validate", "--deep", str(path)]) == EXIT_INVALID
     err = capsys.readouterr().err
     assert str(label) in err and "id(s) 7 not in the label map" in err, err
+
+
+def test_label_id_outside_label_map_in_a_sampled_file_fails_plain_validate(tmp_path, capsys):
+    path, layout = _job(tmp_path, n=8)
+    label = _bad_id(layout, "img_005")
+    assert main(["validate", str(path)]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert str(label) in err and "id(s) 7 not in the label map" in err, err
+    assert main(["validate", "--shallow", str(path)]) == EXIT_OK
+    assert "spec only (--shallow: no file opened" in capsys.readouterr().out
