@@ -368,14 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    native = None
+    if args.quiet:
+        from segotce_ray.cluster.runtime import divert_native_stderr, set_quiet
+
+        if argv is None:       # the process is this command: its fd 2 is ours to divert
+            native = divert_native_stderr()
+        set_quiet(True)
     _setup_logging(args.verbose, args.quiet)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if args.quiet:
-        from segotce_ray.cluster.runtime import set_quiet
-
-        set_quiet(True)
+    rc = EXIT_ERROR
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
+        return rc
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to continue",
               file=sys.stderr)
@@ -385,6 +390,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if native is not None:
+            _close_native(native, rc)
+
+
+def _close_native(path: Path, rc: int) -> None:
+    """``-q``: drop the diverted native stderr of a run that went well; name it otherwise."""
+    try:
+        if rc == EXIT_OK or path.stat().st_size == 0:
+            path.unlink()
+        else:
+            print(f"(Ray's own messages of this command: {path})", file=sys.stderr)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

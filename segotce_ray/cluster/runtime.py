@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+import tempfile
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,8 @@ def set_quiet(quiet: bool = True) -> None:
     token-auth or progress-bar hints), and worker/raylet output is not forwarded to the
     driver (``log_to_driver=False``: Ray prints it to stdout otherwise). It stays in Ray's
     session logs (``/tmp/ray/session_latest/logs``). The tool's own warnings and errors still
-    show, and so do error lines of Ray's C++ core worker (its level can only be lowered by
-    ``RAY_BACKEND_LOG_LEVEL``, which itself prints a line).
+    show. Lines Ray's C++ core worker writes straight to the process's stderr are kept off
+    the terminal by :func:`divert_native_stderr`, which the command line calls with ``-q``.
     """
     global _quiet
     _quiet = bool(quiet)
@@ -39,6 +42,30 @@ def set_quiet(quiet: bool = True) -> None:
     os.environ["RAY_DATA_LOG_LEVEL"] = "ERROR"        # read when ray.data configures logging
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def divert_native_stderr() -> Path:
+    """Send what native code writes to file descriptor 2 to a file; keep Python's stderr.
+
+    Ray's C++ core worker runs inside the driver process and writes its warnings and errors
+    to fd 2 directly (e.g. ``core_worker.cc: Actor with class name ... has constructor
+    arguments in the object store``), past every Python logger. This points fd 2 at
+    ``<tmp>/segotce-ray-<uid>/native-stderr-<pid>.log`` and rebinds ``sys.stderr`` to a copy
+    of the original descriptor, so the tool's own messages, warnings, tracebacks and progress
+    bars still reach the terminal. Call it before logging is configured. Returns the file's
+    path (the same lines are in Ray's session logs too).
+    """
+    folder = Path(tempfile.gettempdir()) / f"segotce-ray-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"native-stderr-{os.getpid()}.log"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = os.fdopen(saved, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                           errors="backslashreplace")
+    return path
 
 
 class ClusterUnreachable(ConnectionError):
