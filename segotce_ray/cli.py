@@ -4,7 +4,7 @@
 
     segotce-ray validate JOB [--deep]        # every problem in the spec and its inputs
     segotce-ray run JOB [--address auto] [--dry-run] [--store DIR] [--output DIR]
-    segotce-ray report RUN_DIR               # re-render RUN_DIR/report.md and print it
+    segotce-ray report RUN_DIR               # re-render report.md (printed) and report.html
     segotce-ray calibrate RUN_DIR --ground-truth FILE [--out FILE]   # fit otce_calibrated
     segotce-ray demo [--workdir DIR]         # build the demo world + zoo, run it, print results
 
@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.table is not None:
         _print_top(result.table)
     if result.run_dir is not None:
-        print(f"report: {result.run_dir / 'report.md'}")
+        print(f"report: {result.run_dir / 'report.md'} and {result.run_dir / 'report.html'}")
     return result.exit_code
 
 
@@ -150,17 +150,18 @@ def _run_dir(path: str) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from segotce_ray.results.report import write_report
+    from segotce_ray.results.publish import write_reports
 
     run_dir = _run_dir(args.run_dir)
     if not (run_dir / "matrix.parquet").is_file() and not (run_dir / "run.json").is_file():
         print(f"{run_dir}: not a run directory (no matrix.parquet / run.json)", file=sys.stderr)
         return EXIT_INVALID
-    path = write_report(run_dir, args.previous)
+    path, page = write_reports(run_dir, args.previous)
     if args.quiet:
         print(path)
     else:
         print(path.read_text(encoding="utf-8"))
+    print(page)
     return EXIT_OK
 
 
@@ -247,6 +248,7 @@ def _print_demo_results(result) -> None:
                 print(mean.to_string(index=False))
     print(f"\nheatmap: {result.run_dir / 'heatmap.png'}")
     print(f"report:  {result.run_dir / 'report.md'}")
+    print(f"page:    {result.run_dir / 'report.html'} (open it in a browser)")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -312,9 +314,11 @@ def _add_run(sub: Any) -> None:
 
 
 def _add_report(sub: Any) -> None:
-    p = sub.add_parser("report", help="re-render a run's report.md and print it",
-                       description="Re-render RUN_DIR/report.md from the run's files (a job "
-                                   "folder or a 'latest' link means its latest run) and print it.")
+    p = sub.add_parser("report", help="re-render a run's report.md (printed) and report.html",
+                       description="Re-render RUN_DIR/report.md and RUN_DIR/report.html (one "
+                                   "self-contained page) from the run's files (a job folder or "
+                                   "a 'latest' link means its latest run); print report.md, "
+                                   "then the page's path.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="runs/<name>/<run-id> (or runs/<name>)")
     p.add_argument("--previous", default=None,
                    help="run directory to compare with (default: the one recorded in run.json)")

@@ -15,9 +15,9 @@ not run-addressed: tomorrow's run with two new models computes only their pools 
 and any other job with the same inputs reuses the rows too.
 
 **Run directory.** ``<output>/<name>/<run-id>/`` holds ``matrix.parquet``, ``scores.csv``,
-``rankings.csv``, ``heatmap.png``, ``report.md``, ``correlation.csv`` (with ground truth),
-``spec.yaml`` (resolved spec), ``plan.json`` and ``run.json`` (status, counts, errors,
-versions, timings). ``<output>/<name>/latest`` points at the last finished run (a relative
+``rankings.csv``, ``per_class.csv``, ``heatmap.png``, ``report.md``, ``report.html``,
+``correlation.csv`` (with ground truth), ``spec.yaml`` (resolved spec), ``classes.json`` (class
+names per dataset), ``plan.json`` and ``run.json`` (status, counts, errors, versions, timings). ``<output>/<name>/latest`` points at the last finished run (a relative
 symlink; a one-line text file where symlinks are not available).
 
 **Schedule.** ``schedule: full`` spends K repetitions on every pair. ``schedule: adaptive``
@@ -53,7 +53,8 @@ from segotce_ray.io import write_json, write_text
 from segotce_ray.job.execute import execute, skipped_images
 from segotce_ray.job.plan import Plan, make_plan
 from segotce_ray.job.status import Heartbeat, driver_identity, mark_abandoned
-from segotce_ray.results.report import failure_groups, write_report
+from segotce_ray.results.publish import write_reports
+from segotce_ray.results.report import failure_groups
 from segotce_ray.spec.model import JobSpec
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     info = _run_info(spec, run_dir, previous)
     write_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     write_json(run_dir / "plan.json", plan.to_dict())
+    write_json(run_dir / "classes.json", {name: list(ds.class_names)
+                                          for name, ds in sorted(plan.datasets.items())})
     write_json(run_dir / "run.json", info)
     try:
         with Heartbeat(run_dir / "run.json"):
@@ -257,7 +260,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     write_json(run_dir / "versions.json", info["versions"])
     write_json(run_dir / "timings.json", info["timings"])
     t0 = time.perf_counter()
-    write_report(run_dir, previous)
+    write_reports(run_dir, previous)
     timings["report"] = time.perf_counter() - t0
     _set_latest(spec.job_dir, run_dir)
     log.info("run %s: %s (%d rows, %d failed) in %.1f s", run_dir, status, len(table),

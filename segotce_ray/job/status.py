@@ -86,9 +86,9 @@ def mark_abandoned(job_dir: str | Path, now: float | None = None) -> list[Path]:
         write_json(path, info)
         log.warning("run %s was left 'running' and is marked abandoned: %s", run_dir, reason)
         try:
-            from segotce_ray.results.report import write_report
+            from segotce_ray.results.publish import write_reports
 
-            write_report(run_dir)
+            write_reports(run_dir)
         except Exception as exc:  # noqa: BLE001 - the mark matters, the report is a courtesy
             log.warning("run %s: cannot re-render its report: %s", run_dir, exc)
         marked.append(run_dir)

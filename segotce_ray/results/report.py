@@ -28,16 +28,22 @@ import pandas as pd
 
 from segotce_ray.io import write_text
 from segotce_ray.metrics import registry
+from segotce_ray.results.perclass import breakdowns, class_label, class_names, coupled_text
+
 log = logging.getLogger(__name__)
 
-__all__ = ["load_long", "load_schedule", "rank_changes", "rankings_from_long", "render_report",
-           "write_report"]
+__all__ = ["degenerate_models", "failure_groups", "fmt_value", "ground_truth_values", "load_long",
+           "load_schedule", "pruned_marks", "rank_changes", "rankings_from_long", "read_json",
+           "render_report", "write_report"]
 
 #: SEG-OTCE first, then the peers in this order (issue 7), then anything else by name.
 #: Models listed per target in the report (the full ranking is in rankings.csv).
 MAX_RANK_ROWS = 30
 #: Rank moves listed (new/gone models first, then the largest moves).
 MAX_MOVE_ROWS = 40
+
+#: Worst-covered target classes listed per (model, target) in report.md.
+PER_CLASS_SHOWN = 3
 
 #: Skipped images listed in the report (all of them are in run.json).
 MAX_SKIPPED_ROWS = 20
@@ -172,7 +178,7 @@ def _target_table(sub: pd.DataFrame, target: str, metrics: list[str],
         if h is None:
             row: list[Any] = ["–", name, "–"]
         else:
-            row = [int(h.rank), name, f"{_fmt(float(h.mean))} ± {float(h.std):.2g}"
+            row = [int(h.rank), name, f"{fmt_value(float(h.mean))} ± {float(h.std):.2g}"
                    + (f" (k={int(h.n)})" if primary == "otce" and not mark else "")
                    + (f" — {mark}" if mark else "")]
         if has_truth:
@@ -223,15 +229,15 @@ def degenerate_section(degenerate: dict[str, list[str]]) -> list[str]:
 
 def calibration_section(run_dir: Path) -> list[str]:
     """Report lines for ``calibration_applied.json`` (the applied form and its LOTO figures)."""
-    data = _read_json(run_dir / "calibration_applied.json")
+    data = read_json(run_dir / "calibration_applied.json")
     if not data:
         return []
     c = data.get("coefficients", {})
     loto = data.get("loto", {})
     raw, cal = loto.get("raw", {}), loto.get("calibrated", {})
     out = ["", "## Calibrated SEG-OTCE", "",
-           f"`otce_calibrated` = {_fmt(c.get('w_d'))}·x_D + {_fmt(c.get('w_t'))}·x_T + "
-           f"{_fmt(c.get('intercept'))}, form **{data.get('form')}** (x = W_D, W_T for the "
+           f"`otce_calibrated` = {fmt_value(c.get('w_d'))}·x_D + {fmt_value(c.get('w_t'))}·x_T + "
+           f"{fmt_value(c.get('intercept'))}, form **{data.get('form')}** (x = W_D, W_T for the "
            f"linear form; per-target standardised or ranked otherwise), fitted on "
            f"{len(data.get('pairs', []))} pairs of `{data.get('path', '?')}` for "
            + ", ".join(f"{k}={v}" for k, v in data.get("settings", {}).items())
@@ -257,7 +263,7 @@ def _num(v: Any) -> float:
 # ---------------------------------------------------------------------------- rendering
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
+def fmt_value(x: Any, digits: int = 4) -> str:
     if x is None:
         return ""
     if isinstance(x, (float, np.floating)):
@@ -270,18 +276,18 @@ def _fmt(x: Any, digits: int = 4) -> str:
 def _table(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|").replace("\n", " ") for v in r) + " |")
+        lines.append("| " + " | ".join(fmt_value(v).replace("|", "\\|").replace("\n", " ") for v in r) + " |")
     return "\n".join(lines)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _pruned(schedule: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
+def pruned_marks(schedule: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
     """(metric, model, target) → "pruned after n/K" for an adaptive run's pruned pairs."""
     pruned: dict[tuple[str, str, str], str] = {}
     if schedule is not None:
@@ -291,7 +297,7 @@ def _pruned(schedule: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
     return pruned
 
 
-def _truth(run_dir: Path) -> dict[tuple[str, str], float]:
+def ground_truth_values(run_dir: Path) -> dict[tuple[str, str], float]:
     """(model, target) → ground truth, from the run's ``ground_truth.csv`` (empty without)."""
     if not (run_dir / "ground_truth.csv").is_file():
         return {}
@@ -345,6 +351,36 @@ def _rankings_section(long: pd.DataFrame, ranks: pd.DataFrame, truth: dict, prun
         out.append("")
         out.extend(_target_table(ranks[ranks["target"] == target], target, metrics, truth, pruned,
                                  degenerate))
+    return out
+
+
+def _per_class_section(run_dir: Path, long: pd.DataFrame, ranks: pd.DataFrame) -> list[str]:
+    """Per target and model (SEG-OTCE rank order): the :data:`PER_CLASS_SHOWN` target classes
+    with the largest share of H(Y_t|Y_s) and the source classes their pixels are coupled to."""
+    found = breakdowns(long, top=2)
+    if not found:
+        return []
+    names = class_names(run_dir)
+    out = ["", "## Why: worst-covered target classes (SEG-OTCE)", "",
+           "Per model and target, the target classes with the largest share of H(Y_t|Y_s) "
+           "(its share, ← the source classes their pixels are coupled to, with p(source class "
+           "| target class)). Every class of every pair: `per_class.csv` and `report.html`."]
+    otce = ranks[ranks["metric"] == registry.PRIMARY]
+    for target in sorted({t for _, t in found}):
+        order = otce[otce["target"] == target].sort_values("rank")["model"].tolist()
+        order += sorted({m for m, t in found if t == target} - set(order))
+        out += ["", f"### {target}", ""]
+        for model in order[:MAX_RANK_ROWS]:
+            if (model, target) not in found:
+                continue
+            source, bd = found[(model, target)]
+            rank = otce[(otce["target"] == target) & (otce["model"] == model)]["rank"]
+            classes = " · ".join(
+                f"{class_label(names.get(target), int(c))} {bd.share[i]:.0%} ← "
+                f"{coupled_text(bd.coupled[i], names.get(source)) or '–'}"
+                for i, c in enumerate(bd.target_classes[:PER_CLASS_SHOWN]))
+            out.append(f"- **{model}**" + (f" (#{int(rank.iloc[0])})" if len(rank) else "")
+                       + f": {classes}")
     return out
 
 
@@ -534,12 +570,13 @@ def _footer_section(run_dir: Path, info: dict, schedule: pd.DataFrame | None) ->
 def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = None) -> str:
     """Markdown report of a run directory (see the module docstring)."""
     run_dir = Path(run_dir)
-    info = _read_json(run_dir / "run.json")
+    info = read_json(run_dir / "run.json")
     long = load_long(run_dir)
     ranks = rankings_from_long(long)
     schedule = load_schedule(run_dir)
     out = _header_section(run_dir, info, long, schedule)
-    out += _rankings_section(long, ranks, _truth(run_dir), _pruned(schedule))
+    out += _rankings_section(long, ranks, ground_truth_values(run_dir), pruned_marks(schedule))
+    out += _per_class_section(run_dir, long, ranks)
     out += _agreement_section(run_dir)
     out += calibration_section(run_dir)
     out += _failures_section(info, long, ranks)
