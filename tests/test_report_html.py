@@ -140,7 +140,7 @@ def test_history_chart_marks_new_and_vanished_models(tmp_path):
     assert not c.errors and not c.stack
     assert 'id="history"' in page and page.count("<svg") == len(TARGETS)
     assert "new: m_delta" in page and "gone: m_gamma" in page
-    assert "m_gamma (gone)" in page and ">new</text>" in page
+    assert "m_gamma: not ranked after 20260101T000000Z" in page and ">new</text>" in page
 
 
 def test_per_class_breakdown_adds_up_to_w_t_and_lists_worst_first():

@@ -4,9 +4,9 @@ A job's runs are the sibling directories of a run directory (``runs/<job>/<run-i
 name order — run ids are UTC times — up to and including the run itself) that hold a
 ``rankings.csv`` (else a ``matrix.parquet``). :func:`history_ranks` reads one metric's ranks
 from each; :func:`render_history` draws one small chart per target: x = run, y = rank (1 at
-the top), a line per model; a model's first point is a ring marked *new* when an earlier run
-shown ranked that target without it, and a model missing from the last run that ranked the
-target ends in a cross marked *gone*.
+the top), a line per model labelled at its last point; a model's first point is a ring marked
+*new* when an earlier run shown ranked that target without it, and a model missing from the
+last run that ranked the target ends in a cross (the chart's note names both).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _marks(runs: list[str], sub: pd.DataFrame) -> tuple[dict[str, int], dict[str
 
 def _chart(runs: list[str], sub: pd.DataFrame, colours: dict[str, str]) -> str:
     """One target's SVG: a polyline per model over the runs it was ranked in."""
-    step, left, top, row = 74, 28, 22, 18
+    step, left, top, row = 96, 44, 16, 20
     max_rank = int(sub["rank"].max()) if not sub.empty else 1
     width, height = left + step * (len(runs) - 1) + 170, top + row * max_rank + 24
     x = {r: left + 8 + step * i for i, r in enumerate(runs)}
@@ -114,13 +114,13 @@ def _chart(runs: list[str], sub: pd.DataFrame, colours: dict[str, str]) -> str:
         if model in new:
             px, py = x[runs[new[model]]], y(grp[grp["run"] == runs[new[model]]]["rank"].iloc[0])
             out.append(f'<circle cx="{px}" cy="{py:.0f}" r="6" fill="none" stroke="{c}" '
-                       f'stroke-width="1.5"/><text x="{px}" y="{py - 8:.0f}" text-anchor="middle" '
-                       f'fill="{c}">new</text>')
+                       f'stroke-width="1.5"/><text x="{px - 9}" y="{py + 3:.0f}" '
+                       f'text-anchor="end" fill="{c}">new</text>')
         if model in gone:
             px, py = x[runs[gone[model]]], y(grp[grp["run"] == runs[gone[model]]]["rank"].iloc[0])
             out.append(f'<path d="M{px - 5},{py - 5:.0f}l10,10m0,-10l-10,10" stroke="{c}" '
-                       f'stroke-width="2"/><text x="{px + 8}" y="{py + 3:.0f}" fill="{c}">'
-                       f"{name} (gone)</text>")
+                       f'stroke-width="2"><title>{name}: not ranked after '
+                       f"{html.escape(runs[gone[model]])}</title></path>")
         last = pts[-1]
         if last[2] == runs[-1]:
             out.append(f'<text x="{last[0] + 8}" y="{last[1] + 3:.0f}" fill="{c}">{name}</text>')

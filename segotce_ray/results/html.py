@@ -67,8 +67,10 @@ table.sortable th{cursor:pointer}table.sortable th:after{content:" \\2195";color
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}tr.mean td{font-weight:600}
 td.why{white-space:normal;min-width:220px;color:#3a4252}a{color:#1a5fb4}
 .bar{display:inline-block;height:9px;background:#d9534f;vertical-align:middle;margin-right:4px}
-.pc{display:grid;grid-template-columns:repeat(auto-fill,minmax(430px,1fr));gap:8px}
-.pc .card{margin:0}.pc table td{white-space:normal}details>summary{cursor:pointer;color:#1a5fb4}
+.pc{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:8px}
+.pc .card{margin:0;overflow-x:auto}.pc table{width:100%;table-layout:fixed}
+.pc th,.pc td{white-space:normal;padding:3px 5px}.pc th:nth-child(1){width:24%}
+.pc th:nth-child(2){width:17%}.pc th:nth-child(3){width:13%}.pc th:nth-child(4){width:12%}details>summary{cursor:pointer;color:#1a5fb4}
 .charts{display:flex;flex-wrap:wrap;gap:10px}.legend span{display:inline-block;margin-right:12px;
 font-size:12px}.legend i{display:inline-block;width:14px;height:4px;margin-right:4px;
 vertical-align:middle}img.hm{max-width:100%;display:none}img.hm.on{display:block}
