@@ -139,7 +139,7 @@ def _print_top(table, n: int = 3) -> None:
 
 def _run_dir(path: str) -> Path:
     """A run directory from RUN_DIR as given: a job folder or a 'latest' link means its latest run."""
-    from segotce_ray.job.run import latest_run
+    from segotce_ray.job.status import latest_run     # light: job.run imports torch and Ray
 
     run_dir = Path(path)
     if run_dir.name != "latest" and (run_dir / "latest").exists():

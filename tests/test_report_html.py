@@ -144,20 +144,28 @@ def test_history_chart_marks_new_and_vanished_models(tmp_path):
 
 
 def test_per_class_breakdown_adds_up_to_w_t_and_lists_worst_first():
+    """Source classes 0, 1, 2 sit at three separate centres; target class 0 at the centre of
+    source 0 (covered), target classes 1 and 2 both at the centre of source 1: neither has a
+    source class of its own, their pixels are shared between source classes 1 and 2."""
     rng = np.random.default_rng(3)
-    fs, ft = rng.normal(size=(300, 5)), rng.normal(size=(300, 5))
-    ys, yt = rng.integers(0, 4, 300), rng.integers(0, 3, 300)
-    ft[yt == 2] += 3.0                                     # class 2 is easy to tell apart
-    r = otce_score(fs, ys, ft, yt, n_pixels=150, repetitions=3, epsilon=1.0)
+    centres = np.eye(5)[:3] * 10.0
+    ys = np.repeat([0, 1, 2], 100)
+    fs = centres[ys] + rng.normal(scale=0.3, size=(300, 5))
+    yt = np.repeat([0, 1, 2], 100)
+    ft = centres[np.minimum(yt, 1)] + rng.normal(scale=0.3, size=(300, 5))
+    r = otce_score(fs, ys, ft, yt, n_pixels=250, repetitions=3, epsilon=1.0)
     for j, w in zip(r.joints, r.w_t):
         assert class_entropy(j).sum() == pytest.approx(w, rel=1e-9)
     reps = [decode_joint(encode_joint(j, s, t))
             for j, s, t in zip(r.joints, r.source_classes, r.target_classes)]
     bd = pair_breakdown(reps)
     assert bd.w_t == pytest.approx(float(np.mean(r.w_t)), rel=1e-4)
-    assert np.all(np.diff(bd.entropy) <= 0) and bd.share.sum() == pytest.approx(1.0)
-    assert bd.target_classes[-1] == 2                      # the separable class is covered best
-    assert all(abs(sum(p for _, p in c) - 1) < 1e-9 or len(c) == 3 for c in bd.coupled)
+    assert np.all(np.diff(bd.per_pixel) <= 0) and bd.share.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(bd.per_pixel, bd.entropy / bd.mass)
+    assert bd.target_classes[-1] == 0 and bd.per_pixel[-1] < 0.3 * bd.per_pixel[0]   # covered
+    assert set(bd.target_classes[:2]) == {1, 2} and bd.per_pixel[0] > 0.5
+    worst = bd.rows()[0]                # its pixels shared between source classes 1 and 2
+    assert {a for a, _ in worst["coupled"]} == {1, 2}
 
 
 def test_per_class_rows_reach_the_matrix_csv_the_api_and_report_md(tmp_path):

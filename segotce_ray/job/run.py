@@ -52,14 +52,13 @@ import yaml
 from segotce_ray.io import write_json, write_text
 from segotce_ray.job.execute import execute, skipped_images
 from segotce_ray.job.plan import Plan, make_plan
-from segotce_ray.job.status import Heartbeat, driver_identity, mark_abandoned
+from segotce_ray.job.status import LATEST, Heartbeat, driver_identity, latest_run, mark_abandoned
 from segotce_ray.results.publish import write_reports
 from segotce_ray.results.report import failure_groups
 from segotce_ray.spec.model import JobSpec
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
 
 
 # ---------------------------------------------------------------------------- run dirs
@@ -81,22 +80,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[key] = "not installed"
     return out
-
-
-def latest_run(job_dir: str | Path) -> Path | None:
-    """The run directory ``<job_dir>/latest`` points at (symlink or text file), if any."""
-    job_dir = Path(job_dir)
-    link = job_dir / LATEST
-    if link.is_symlink():
-        target = job_dir / os.readlink(link)
-    elif link.is_file():
-        name = link.read_text(encoding="utf-8").strip()
-        if not name or "/" in name or name in (".", ".."):
-            return None
-        target = job_dir / name
-    else:
-        return None
-    return target if target.is_dir() else None
 
 
 def _set_latest(job_dir: Path, run_dir: Path) -> None:

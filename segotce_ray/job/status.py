@@ -24,7 +24,7 @@ from segotce_ray.io import write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEARTBEAT_S", "STALE_S", "Heartbeat", "driver_identity", "mark_abandoned",
+__all__ = ["HEARTBEAT_S", "LATEST", "STALE_S", "Heartbeat", "driver_identity", "latest_run", "mark_abandoned",
            "stale_reason"]
 
 #: Seconds between two touches of a running run's ``run.json``.
@@ -118,3 +118,23 @@ class Heartbeat:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+#: The name under a job folder that points at its last finished run.
+LATEST = "latest"
+
+
+def latest_run(job_dir: str | Path) -> Path | None:
+    """The run directory ``<job_dir>/latest`` points at (symlink or text file), if any."""
+    job_dir = Path(job_dir)
+    link = job_dir / LATEST
+    if link.is_symlink():
+        target = job_dir / os.readlink(link)
+    elif link.is_file():
+        name = link.read_text(encoding="utf-8").strip()
+        if not name or "/" in name or name in (".", ".."):
+            return None
+        target = job_dir / name
+    else:
+        return None
+    return target if target.is_dir() else None

@@ -5,9 +5,13 @@ SEG-OTCE's ``W_T = H(Y_t | Y_s)`` is a sum over target classes b::
     H(Y_t | Y_s) = Σ_b h_b,   h_b = −Σ_a J_ab ln(J_ab / J_a·)
 
 (J the label joint of one repetition, source class a × target class b, summing to 1;
-``J_a· = Σ_b J_ab``). ``h_b`` is target class b's share of the entropy: the pixels of class b
-that the coupling sends to source classes which also receive many pixels of other target
-classes. A class with a large ``h_b`` is badly covered by the model's source classes. The
+``J_a· = Σ_b J_ab``). ``h_b`` is target class b's part of the entropy (its *share* is
+``h_b / W_T``): it comes from the pixels of class b that the coupling sends to source classes
+which also receive many pixels of other target classes. Per pixel of the class,
+``h_b / J_·b = −Σ_a p(a | b) ln p(b | a)`` nats: 0 when every source class that b's pixels
+go to receives only pixels of b, large when b has no counterpart among the source classes. Classes are
+listed **worst covered first**, i.e. by this per-pixel figure (a frequent class has a large
+share even when it is well covered; a rare class a small share even when it is not). The
 source classes b's pixels are coupled to are ``p(a | b) = J_ab / J_·b``.
 
 A joint is stored per repetition as compact JSON (:func:`encode_joint`): ``{"s": [source class
@@ -75,13 +79,16 @@ class Breakdown:
 
     Attributes (arrays of length B, in that order): ``target_classes`` (ids), ``entropy``
     (mean h_b in nats), ``share`` (h_b / Σ h), ``mass`` (the class's share of the target
-    pixels, J_·b), ``coupled`` (per class: ``[(source class id, p(a | b)), ...]`` largest
-    first); ``w_t`` = Σ h_b; ``repetitions`` averaged.
+    pixels, J_·b), ``per_pixel`` (h_b / J_·b, nats: the order, largest first), ``coupled``
+    (per class: ``[(source class id, p(a | b)), ...]`` largest first); ``w_t`` = Σ h_b;
+    ``repetitions`` averaged.
     """
 
     def __init__(self, target_classes: np.ndarray, entropy: np.ndarray, mass: np.ndarray,
                  coupled: list[list[tuple[int, float]]], repetitions: int) -> None:
-        order = np.lexsort((target_classes, -entropy))
+        per_pixel = np.divide(entropy, mass, out=np.zeros_like(entropy), where=mass > 0)
+        order = np.lexsort((target_classes, -per_pixel))
+        self.per_pixel = per_pixel[order]
         self.target_classes = target_classes[order]
         self.entropy = entropy[order]
         self.mass = mass[order]
@@ -91,11 +98,11 @@ class Breakdown:
         self.repetitions = int(repetitions)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per target class: target_class, entropy, share, mass, coupled."""
-        return [{"target_class": int(c), "entropy": float(h), "share": float(s),
-                 "mass": float(m), "coupled": cp}
-                for c, h, s, m, cp in zip(self.target_classes, self.entropy, self.share,
-                                          self.mass, self.coupled)]
+        """One dict per target class: target_class, per_pixel, entropy, share, mass, coupled."""
+        return [{"target_class": int(c), "per_pixel": float(px), "entropy": float(h),
+                 "share": float(s), "mass": float(m), "coupled": cp}
+                for c, px, h, s, m, cp in zip(self.target_classes, self.per_pixel, self.entropy,
+                                              self.share, self.mass, self.coupled)]
 
 
 def pair_breakdown(joints: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,8 @@ table{border-collapse:collapse;font-size:13px}th,td{padding:3px 8px;text-align:l
 border-bottom:1px solid #edf0f4;white-space:nowrap}th{background:#eef1f6;position:sticky;top:0}
 table.sortable th{cursor:pointer}table.sortable th:after{content:" \\2195";color:#a0a8b8}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}tr.mean td{font-weight:600}
-td.why{white-space:normal;min-width:220px;color:#3a4252}a{color:#1a5fb4}
+td.why{white-space:normal;min-width:220px;max-width:340px;color:#3a4252}
+th.m{white-space:normal;max-width:80px;vertical-align:bottom}a{color:#1a5fb4}
 .bar{display:inline-block;height:9px;background:#d9534f;vertical-align:middle;margin-right:4px}
 .pc{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:8px}
 .pc .card{margin:0;overflow-x:auto}.pc table{width:100%;table-layout:fixed}
@@ -199,8 +199,9 @@ def _why_cell(run: _Run, model: str, target: str) -> str:
         return '<td class="why">–</td>'
     name = class_label(run.names.get(target), int(bd.target_classes[0]))
     coupled = coupled_text(bd.coupled[0][:2], run.names.get(source))
-    return (f'<td class="why" data-v="{bd.share[0]:.6f}"><a href="#{_anchor(model, target)}">'
-            f"{esc(name)} {bd.share[0]:.0%}</a> ← {esc(coupled)}</td>")
+    return (f'<td class="why" data-v="{bd.per_pixel[0]:.6f}"><a href="#{_anchor(model, target)}">'
+            f"{esc(name)}</a> {bd.per_pixel[0]:.2f} nats/px, {bd.share[0]:.0%} of H ← "
+            f"{esc(coupled)}</td>")
 
 
 def _model_cell(run: _Run, model: str, target: str) -> str:
@@ -222,9 +223,9 @@ def _target_card(run: _Run, target: str) -> str:
     head = ['<th class="num">rank</th>', "<th>model</th>",
             f'<th class="num">{esc(_title(run.lead))} mean ± std</th>']
     head += ['<th class="num">ground truth</th>'] if has_truth else []
-    head += ["<th>worst-covered class ← source classes</th>"]
-    head += [f'<th class="num" title="rank by {esc(_title(m))}">{esc(_title(m))}</th>'
-             for m in run.others]
+    head += ["<th>worst-covered class ← its source classes</th>"]
+    head += [f'<th class="num m" title="rank by {esc(_title(m))}">{esc(_title(m))}'
+             '<br><span class="note">rank</span></th>' for m in run.others]
     body = []
     for model in order:
         h = by.get((run.lead, model))
@@ -266,18 +267,18 @@ def _class_rows(run: _Run, source: str, target: str, bd: Any, lo: int, hi: int) 
     rows = []
     for i in range(lo, min(hi, len(bd.target_classes))):
         share = float(bd.share[i])
-        per_px = bd.entropy[i] / bd.mass[i] if bd.mass[i] > 0 else math.nan
         rows.append(
             f"<tr><td>{esc(class_label(run.names.get(target), int(bd.target_classes[i])))}</td>"
+            f"{_td_num(bd.per_pixel[i], 3)}"
             f'<td class="num" data-v="{share:.6f}"><span class="bar" style="width:'
-            f'{max(1, round(60 * share))}px"></span>{share:.0%}</td>'
-            f'{_td_num(per_px, 3)}<td class="num" data-v="{bd.mass[i]:.6f}">{bd.mass[i]:.1%}</td>'
+            f'{max(1, round(50 * share))}px"></span>{share:.0%}</td>'
+            f'<td class="num" data-v="{bd.mass[i]:.6f}">{bd.mass[i]:.1%}</td>'
             f"<td>{esc(coupled_text(bd.coupled[i], run.names.get(source)) or '–')}</td></tr>")
     return "".join(rows)
 
 
-_CLASS_HEAD = ('<thead><tr><th>target class</th><th class="num">share of H</th>'
-               '<th class="num">nats / pixel</th><th class="num">pixels</th>'
+_CLASS_HEAD = ('<thead><tr><th>target class</th><th class="num">nats / pixel</th>'
+               '<th class="num">share of H</th><th class="num">pixels</th>'
                "<th>coupled to source classes p(a | class)</th></tr></thead>")
 
 
@@ -305,11 +306,11 @@ def _pair_card(run: _Run, model: str, target: str, rank: Any) -> str:
 
 def _per_class_html(run: _Run) -> str:
     parts = ['<section id="why"><h2>Why: the per-class view</h2><p class="note">SEG-OTCE\'s '
-             "H(Y_t|Y_s) is a sum over target classes. For each model and target: each target "
-             "class's share of it (worst covered first: its pixels are coupled to source "
-             "classes that also take many pixels of other classes), the information it "
-             "costs per pixel of the class, the class's share of the target pixels, and the "
-             "source classes its pixels are coupled to. Joints averaged over the repetitions."
+             "H(Y_t|Y_s) is a sum over target classes. For each model and target, worst "
+             "covered class first: the nats it costs per pixel of the class (0 = the source "
+             "classes its pixels are coupled to take no other class; high = no counterpart "
+             "among the source classes), its share of H, its share of the target pixels, and "
+             "the source classes its pixels are coupled to. Averaged over the repetitions."
              "</p>"]
     if not run.breakdowns:
         parts.append("<p>This run's SEG-OTCE rows carry no label joints (none finished, or "

@@ -199,18 +199,16 @@ class TransferabilityMatrix:
         s = self.summary()
         if metric is not None:
             s = s[s["metric"] == self._metric(metric)]
-        parts = []
-        for (m, _target), grp in s.groupby(["metric", "target"], sort=True):
-            sign = 1.0 if self.higher_is_better.get(m, True) else -1.0
-            grp = grp.assign(_key=-sign * grp["mean"])
-            grp = grp.sort_values(["_key", "model"], na_position="last", kind="stable")
-            rank = np.arange(1, len(grp) + 1, dtype=np.float64)
-            rank[grp["mean"].isna().to_numpy()] = np.nan
-            parts.append(grp.assign(rank=pd.array(rank, dtype="Int64")).drop(columns="_key"))
         cols = ["metric", "target", "rank", "model", "mean", "std", "n", "status", "degenerate"]
-        if not parts:
+        if s.empty:
             return pd.DataFrame(columns=cols)
-        return pd.concat(parts, ignore_index=True)[cols]
+        sign = np.array([1.0 if self.higher_is_better.get(m, True) else -1.0 for m in s["metric"]])
+        s = s.assign(_key=-sign * s["mean"].to_numpy(np.float64)) \
+            .sort_values(["metric", "target", "_key", "model"], na_position="last", kind="stable")
+        rank = s.groupby(["metric", "target"], sort=False).cumcount().to_numpy(np.float64) + 1
+        rank[s["mean"].isna().to_numpy()] = np.nan
+        s = s.assign(rank=pd.array(rank, dtype="Int64")).reset_index(drop=True)
+        return s[cols]
 
     def correlation(self, ground_truth: pd.DataFrame | str | Path | None = None) -> pd.DataFrame:
         """Per-target agreement of the means with the ground truth, plus their mean over targets."""

@@ -9,10 +9,10 @@ run's ``spec.yaml`` (Cityscapes-style formats: the 19 Cityscapes classes; ``fold
 ``label_map``), else the id itself.
 
 ``per_class.csv`` (written beside the matrix) has one row per (model, target, target class):
-model, target, source, rank (the class's place in the pair, 1 = worst covered),
-target_class, target_name, share (of H(Y_t|Y_s)), entropy (nats), mass (the class's share of
-the target pixels), coupled (``"person 0.61, bicycle 0.22"``: p(source class | target
-class), largest first), repetitions.
+model, target, source, rank (the class's place in the pair, 1 = worst covered: the most
+nats per pixel), target_class, target_name, nats_per_pixel, share (of H(Y_t|Y_s)), entropy
+(its nats), mass (the class's share of the target pixels), coupled (``"person 0.61,
+bicycle 0.22"``: p(source class | target class), largest first), repetitions.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from segotce_ray.metrics.perclass import Breakdown, decode_joint, pair_breakdown
 
 __all__ = ["PER_CLASS_COLUMNS", "breakdowns", "class_names", "class_label", "coupled_text", "per_class_table"]
 
-PER_CLASS_COLUMNS = ["model", "target", "source", "rank", "target_class", "target_name", "share",
-                     "entropy", "mass", "coupled", "repetitions"]
+PER_CLASS_COLUMNS = ["model", "target", "source", "rank", "target_class", "target_name",
+                     "nats_per_pixel", "share", "entropy", "mass", "coupled", "repetitions"]
 
 
 def _spec_class_names(ds: Mapping[str, Any]) -> list[str] | None:
@@ -108,7 +108,8 @@ def per_class_table(long: pd.DataFrame, names: Mapping[str, list[str]] | None = 
             rows.append({"model": model, "target": target, "source": source, "rank": rank,
                          "target_class": r["target_class"],
                          "target_name": class_label(names.get(target), r["target_class"]),
-                         "share": r["share"], "entropy": r["entropy"], "mass": r["mass"],
+                         "nats_per_pixel": r["per_pixel"], "share": r["share"],
+                         "entropy": r["entropy"], "mass": r["mass"],
                          "coupled": coupled_text(r["coupled"], names.get(source)),
                          "repetitions": bd.repetitions})
     return pd.DataFrame(rows, columns=PER_CLASS_COLUMNS)

@@ -355,16 +355,18 @@ def _rankings_section(long: pd.DataFrame, ranks: pd.DataFrame, truth: dict, prun
 
 
 def _per_class_section(run_dir: Path, long: pd.DataFrame, ranks: pd.DataFrame) -> list[str]:
-    """Per target and model (SEG-OTCE rank order): the :data:`PER_CLASS_SHOWN` target classes
-    with the largest share of H(Y_t|Y_s) and the source classes their pixels are coupled to."""
+    """Per target and model (SEG-OTCE rank order): the :data:`PER_CLASS_SHOWN` worst-covered
+    target classes (most nats of H(Y_t|Y_s) per pixel) and the source classes their pixels
+    are coupled to."""
     found = breakdowns(long, top=2)
     if not found:
         return []
     names = class_names(run_dir)
     out = ["", "## Why: worst-covered target classes (SEG-OTCE)", "",
-           "Per model and target, the target classes with the largest share of H(Y_t|Y_s) "
-           "(its share, ← the source classes their pixels are coupled to, with p(source class "
-           "| target class)). Every class of every pair: `per_class.csv` and `report.html`."]
+           "Per model and target, the worst-covered target classes: the nats of "
+           "H(Y_t|Y_s) per pixel of the class (its share of H), ← the source classes its "
+           "pixels are coupled to, with p(source class | target class). Every class of every "
+           "pair: `per_class.csv` and `report.html`."]
     otce = ranks[ranks["metric"] == registry.PRIMARY]
     for target in sorted({t for _, t in found}):
         order = otce[otce["target"] == target].sort_values("rank")["model"].tolist()
@@ -376,7 +378,8 @@ def _per_class_section(run_dir: Path, long: pd.DataFrame, ranks: pd.DataFrame) -
             source, bd = found[(model, target)]
             rank = otce[(otce["target"] == target) & (otce["model"] == model)]["rank"]
             classes = " · ".join(
-                f"{class_label(names.get(target), int(c))} {bd.share[i]:.0%} ← "
+                f"{class_label(names.get(target), int(c))} {bd.per_pixel[i]:.2f} nats/px "
+                f"({bd.share[i]:.0%} of H) ← "
                 f"{coupled_text(bd.coupled[i], names.get(source)) or '–'}"
                 for i, c in enumerate(bd.target_classes[:PER_CLASS_SHOWN]))
             out.append(f"- **{model}**" + (f" (#{int(rank.iloc[0])})" if len(rank) else "")
@@ -558,8 +561,10 @@ def _footer_section(run_dir: Path, info: dict, schedule: pd.DataFrame | None) ->
         out.append("")
         out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     out.append("")
-    out.append("Files: `matrix.parquet` (long table, one row per repetition), `scores.csv` "
-               "(models × targets, mean), `rankings.csv`, `heatmap.png`"
+    out.append("Files: `report.html` (this report as one page, with every pair's per-class "
+               "view and the history of the job's runs), `matrix.parquet` (long table, one row "
+               "per repetition), `scores.csv` (models × targets, mean), `rankings.csv`, "
+               "`per_class.csv`, `heatmap.png`"
                + (", `correlation.csv`" if (run_dir / "correlation.csv").exists() else "")
                + (", `schedule.csv` (adaptive decisions)" if schedule is not None else "")
                + ", `spec.yaml` (resolved), `plan.json`, `run.json` (status, counts, errors), "
