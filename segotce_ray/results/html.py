@@ -67,10 +67,10 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}tr.mean td{font
 td.why{white-space:normal;min-width:220px;max-width:340px;color:#3a4252}
 th.m{white-space:normal;max-width:80px;vertical-align:bottom}a{color:#1a5fb4}
 .bar{display:inline-block;height:9px;background:#d9534f;vertical-align:middle;margin-right:4px}
-.pc{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:8px}
+.pc{display:grid;grid-template-columns:repeat(auto-fill,minmax(600px,1fr));gap:8px}
 .pc .card{margin:0;overflow-x:auto}.pc table{width:100%;table-layout:fixed}
-.pc th,.pc td{white-space:normal;padding:3px 5px}.pc th:nth-child(1){width:24%}
-.pc th:nth-child(2){width:17%}.pc th:nth-child(3){width:13%}.pc th:nth-child(4){width:12%}details>summary{cursor:pointer;color:#1a5fb4}
+.pc th,.pc td{white-space:normal;padding:3px 5px}.pc th:nth-child(1){width:19%}
+.pc th:nth-child(2){width:12%}.pc th:nth-child(3){width:13%}.pc th:nth-child(4){width:9%}details>summary{cursor:pointer;color:#1a5fb4}
 .charts{display:flex;flex-wrap:wrap;gap:10px}.legend span{display:inline-block;margin-right:12px;
 font-size:12px}.legend i{display:inline-block;width:14px;height:4px;margin-right:4px;
 vertical-align:middle}img.hm{max-width:100%;display:none}img.hm.on{display:block}
@@ -380,7 +380,8 @@ def _corr_table(corr: pd.DataFrame, mean_rows: bool) -> str:
             num = "" if v is None or pd.isna(v) else f"{float(v):.10g}" \
                 if isinstance(v, (int, float)) else ""
             text = _measure_text(row, c, 3) if c in intervals else (
-                _num(v, 3) if num else esc("" if v is None or pd.isna(v) else v))
+                (str(int(float(v))) if float(v).is_integer() else _num(v, 3)) if num
+                else esc("" if v is None or pd.isna(v) else v))
             cells.append(f'<td class="num" data-v="{num}">{esc(text)}</td>')
         reason = row.get("reason")
         cells.append(f"<td>{esc('' if reason is None or pd.isna(reason) else reason)}</td>")
