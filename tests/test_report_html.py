@@ -225,3 +225,24 @@ def test_the_page_renders_in_headless_chromium_and_is_not_blank(tmp_path):
     assert top.std() > 20 and (top < 128).mean() > 0.02    # text and the dark header are drawn
     dark_rows = (img < 160).any(axis=1)
     assert dark_rows[150:450].mean() > 0.3                 # the ranking table's rows
+
+
+def test_intervals_baselines_ceilings_and_a_recommended_metric_render_when_present(tmp_path):
+    """Columns and metrics other work adds (``<m>_lo``/``_hi``, a ``random`` baseline row, a
+    noise-ceiling file, a ``recommended`` metric) show up without being required."""
+    run = _run(tmp_path, "20260101T000000Z", MODELS, TARGETS)
+    corr = pd.read_csv(run / "correlation.csv")
+    corr["pearson_lo"], corr["pearson_hi"] = corr["pearson"] - 0.1, corr["pearson"] + 0.1
+    base = corr[corr["metric"] == "otce"].assign(metric="random", pearson=0.0)
+    pd.concat([corr, base]).to_csv(run / "correlation.csv", index=False)
+    pd.DataFrame({"target": TARGETS, "ceiling": [0.9, 0.8]}).to_csv(run / "noise_ceiling.csv",
+                                                                   index=False)
+    long = pd.read_parquet(run / "matrix.parquet")
+    rec = long[long["metric"] == "logme"].assign(metric="recommended")
+    TransferabilityMatrix(results_frame(pd.concat([long, rec]))).save(run)
+    write_reports(run)
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert not _parse(page).errors
+    assert re.search(r"-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", page)   # value [lo, hi]
+    assert "<td>random</td>" in page and "noise_ceiling.csv" in page
+    assert "recommended mean ± std" in page                  # the lead metric
