@@ -190,7 +190,8 @@ def test_run_dir_contents_latest_and_report_diff(tmp_path, data_root, ray_local,
     job_dir = tmp_path / "runs" / "nightly"
     run1 = job_dir / "night1"
     for name in ("matrix.parquet", "scores.csv", "rankings.csv", "heatmap.png", "report.md",
-                 "correlation.csv", "spec.yaml", "run.json", "plan.json"):
+                 "report.html", "per_class.csv", "classes.json", "correlation.csv", "spec.yaml",
+                 "run.json", "plan.json"):
         assert (run1 / name).is_file(), name
     info = json.loads((run1 / "run.json").read_text())
     assert info["status"] == "ok"

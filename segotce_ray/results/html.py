@@ -9,9 +9,10 @@ directories, for the history), re-rendered by ``segotce-ray report``. Sections, 
    worst-covered target class, and the model's rank by every other metric; a line with the
    lead metric's agreement with the ground truth for that target (with its interval where
    ``correlation.csv`` has ``<measure>_lo``/``_hi`` columns).
-2. **Why (per class)** — per (model, target), each target class's share of SEG-OTCE's
-   H(Y_t|Y_s) and the source classes its pixels are coupled to
-   (:mod:`segotce_ray.results.perclass`), worst-covered first.
+2. **Why (per class)** — per (model, target), worst-covered target class first: the nats of
+   SEG-OTCE's H(Y_t|Y_s) per pixel of the class, its share of H, its share of the target
+   pixels and the source classes its pixels are coupled to
+   (:mod:`segotce_ray.metrics.perclass`, :mod:`segotce_ray.results.perclass`).
 3. **Heatmaps** — the run's ``heatmap*.png`` embedded, one shown at a time (a metric switch).
 4. **Agreement with ground truth** — ``correlation.csv``: the mean over targets per metric
    (baselines such as ``random``/``capacity`` are rows like any metric), every per-target row

@@ -1,4 +1,5 @@
-"""``report.md`` for a run directory: rankings, correlation, failures, changes, timings.
+"""``report.md`` for a run directory: rankings, worst-covered classes, correlation, failures,
+changes, timings (``report.html``, :mod:`segotce_ray.results.html`, is the same as a page).
 
 A report is a pure function of the files in a run directory (``matrix.parquet``,
 ``correlation.csv``, ``run.json``) and, for the "changes" section, of the previous run's
