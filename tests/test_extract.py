@@ -244,7 +244,7 @@ def test_workers_write_the_shards_and_the_driver_gets_only_metadata(world, tmp_p
 def test_one_actor_serves_many_models_from_a_small_lru(world, tmp_path, monkeypatch):
     """In-process: models load on first use, stay loaded (LRU of cache_size), a model that
     fails to load fails its own chunks only and is not reloaded for every chunk."""
-    from segotce_ray.extract.pipeline import pipeline as ex
+    from segotce_ray.extract import actor as ex
 
     loads: list[str] = []
     real_load = ex.load_model

@@ -394,7 +394,7 @@ def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, 
     saved = ctx.enable_progress_bars
     ctx.enable_progress_bars = False
     bar = Progress(sum(len(p.request.dataset.samples) for p in pools), "extract", progress,
-                   interval=30.0, noun=("img", "images"))
+                   interval=30.0, noun=("img", "image"))
     t0 = time.perf_counter()
     t_first, first_images, driver_bytes = None, 0, 0
     try:
