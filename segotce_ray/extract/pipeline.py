@@ -23,7 +23,7 @@ renamed). No pool byte passes through the driver: it receives a few hundred byte
 The store must be a path every node mounts (see the README's cluster section).
 
 Pixel draws are seeded from ``(seed, model, dataset, image_id)`` (see
-:mod:`segotce_ray.sampling`) and made in the read step, so only the image and the sampled
+:mod:`segotce_ray.extract.sampling`) and made in the read step, so only the image and the sampled
 coordinates travel to the actor. There, under ``torch.inference_mode`` (and float16
 autocast on a GPU), one forward pass per chunk gives the native-resolution feature map and
 logits; one ``grid_sample`` per chunk samples both at the label coordinates (no

@@ -22,7 +22,7 @@ temporary name and renamed, so a reader never sees half a file):
   degenerate.
 - ``rankings.csv`` — metric, target, rank, model, mean, std, n, status, degenerate (all
   metrics; failed pairs last with an empty rank). ``degenerate`` is the reason a pair's
-  pools are degenerate (:mod:`segotce_ray.degeneracy`), empty when they are fine: such a
+  pools are degenerate (:mod:`segotce_ray.pools.degeneracy`), empty when they are fine: such a
   model is still ranked, but its score means little.
 - ``heatmap.png`` — models × targets, colour = the model's position between the target's
   lowest and highest mean (one scale per target column: scores compare only within a
