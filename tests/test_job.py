@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from segotce_ray.metrics import registry
 from segotce_ray.cli import main
 from segotce_ray.pools.score_log import ScoreLog
 from segotce_ray.job.run import _set_latest, latest_run, run_job
@@ -567,7 +568,8 @@ def test_layer_probs_reads_the_probs_column_of_the_logits_pool(tmp_path, data_ro
     want = otce_repetition(src, tgt, seed, n_pixels=60, epsilon=1.0, solver="sinkhorn",
                            sampling="uniform", ignore_index=255)
     assert row.loc["otce", "score"] == pytest.approx(want["score"], abs=1e-9)
-    peer = peer_repetition(None, tgt, int(row.loc["hscore", "seed"]), name="hscore", n_pixels=60)
+    peer = peer_repetition(None, tgt, int(row.loc["hscore", "seed"]), record=registry.get("hscore"),
+                           n_pixels=60)
     assert row.loc["hscore", "score"] == pytest.approx(peer["score"], abs=1e-9)
     scaled_table = pd.read_parquet(tmp_path / "s" / "runs" / "nightly" / "r" / "matrix.parquet")
     s_row = scaled_table[(scaled_table.model == "m_a") & (scaled_table.target == "t1")

@@ -188,12 +188,12 @@ def test_saved_files_follow_the_umask_not_mkstemp_0600(tmp_path):
 
     import pandas as pd
 
-    from segotce_ray.results.matrix import _atomic_write
+    from segotce_ray.io import atomic_write
 
     old = os.umask(0o022)
     try:
         target = tmp_path / "x.csv"
-        _atomic_write(target, lambda p: pd.DataFrame({"a": [1]}).to_csv(p, index=False))
+        atomic_write(target, lambda p: pd.DataFrame({"a": [1]}).to_csv(p, index=False))
     finally:
         os.umask(old)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644

@@ -23,7 +23,7 @@ renamed). No pool byte passes through the driver: it receives a few hundred byte
 The store must be a path every node mounts (see the README's cluster section).
 
 Pixel draws are seeded from ``(seed, model, dataset, image_id)`` (see
-:mod:`segotce_ray.sampling`) and made in the read step, so only the image and the sampled
+:mod:`segotce_ray.extract.sampling`) and made in the read step, so only the image and the sampled
 coordinates travel to the actor. There, under ``torch.inference_mode`` (and float16
 autocast on a GPU), one forward pass per chunk gives the native-resolution feature map and
 logits; one ``grid_sample`` per chunk samples both at the label coordinates (no
@@ -394,7 +394,7 @@ def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, 
     saved = ctx.enable_progress_bars
     ctx.enable_progress_bars = False
     bar = Progress(sum(len(p.request.dataset.samples) for p in pools), "extract", progress,
-                   interval=30.0, noun=("img", "images"))
+                   interval=30.0, noun=("img", "image"))
     t0 = time.perf_counter()
     t_first, first_images, driver_bytes = None, 0, 0
     try:

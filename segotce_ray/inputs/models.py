@@ -4,7 +4,7 @@ A :class:`ModelSpec` says what to build and which layer to read; :func:`load_mod
 it into a :class:`SegmentationModel` whose :meth:`~SegmentationModel.features` maps images
 ``(B, 3, H, W)`` in ``[0, 1]`` to ``(feat (B, D, h, w), logits (B, C, h', w'))`` at the
 network's native (low) resolution — nothing is upsampled here; pixels are sampled from
-these maps afterwards (:mod:`segotce_ray.sampling`).
+these maps afterwards (:mod:`segotce_ray.extract.sampling`).
 
 Architectures (``ModelSpec.architecture``):
 

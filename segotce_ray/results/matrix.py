@@ -22,7 +22,7 @@ temporary name and renamed, so a reader never sees half a file):
   degenerate.
 - ``rankings.csv`` — metric, target, rank, model, mean, std, n, status, degenerate (all
   metrics; failed pairs last with an empty rank). ``degenerate`` is the reason a pair's
-  pools are degenerate (:mod:`segotce_ray.degeneracy`), empty when they are fine: such a
+  pools are degenerate (:mod:`segotce_ray.pools.degeneracy`), empty when they are fine: such a
   model is still ranked, but its score means little.
 - ``per_class.csv`` — per (model, target, target class): the class's share of SEG-OTCE's
   H(Y_t|Y_s) and the source classes its pixels are coupled to

@@ -22,7 +22,7 @@ COST_SCALES = ("none", "mean", "max")
 #: feature spaces that need no module name: the classifier's input, its output, its softmax
 LAYER_SPACES = ("penultimate", "logits", "probs")
 SCHEDULES = ("full", "adaptive")
-#: Schedules this version runs (``adaptive``: issue 8's early pruning, :mod:`segotce_ray.adaptive`).
+#: Schedules this version runs (``adaptive``: issue 8's early pruning, :mod:`segotce_ray.scoring.adaptive`).
 SCHEDULES_AVAILABLE = ("full", "adaptive")
 
 
@@ -96,7 +96,7 @@ class Resources:
     or 1 on CPU); cpu_threads: torch threads per CPU actor; gpus_per_task: GPU share of one
     scoring task (default 0.25 on a GPU cluster, else 0); autoscaling: ``auto`` | ``on`` |
     ``off`` (YAML's true/false read as on/off): whether node types an autoscaler can add count
-    as feasible (:mod:`segotce_ray.placement`).
+    as feasible (:mod:`segotce_ray.cluster.placement`).
     """
 
     gpus_per_actor: float | None = None
@@ -117,7 +117,7 @@ class Schedule:
     adaptive: every (model, target) gets ``min_repetitions`` (k₀ ≤ K) repetitions; further ones
     go only to models whose confidence interval can still reach the target's ``top_k``; δ =
     ``alpha`` bounds the chance per target that a true top-k model is pruned (see
-    :mod:`segotce_ray.adaptive`). Written as ``schedule: adaptive`` or as a mapping
+    :mod:`segotce_ray.scoring.adaptive`). Written as ``schedule: adaptive`` or as a mapping
     ``{mode: adaptive, min_repetitions: 2, top_k: 5, alpha: 0.05}``.
     """
 

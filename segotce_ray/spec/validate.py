@@ -278,7 +278,7 @@ def _check_otce(c: SpecChecker, raw: Any) -> None:
 
 def _check_calibration(c: SpecChecker, raw: dict) -> None:
     """``otce.calibration``: a readable, well-formed calibration file fitted for this job's
-    layer, cost scale, ε and solver (:mod:`segotce_ray.calibration`), with ``otce`` selected."""
+    layer, cost scale, ε and solver (:mod:`segotce_ray.metrics.calibration`), with ``otce`` selected."""
     p = c.input_path("otce.calibration", raw["otce"]["calibration"], "file")
     if p is None or not Path(p).is_file():
         return
