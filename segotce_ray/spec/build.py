@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,9 @@ def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) 
     otce_raw = dict(raw.get("otce", {}))
     legacy_layer = otce_raw.pop("layer", None)
     otce = OTCESettings(**otce_raw)
-    otce = replace(otce, epsilon=float(otce.epsilon), calibration=str(
-        c.resolve(otce.calibration).absolute()) if otce.calibration else None)
+    otce.epsilon = float(otce.epsilon)
+    if otce.calibration:
+        otce.calibration = str(c.resolve(otce.calibration).absolute())
     sched_raw = raw.get("schedule", "full")
     schedule = Schedule(mode=sched_raw) if isinstance(sched_raw, str) else Schedule(**sched_raw)
     extraction = ExtractionSettings(**raw.get("extraction", {}))
