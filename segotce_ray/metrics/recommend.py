@@ -30,8 +30,9 @@ For each candidate and each held-out target t, its **utility** is
 
 where random_regret_t = mean over t's models of (max g − g) is the expected top-1 regret of
 a random ranking (a target where it is 0, all models equal, contributes its weighted τ term
-only; an undefined weighted τ contributes its regret term only). Both halves are 0 for a
-random ranking and 1 for a perfect one, so neither top-1 regret nor the ranking quality as a
+only; an undefined weighted τ contributes its regret term only: u_t is then that one term,
+the mean of the defined halves). Both halves are 0 for a random ranking and 1 for a perfect
+one, so neither top-1 regret nor the ranking quality as a
 whole can be ignored, and Pearson (sensitive to one outlier model) does not enter the choice.
 The **chosen** candidate has the highest mean utility over the held-out targets (NaN-ignoring;
 a candidate with no defined utility is not eligible). Ties (within 1e-9) go to the lower mean
