@@ -280,18 +280,24 @@ def correlation_table(scores: pd.DataFrame, truth: pd.DataFrame,
     order = list(metric_order)
     present = sorted(sc[metric_column].astype(str).unique(),
                      key=lambda m: (order.index(m) if m in order else len(order), m))
+    sc = sc.assign(**{metric_column: sc[metric_column].astype(str),
+                      "target": sc["target"].astype(str), "model": sc["model"].astype(str)})
+    gt_by_target = {t: per[["model", "value"]] for t, per in gt.groupby("target", sort=False)}
+    no_truth = pd.DataFrame({"model": pd.Series(dtype=str), "value": pd.Series(dtype=float)})
+    by_metric = dict(iter(sc.groupby(metric_column, sort=False)))
     for metric in present:
-        per_metric = sc[sc[metric_column].astype(str) == metric]
+        per_metric = by_metric[metric]
         sign = 1.0 if higher_is_better.get(metric, True) else -1.0
-        targets = sorted(set(per_metric["target"].astype(str)) | set(gt["target"]))
+        targets = sorted(set(per_metric["target"]) | set(gt_by_target))
+        by_target = dict(iter(per_metric.groupby("target", sort=False)))
         metric_rows: list[dict[str, object]] = []
         replicates: dict[str, list[np.ndarray | None]] = {m: [] for m in BOOTSTRAP_MEASURES}
         for target in targets:
-            left = per_metric[per_metric["target"].astype(str) == target][["model", score_column]]
-            left = left.assign(model=left["model"].astype(str))
-            merged = left.merge(gt[gt["target"] == target][["model", "value"]], on="model",
-                                how="inner").sort_values("model", kind="stable")
-            if merged.empty and (left.empty or gt[gt["target"] == target].empty):
+            left = by_target.get(target, per_metric.iloc[:0])[["model", score_column]]
+            right = gt_by_target.get(target, no_truth)
+            merged = left.merge(right, on="model", how="inner").sort_values("model",
+                                                                            kind="stable")
+            if merged.empty and (left.empty or right.empty):
                 continue  # a target on one side only: nothing to compare
             row: dict[str, object] = {"metric": metric, "target": target}
             s_t = sign * merged[score_column].to_numpy(np.float64)
@@ -407,7 +413,7 @@ def ground_truth_means(truth: pd.DataFrame) -> pd.DataFrame:
     key = ["model", "target"] + (["seed"] if "seed" in gt.columns else [])
     if gt.duplicated(key).any():
         dup = gt[gt.duplicated(key, keep=False)].iloc[0]
-        extra = f", seed {dup['seed']!r}" if "seed" in gt.columns else ""
+        extra = f", seed {str(dup['seed'])!r}" if "seed" in gt.columns else ""
         raise ValueError(f"ground truth has more than one value for model {dup['model']!r}, "
                          f"target {dup['target']!r}{extra}")
     gt["value"] = pd.to_numeric(gt["value"], errors="coerce").astype(np.float64)
@@ -545,19 +551,9 @@ def ground_truth_summary(truth: pd.DataFrame, n_splits: int = 100,
 _PAIR_BLOCK = 2_000_000
 
 
-def _pairwise_tau(x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    """Σ_ij w_ij sgn(x_i−x_j) sgn(y_i−y_j) / √(Σ w_ij sgn(x_i−x_j)² · Σ w_ij sgn(y_i−y_j)²)
-    per row of (B, M) x, y, with w_ij = w_i + w_j ((B, M) w) or 1 (τ_b)."""
-    dx = np.sign(x[:, :, None] - x[:, None, :])
-    dy = np.sign(y[:, :, None] - y[:, None, :])
-    if w is not None:
-        ww = w[:, :, None] + w[:, None, :]
-        dx = dx * ww
-    num = (dx * dy).sum(axis=(1, 2))
-    den = np.sqrt(np.abs(dx).sum(axis=(1, 2)) * np.abs(dy * (ww if w is not None else 1.0))
-                  .sum(axis=(1, 2)))
+def _ratio(num: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        tau = num / den
+        tau = num / np.sqrt(a * b)
     tau[~np.isfinite(tau)] = np.nan
     return np.clip(tau, -1.0, 1.0)
 
@@ -572,20 +568,28 @@ def _hyperbolic_weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + rank)
 
 
-def _blocked(fn, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _tau_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall τ_b and weighted τ (scipy ``weightedtau`` defaults) of each row of (B, M) x, y.
+
+    With sx_ij = sgn(x_i − x_j), sy_ij likewise and pair weights w_i + w_j (w = 1 for τ_b,
+    1/(1 + rank) for τ_w), both are Σ_ij w_ij sx sy / √(Σ_ij w_ij sx² · Σ_ij w_ij sy²); by
+    symmetry Σ_ij (w_i + w_j) a_ij = 2 Σ_i w_i Σ_j a_ij, so only the (B, M) row sums of
+    sx·sy, |sx|, |sy| are needed. Weighted τ is the mean of the one-way values with ranks by
+    (x, y) and by (y, x) (``rank=True``). Returns (B, 2): [τ_b, τ_w].
+    """
+    sx = np.sign(x[:, :, None] - x[:, None, :])
+    sy = np.sign(y[:, :, None] - y[:, None, :])
+    p, ax, ay = (sx * sy).sum(axis=2), np.abs(sx).sum(axis=2), np.abs(sy).sum(axis=2)
+    kendall = _ratio(p.sum(axis=1), ax.sum(axis=1), ay.sum(axis=1))
+    one_way = [_ratio((w * p).sum(axis=1), (w * ax).sum(axis=1), (w * ay).sum(axis=1))
+               for w in (_hyperbolic_weights(x, y), _hyperbolic_weights(y, x))]
+    return np.column_stack([kendall, (one_way[0] + one_way[1]) / 2])
+
+
+def _blocked_tau_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     step = max(1, _PAIR_BLOCK // max(1, x.shape[1] ** 2))
-    return np.concatenate([fn(x[i:i + step], y[i:i + step]) for i in range(0, len(x), step)])
-
-
-def _kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return _pairwise_tau(x, y, None)
-
-
-def _weighted_tau_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """scipy ``weightedtau(x, y)`` per row (hyperbolic, additive, rank=True: the mean of the
-    one-way values ranked by (x, y) and by (y, x))."""
-    return (_pairwise_tau(x, y, _hyperbolic_weights(x, y))
-            + _pairwise_tau(x, y, _hyperbolic_weights(y, x))) / 2
+    return np.concatenate([_tau_rows(x[i:i + step], y[i:i + step])
+                           for i in range(0, len(x), step)])
 
 
 def _average_ranks(a: np.ndarray) -> np.ndarray:
@@ -620,8 +624,8 @@ def bootstrap_replicates(scores: Sequence[float], truth: Sequence[float],
     if x.shape[0]:
         out["pearson"][valid] = _rowwise_pearson(x, y)
         out["spearman"][valid] = _rowwise_pearson(_average_ranks(x), _average_ranks(y))
-        out["kendall_tau"][valid] = _blocked(_kendall_rows, x, y)
-        out["weighted_tau"][valid] = _blocked(_weighted_tau_rows, x, y)
+        taus = _blocked_tau_rows(x, y)
+        out["kendall_tau"][valid], out["weighted_tau"][valid] = taus[:, 0], taus[:, 1]
         out["regret"][valid] = y.max(axis=1) - y[np.arange(len(y)), x.argmax(axis=1)]
     return out
 
