@@ -56,7 +56,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from segotce_ray.metrics.correlation import ground_truth_means, measures_for_target
+from segotce_ray.metrics.correlation import (
+    MIN_MODELS,
+    ground_truth_means,
+    regret,
+    weighted_kendall_tau,
+)
 
 __all__ = ["FIT_SUFFIX", "RANK_AVERAGE", "OTCE_FORM", "RULE", "apply_recommendation",
            "recommend", "utility"]
@@ -246,11 +251,21 @@ def utility(weighted_tau: float, regret: float, random_regret: float) -> float:
 
 
 def _score(pred: np.ndarray, t: _Target) -> dict[str, float]:
-    meas = measures_for_target(pred, t.g)
-    g = t.g[np.isfinite(t.g)]
-    rand = float(np.mean(g.max() - g)) if g.size else math.nan
-    out = {k: float(meas[k]) for k in FIGURES}  # type: ignore[arg-type]
-    out["utility"] = utility(out["weighted_tau"], out["regret"], rand)
+    """Pearson, weighted τ, regret and utility of one held-out target: the same values and
+    NaN rules as :func:`~segotce_ray.metrics.correlation.measures_for_target` (pairs without
+    a finite score dropped; fewer than 3 models or constant scores: all NaN; constant ground
+    truth: correlations NaN), computed without its other measures."""
+    ok = np.isfinite(pred) & np.isfinite(t.g)
+    s, g = pred[ok], t.g[ok]
+    out = {k: math.nan for k in (*FIGURES, "utility")}
+    if s.size < MIN_MODELS or np.ptp(s) == 0:
+        return out
+    out["regret"] = regret(s, g)
+    if np.ptp(g) > 0:
+        sc, gc = s - s.mean(), g - g.mean()
+        out["pearson"] = float(np.clip((sc @ gc) / math.sqrt((sc @ sc) * (gc @ gc)), -1, 1))
+        out["weighted_tau"] = weighted_kendall_tau(s, g)
+    out["utility"] = utility(out["weighted_tau"], out["regret"], float(np.mean(g.max() - g)))
     return out
 
 
