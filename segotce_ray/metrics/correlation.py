@@ -50,8 +50,12 @@ from scipy import stats
 __all__ = [
     "ALL_FAMILIES",
     "BOOTSTRAP_MEASURES",
+    "INTERVAL_COLUMNS",
+    "LOWER_IS_BETTER",
     "MEAN_ROW",
     "MEASURES",
+    "MIN_MODELS",
+    "RANDOM",
     "GroundTruthProblem",
     "GroundTruthSummary",
     "beats_baseline",
@@ -66,18 +70,18 @@ __all__ = [
     "ground_truth_means",
     "ground_truth_problems",
     "ground_truth_summary",
-    "random_baseline",
-    "split_half_reliability",
-    "tied_at_top",
-    "top_ties",
     "kendall_tau",
     "measures_for_target",
     "pearson",
+    "random_baseline",
     "regret",
     "rel_at_k",
     "relative_regret",
     "relative_top1",
     "spearman",
+    "split_half_reliability",
+    "tied_at_top",
+    "top_ties",
     "weighted_kendall_tau",
 ]
 
@@ -521,7 +525,7 @@ def ground_truth_summary(truth: pd.DataFrame, n_splits: int = 100,
     pairs = ground_truth_means(truth)
     rows = []
     for target, per in pairs.groupby("target", sort=True):
-        row: dict[str, object] = {"target": target, "n_models": int(len(per))}
+        row: dict[str, object] = {"target": target, "n_models": len(per)}
         spread = per["seed_std"].to_numpy(np.float64)
         row["seed_spread"] = float(np.nanmean(spread)) if np.isfinite(spread).any() else math.nan
         if "seed" not in truth.columns:
@@ -881,8 +885,8 @@ def driving_family(scores: pd.DataFrame, truth: pd.DataFrame, families: Mapping[
     the family with the largest |difference| (``""`` and NaN when no family can be removed
     leaving 3 models).
     """
-    kw = dict(higher_is_better=higher_is_better, score_column=score_column,
-              metric_column=metric_column, n_resamples=0)
+    kw: dict[str, object] = {"higher_is_better": higher_is_better, "score_column": score_column,
+                             "metric_column": metric_column, "n_resamples": 0}
     full = correlation_table(scores, truth, **kw)
     overall = full[full["target"] == MEAN_ROW].set_index("metric")[measure]
     fam_models: dict[str, set[str]] = {}

@@ -63,8 +63,15 @@ from segotce_ray.metrics.correlation import (
     weighted_kendall_tau,
 )
 
-__all__ = ["FIT_SUFFIX", "RANK_AVERAGE", "OTCE_FORM", "RULE", "apply_recommendation",
-           "recommend", "utility"]
+__all__ = [
+    "FIT_SUFFIX",
+    "OTCE_FORM",
+    "RANK_AVERAGE",
+    "RULE",
+    "apply_recommendation",
+    "recommend",
+    "utility",
+]
 
 #: Suffix of a metric's fitted candidate (metric + family offsets + log capacity).
 FIT_SUFFIX = "+family+capacity"
