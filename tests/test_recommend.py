@@ -163,3 +163,15 @@ def test_loto_figures_match_the_correlation_measures():
             got = out["loto"][metric]["per_target"][t]
             for k in rec.FIGURES:
                 assert got[k] == pytest.approx(want[k], abs=1e-12), (t, metric, k)
+
+
+def test_rank_average_applies_to_a_run_missing_some_metrics():
+    pairs, truth = _world(seed=6)
+    g = truth.set_index(["model", "target"])["value"]
+    pairs = pairs.assign(a=[g[k] for k in zip(pairs["model"], pairs["target"])])
+    fit = {"kind": "rank_average", "metrics": ["a", "gone"], "signs": {}}
+    score = rec.apply_recommendation(fit, pairs)
+    merged = pairs.assign(score=score).merge(truth, on=["model", "target"])
+    for _, per in merged.groupby("target"):
+        assert corr.spearman(per["score"], per["value"]) == pytest.approx(1.0)
+    assert rec.apply_recommendation(fit, pairs.drop(columns=["a"])).isna().all()

@@ -221,8 +221,11 @@ def _predict(fit: Mapping[str, object], t: _Target, warn_unknown: bool = False) 
     if kind == "metric":
         return t.columns[str(fit["metric"])].copy()
     if kind == "rank_average":
-        ranks = np.vstack([_scaled_ranks(t.columns[m]) for m in fit["metrics"]  # type: ignore[union-attr]
-                           if m in t.columns])
+        present = [_scaled_ranks(t.columns[m]) for m in fit["metrics"]  # type: ignore[union-attr]
+                   if m in t.columns]
+        if not present:
+            return np.full(t.g.shape, np.nan)
+        ranks = np.vstack(present)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(ranks, axis=0)
