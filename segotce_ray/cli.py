@@ -269,6 +269,10 @@ def _print_demo_results(result) -> None:
                 print("\nEvery metric side by side, mean over targets (per-target rows: "
                       "correlation.csv):")
                 print(mean.to_string(index=False))
+    from segotce_ray.results.trust import headline_lines
+
+    for line in headline_lines(result.run_dir)[1:]:   # "Read this first", as in the report
+        print(line.replace("**", "").replace("## ", "").replace("`", ""))
     print(f"\nheatmap: {result.run_dir / 'heatmap.png'}")
     print(f"report:  {result.run_dir / 'report.md'}")
 

@@ -73,7 +73,7 @@ def recommended_rows(spec: JobSpec, table: pd.DataFrame, run_dir: Path,
                      errors: dict[str, str]) -> list[dict[str, Any]]:
     """The ``recommended`` rows of a job whose spec names a calibration file: the fitted
     ranker applied to this run's per-pair means. The file is copied to
-    ``run_dir/calibration_applied.json`` (the report shows its LOTO evidence)."""
+    ``run_dir/recommendation_applied.json`` (the report shows its LOTO evidence)."""
     if not spec.calibration:
         return []
     try:
@@ -83,7 +83,7 @@ def recommended_rows(spec: JobSpec, table: pd.DataFrame, run_dir: Path,
     except (OSError, ValueError, KeyError) as exc:
         errors["calibration"] = f"{spec.calibration}: {exc}"
         return []
-    write_json(run_dir / "calibration_applied.json", {**rec, "path": spec.calibration})
+    write_json(run_dir / "recommendation_applied.json", {**rec, "path": spec.calibration})
     facts = table.groupby("model")[["family", "parameters"]].first()
     rows = []
     for (model, target), score in zip(pairs[["model", "target"]].itertuples(index=False), scores):

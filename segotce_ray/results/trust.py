@@ -17,7 +17,10 @@ beside ``correlation.csv``.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import pandas as pd
 
@@ -26,7 +29,7 @@ from segotce_ray.metrics.correlation import (compare_with_baselines, correlation
                                              driving_family, family_agreement,
                                              ground_truth_summary, random_baseline, top_ties)
 
-__all__ = ["trust_tables"]
+__all__ = ["headline_lines", "trust_lines", "trust_tables"]
 
 
 def _means(summary: pd.DataFrame) -> pd.DataFrame:
@@ -60,3 +63,96 @@ def _repeated(metric: str) -> bool:
     """Metrics scored by repetitions (ties need a spread): not the derived ones."""
     rec = registry.METRICS.get(metric)
     return rec is None or rec.runner != "derived"
+
+
+# ---------------------------------------------------------------------------- report lines
+
+
+def _csv(run_dir: Path, name: str) -> pd.DataFrame | None:
+    path = run_dir / name
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def _f(v: object, digits: int = 2) -> str:
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def headline_lines(run_dir: Path) -> list[str]:
+    """What a reader must know before trusting the rankings: the recommended ranker's
+    evidence, a family that drives the overall agreement, ties at the top."""
+    out: list[str] = []
+    rec = _read(run_dir / "recommendation_applied.json")
+    if rec:
+        nested = (rec.get("loto") or {}).get("recommended") or {}
+        out.append(f"- **Recommended ranking** (`recommended`, learned by `segotce-ray calibrate` "
+                   f"from `{rec.get('path', '?')}`): chosen `{rec.get('chosen')}`; nested "
+                   f"leave-one-target-out evidence: Pearson {_f(nested.get('pearson'))}, "
+                   f"weighted τ {_f(nested.get('weighted_tau'))}, top-1 regret "
+                   f"{_f(nested.get('regret'))}" + (f" ({nested['reason']})" if nested.get("reason") else "") + ".")
+    drive = _csv(run_dir, "driving_family.csv")
+    if drive is not None:
+        for r in drive[drive["drives"].astype(str) == "True"].itertuples(index=False):
+            out.append(f"- **One architecture drives the overall figure for {r.metric}**: mean "
+                       f"Pearson {_f(r.overall)} over all models, {_f(r.without)} without the "
+                       f"`{r.family}` family (see *Agreement by architecture family*).")
+    ties = _csv(run_dir, "ties.csv")
+    if ties is not None:
+        for r in ties[ties["n_tied"] > 1].itertuples(index=False):
+            names = str(r.tied).replace(";", ", ")
+            out.append(f"- Tie at the top for {r.target} ({r.metric}): {names} are within the "
+                       f"repetitions' noise (lead {_f(r.lead, 4)} < {_f(r.threshold, 4)}).")
+    return ["", "## Read this first", "", *out] if out else []
+
+
+def trust_lines(run_dir: Path) -> list[str]:
+    """Noise ceilings, baselines and per-family agreement (runs with ground truth)."""
+    out: list[str] = []
+    summary = _csv(run_dir, "ground_truth_summary.csv")
+    if summary is not None:
+        out += ["", "## How far the ground truth can be trusted", "",
+                "Seed spread: mean per-pair standard deviation over fine-tuning seeds (ground-"
+                "truth units). Noise ceiling: split-half reliability of the seed mean "
+                "(Spearman–Brown); no metric's Pearson can exceed its square root.", "",
+                "| target | models | seeds | seed spread | noise ceiling | max Pearson |",
+                "|---|---|---|---|---|---|"]
+        for r in summary.itertuples(index=False):
+            out.append(f"| {r.target} | {r.n_models} | {_f(r.n_seeds, 0)} | {_f(r.seed_spread)} "
+                       f"| {_f(r.noise_ceiling)} | {_f(r.pearson_bound)} |")
+    out += _baseline_lines(_csv(run_dir, "baselines.csv"))
+    fam = _csv(run_dir, "agreement_by_family.csv")
+    if fam is not None:
+        mean = fam[fam["target"] == "__mean__"]
+        out += ["", "## Agreement by architecture family", "",
+                "Mean Pearson over targets, all models and within each family of ≥ 3 models:", "",
+                "| metric | " + " | ".join(mean["family"].drop_duplicates()) + " |",
+                "|---|" + "---|" * mean["family"].nunique()]
+        for metric, g in mean.groupby("metric", sort=False):
+            out.append(f"| {metric} | " + " | ".join(_f(v) for v in g["pearson"]) + " |")
+    return out
+
+
+def _baseline_lines(base: pd.DataFrame | None) -> list[str]:
+    if base is None or base.empty:
+        return []
+    rows = base[(base["target"] == "__mean__") & (base["measure"] == "pearson")]
+    out = ["", "## Against the baselines", "",
+           "A metric beats a baseline when its whole 90% interval (mean Pearson over targets) "
+           "lies above the baseline's value: a random ranking (0) and the models' capacity "
+           "(log parameter count)."]
+    for baseline, g in rows.groupby("baseline", sort=True):
+        lost = sorted(g.loc[g["beats"].astype(str) != "True", "metric"].astype(str))
+        won = sorted(g.loc[g["beats"].astype(str) == "True", "metric"].astype(str))
+        out.append(f"- vs {baseline}: beaten by {', '.join(won) or 'no metric'}; "
+                   f"**not beaten** by {', '.join(lost) or 'none'}.")
+    return out
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
