@@ -236,6 +236,48 @@ def measures_for_target(scores: Sequence[float], truth: Sequence[float]) -> dict
     return out
 
 
+def _target_row(metric: str, target: str, s_t: np.ndarray, g_t: np.ndarray,
+                replicates: dict[str, list[np.ndarray | None]], n_resamples: int, level: float,
+                seed: int) -> dict[str, object]:
+    """One (metric, target) row: the measures and their bootstrap intervals; appends the
+    bootstrap replicates (None where the measure is undefined) to ``replicates``."""
+    row: dict[str, object] = {"metric": metric, "target": target}
+    row.update(measures_for_target(s_t, g_t))
+    reps = bootstrap_replicates(s_t, g_t, n_resamples=n_resamples, seed=seed)
+    for m in BOOTSTRAP_MEASURES:
+        defined = np.isfinite(float(row[m]))  # type: ignore[arg-type]
+        row[f"{m}_lo"], row[f"{m}_hi"] = (_percentile_interval(reps[m], level)
+                                          if defined else (math.nan, math.nan))
+        replicates[m].append(reps[m] if defined else None)
+    return row
+
+
+def _mean_row(metric: str, metric_rows: list[dict[str, object]],
+              replicates: dict[str, list[np.ndarray | None]], n_resamples: int,
+              level: float) -> dict[str, object]:
+    """The ``MEAN_ROW`` of a metric: NaN-ignoring means over targets; intervals from the
+    per-resample means over targets."""
+    frame = pd.DataFrame(metric_rows)
+    mean_row: dict[str, object] = {"metric": metric, "target": MEAN_ROW}
+    for m in MEASURES:
+        vals = frame[m].to_numpy(np.float64)
+        mean_row[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+    for m in BOOTSTRAP_MEASURES:
+        per_target = [r for r in replicates[m] if r is not None]
+        if per_target and n_resamples > 0:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                pooled = np.nanmean(np.vstack(per_target), axis=0)
+            mean_row[f"{m}_lo"], mean_row[f"{m}_hi"] = _percentile_interval(pooled, level)
+        else:
+            mean_row[f"{m}_lo"] = mean_row[f"{m}_hi"] = math.nan
+    defined = frame["pearson"].notna()
+    mean_row["n_models"] = int(defined.sum())
+    left_out = frame.loc[~defined, "target"].tolist()
+    mean_row["reason"] = f"target(s) without correlations: {', '.join(left_out)}" if left_out else ""
+    return mean_row
+
+
 def correlation_table(scores: pd.DataFrame, truth: pd.DataFrame,
                       score_column: str = "score", metric_column: str | None = "metric",
                       higher_is_better: Mapping[str, bool] | None = None,
@@ -292,50 +334,23 @@ def correlation_table(scores: pd.DataFrame, truth: pd.DataFrame,
     for metric in present:
         per_metric = by_metric[metric]
         sign = 1.0 if higher_is_better.get(metric, True) else -1.0
-        targets = sorted(set(per_metric["target"]) | set(gt_by_target))
         by_target = dict(iter(per_metric.groupby("target", sort=False)))
         metric_rows: list[dict[str, object]] = []
         replicates: dict[str, list[np.ndarray | None]] = {m: [] for m in BOOTSTRAP_MEASURES}
-        for target in targets:
+        for target in sorted(set(per_metric["target"]) | set(gt_by_target)):
             left = by_target.get(target, per_metric.iloc[:0])[["model", score_column]]
             right = gt_by_target.get(target, no_truth)
             merged = left.merge(right, on="model", how="inner").sort_values("model",
                                                                             kind="stable")
             if merged.empty and (left.empty or right.empty):
                 continue  # a target on one side only: nothing to compare
-            row: dict[str, object] = {"metric": metric, "target": target}
-            s_t = sign * merged[score_column].to_numpy(np.float64)
-            g_t = merged["value"].to_numpy(np.float64)
-            row.update(measures_for_target(s_t, g_t))
-            reps = bootstrap_replicates(s_t, g_t, n_resamples=n_resamples, seed=seed)
-            for m in BOOTSTRAP_MEASURES:
-                defined = np.isfinite(float(row[m]))  # type: ignore[arg-type]
-                row[f"{m}_lo"], row[f"{m}_hi"] = (_percentile_interval(reps[m], level)
-                                                  if defined else (math.nan, math.nan))
-                replicates[m].append(reps[m] if defined else None)
+            row = _target_row(metric, target, sign * merged[score_column].to_numpy(np.float64),
+                              merged["value"].to_numpy(np.float64), replicates,
+                              n_resamples, level, seed)
             metric_rows.append(row)
         rows.extend(metric_rows)
         if metric_rows:
-            frame = pd.DataFrame(metric_rows)
-            mean_row: dict[str, object] = {"metric": metric, "target": MEAN_ROW}
-            for m in MEASURES:
-                vals = frame[m].to_numpy(np.float64)
-                mean_row[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-            for m in BOOTSTRAP_MEASURES:
-                per_target = [r for r in replicates[m] if r is not None]
-                if per_target and n_resamples > 0:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        pooled = np.nanmean(np.vstack(per_target), axis=0)
-                    mean_row[f"{m}_lo"], mean_row[f"{m}_hi"] = _percentile_interval(pooled, level)
-                else:
-                    mean_row[f"{m}_lo"] = mean_row[f"{m}_hi"] = math.nan
-            defined = frame["pearson"].notna()
-            mean_row["n_models"] = int(defined.sum())
-            left_out = frame.loc[~defined, "target"].tolist()
-            mean_row["reason"] = (f"target(s) without correlations: {', '.join(left_out)}"
-                                  if left_out else "")
-            rows.append(mean_row)
+            rows.append(_mean_row(metric, metric_rows, replicates, n_resamples, level))
     columns = ["metric", "target", "n_models", *MEASURES, "reason", *INTERVAL_COLUMNS]
     out = pd.DataFrame(rows, columns=columns)
     out["n_models"] = out["n_models"].astype("int64")

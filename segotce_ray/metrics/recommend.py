@@ -420,20 +420,7 @@ def recommend(pairs: pd.DataFrame, truth: pd.DataFrame, metrics: Sequence[str] |
 
     chosen, table = judge.choose(targets)
     by_name = {c.name: c for c in candidates}
-    nested: dict[str, object]
-    if len(targets) < 3:
-        nested = {**{k: math.nan for k in (*FIGURES, "utility")}, "per_target": {},
-                  "reason": "2 targets: no inner leave-one-target-out, no nested evidence"}
-    else:
-        per: dict[str, dict[str, object]] = {}
-        for t in targets:
-            inner = [u for u in targets if u != t]
-            pick, _ = judge.choose(inner)
-            fig: dict[str, object] = ({**judge.score(by_name[pick], frozenset(inner), t)}
-                                      if pick else {k: math.nan for k in (*FIGURES, "utility")})
-            fig["chosen"] = pick
-            per[t] = fig
-        nested = {**_means(per), "per_target": per, "reason": ""}  # type: ignore[arg-type]
+    nested = _nested(judge, by_name, targets)
     fit = (judge.fit(by_name[chosen], frozenset(targets)) if chosen else {})
     if fit:
         fit = {**fit, "name": chosen, "signs": {m: signs[m] for m in metrics},
@@ -441,6 +428,24 @@ def recommend(pairs: pd.DataFrame, truth: pd.DataFrame, metrics: Sequence[str] |
     out = {"rule": RULE, "targets": targets, "candidates": [c.name for c in candidates],
            "loto": {**table, "recommended": nested}, "chosen": chosen, "fit": fit}
     return _clean(out)  # type: ignore[return-value]
+
+
+def _nested(judge: "_Judge", by_name: Mapping[str, "_Candidate"],
+            targets: list[str]) -> dict[str, object]:
+    """The chosen ranker's honest evidence: for each held-out target, the rule applied again
+    on the other targets only, and the held-out target scored by the candidate chosen there."""
+    if len(targets) < 3:
+        return {**{k: math.nan for k in (*FIGURES, "utility")}, "per_target": {},
+                "reason": "2 targets: no inner leave-one-target-out, no nested evidence"}
+    per: dict[str, dict[str, object]] = {}
+    for t in targets:
+        inner = [u for u in targets if u != t]
+        pick, _ = judge.choose(inner)
+        fig: dict[str, object] = ({**judge.score(by_name[pick], frozenset(inner), t)}
+                                  if pick else {k: math.nan for k in (*FIGURES, "utility")})
+        fig["chosen"] = pick
+        per[t] = fig
+    return {**_means(per), "per_target": per, "reason": ""}  # type: ignore[arg-type]
 
 
 def apply_recommendation(recommendation: Mapping[str, object],
