@@ -225,9 +225,11 @@ def test_run_dir_contents_latest_and_report_diff(tmp_path, data_root, ray_local,
     run2 = job_dir / "night2"
     assert latest_run(job_dir) == run2
     table = pd.read_parquet(run2 / "matrix.parquet")
-    ok = table[table["status"] == "ok"]
+    ok = table[(table["status"] == "ok") & (table["metric"] == "otce")]
     assert set(ok["model"]) == {"m_a", "m_b", "m_new"} and len(ok) == 3 * 2 * K
-    assert set(table[table["status"] != "ok"]["model"]) == {"m_broken"}
+    assert set(table[table["status"] == "failed"]["model"]) == {"m_broken"}
+    capacity = table[table["metric"] == "capacity"]          # the baseline of runs with truth
+    assert set(capacity["target"]) == {"t1", "t2"} and capacity["k"].eq(0).all()
     report = (run2 / "report.md").read_text()
     assert "Compared with run `night1`" in report
     assert "- new models: m_new" in report
@@ -405,9 +407,9 @@ def test_demo_command_prints_rankings_correlation_and_paths(tmp_path, data_root,
     side = out.split("Every metric side by side")[1].splitlines()
     rows = [line.split()[0] for line in side[2:]
             if line.strip() and not line.startswith(("heat", "rep", "page"))]
-    assert rows == ["otce", "logme"]                          # SEG-OTCE first
+    assert rows == ["otce", "logme", "capacity", "random"]   # SEG-OTCE first, baselines last
     corr = pd.read_csv(latest_run(tmp_path / "demo" / "runs" / "nightly") / "correlation.csv")
-    assert list(dict.fromkeys(corr["metric"])) == ["otce", "logme"]
+    assert list(dict.fromkeys(corr["metric"])) == ["otce", "logme", "capacity", "random"]
     run = latest_run(tmp_path / "demo" / "runs" / "nightly")
     assert f"heatmap: {run / 'heatmap.png'}" in out and f"report:  {run / 'report.md'}" in out
     assert f"page:    {run / 'report.html'}" in out

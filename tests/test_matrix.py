@@ -146,8 +146,14 @@ def test_bad_inputs(long, tmp_path):
         TransferabilityMatrix(long.drop(columns=["status"]))
     bad = tmp_path / "gt.csv"
     bad.write_text("model,target,value\na,cs,0.5\nb,cs,high\n")
-    with pytest.raises(ValueError, match=r"gt.csv: line 3: value 'high'"):
+    with pytest.raises(ValueError, match=r"gt.csv: line 3: model 'b', target 'cs': value 'high'"):
         read_ground_truth(bad)
+    bad.write_text("model,target,value\na,cs,0.5\nb,cs,0.4\na,cs,0.6\n")
+    with pytest.raises(ValueError, match=r"gt.csv: line 4: model 'a', target 'cs' repeats line 2 "
+                                         r"\(fine-tuning repeats need a 'seed' column\)"):
+        read_ground_truth(bad)
+    bad.write_text("model,target,seed,value\na,cs,0,0.5\na,cs,1,0.6\nb,cs,0,0.4\nb,cs,1,0.3\n")
+    assert len(read_ground_truth(bad)) == 4
     bad.write_text("model,dataset,value\na,cs,0.5\n")
     with pytest.raises(ValueError, match="missing column"):
         read_ground_truth(bad)

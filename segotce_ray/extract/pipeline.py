@@ -505,7 +505,9 @@ def _consume_chunk(p: _PendingPool, row: dict[str, Any], store: PoolStore, bad_i
             "fingerprint": p.fingerprint, "layer": r.model.layer, "sampling": r.sampling_params(),
             "seed": r.seed, "images": p.images, "images_requested": len(r.dataset.samples),
             "skipped": p.skipped, "seconds": round(time.time() - p.started, 3),
-            "facts": combine_stats([p.facts[c] for c in sorted(p.shards)])}, meta)
+            "facts": combine_stats([p.facts[c] for c in sorted(p.shards)]),
+            "model_parameters": next((f["parameters"] for f in p.facts.values() if "parameters" in f),
+                                     None)}, meta)
     except Exception as exc:  # noqa: BLE001 - a store failure (disk full...) fails this pool only
         return _fail(p, f"writing the pool failed: {type(exc).__name__}: {exc}")
     p.committed = True

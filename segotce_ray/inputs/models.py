@@ -372,6 +372,8 @@ class SegmentationModel:
         self.layer = spec.layer
         self.weights_hash = weights_hash
         self.module = module.eval()
+        #: the model's capacity: its parameter count (buffers not counted)
+        self.n_parameters = int(sum(p.numel() for p in module.parameters()))
         self.device = torch.device("cpu")
         self._kind = None if isinstance(module, torch.jit.ScriptModule) else _torchvision_kind(module)
         self._captured: list[torch.Tensor] = []

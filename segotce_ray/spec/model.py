@@ -155,11 +155,18 @@ class ModelEntry:
     std: tuple[float, float, float] | None = None
     input_size: tuple[int, int] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    family: str | None = None
 
     @property
     def constructor(self) -> str:
         """The architecture as ``models.ModelSpec`` spells it (``torchvision/`` prefix dropped)."""
         return self.architecture.removeprefix("torchvision/")
+
+    def family_name(self) -> str:
+        """The model's architecture family: ``family`` when the spec names one, else the
+        constructor's own name (``lraspp_mobilenet_v3_large``, a factory's function name,
+        ``torchscript``)."""
+        return self.family or self.constructor.rpartition(":")[2].rpartition(".")[2]
 
 
 @dataclass
@@ -176,6 +183,7 @@ class JobSpec:
     targets: list[str]
     metrics: list[str] = field(default_factory=lambda: list(known_metrics()))
     ground_truth: str | None = None
+    calibration: str | None = None
     resources: Resources = field(default_factory=Resources)
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
     schedule: Schedule = field(default_factory=Schedule)
@@ -208,6 +216,8 @@ class JobSpec:
             out["models"][n] = md
         if self.ground_truth:
             out["ground_truth"] = self.ground_truth
+        if self.calibration:
+            out["calibration"] = self.calibration
         return out
 
     def content_hash(self) -> str:
