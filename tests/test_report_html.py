@@ -246,3 +246,15 @@ def test_intervals_baselines_ceilings_and_a_recommended_metric_render_when_prese
     assert re.search(r"-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", page)   # value [lo, hi]
     assert "<td>random</td>" in page and "noise_ceiling.csv" in page
     assert "recommended mean ± std" in page                  # the lead metric
+
+
+def test_read_this_first_points_are_shown_above_the_rankings_at_most_three_open(tmp_path):
+    run = _run(tmp_path, "20260101T000000Z", MODELS, TARGETS)
+    pd.DataFrame({"metric": ["otce"] * 5, "target": [f"t{i}" for i in range(5)],
+                  "top": ["m_alpha"] * 5, "n_tied": [2] * 5, "tied": ["m_alpha;m_beta"] * 5,
+                  "lead": [0.01] * 5, "threshold": [0.1] * 5}).to_csv(run / "ties.csv", index=False)
+    write_reports(run)
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert not _parse(page).errors
+    box = page[page.index("Read this first"):page.index('id="rankings"')]
+    assert box.count("Tie at the top") == 5 and "<summary>2 more</summary>" in box

@@ -16,15 +16,18 @@ directories, for the history), re-rendered by ``segotce-ray report``. Sections, 
 3. **Heatmaps** — the run's ``heatmap*.png`` embedded, one shown at a time (a metric switch).
 4. **Agreement with ground truth** — ``correlation.csv``: the mean over targets per metric
    (baselines such as ``random``/``capacity`` are rows like any metric), every per-target row
-   behind a fold; ``<m>_lo``/``<m>_hi`` pairs shown as intervals; any ``*ceiling*.csv`` or
-   ``*baseline*.csv`` of the run as a table.
+   behind a fold; ``<m>_lo``/``<m>_hi`` pairs shown as intervals; the trust tables
+   (:mod:`segotce_ray.results.trust`: noise ceilings, baselines, ties, agreement by family)
+   and any other ``*ceiling*.csv`` / ``*baseline*.csv`` of the run as tables.
 5. **History** — once the job has ≥ 2 runs: the lead metric's rank of each model per target
    over the last :data:`HISTORY_RUNS` runs as small SVG charts; models new in a run are marked
    with a ring, models that vanished with a cross at their last rank.
 6. **Failures** — the run's status when it did not finish, failed pairs, errors, metrics not
    applicable, degenerate models, skipped images; then timings and versions.
 
-Tables sort by a click on their header (numbers numerically). No network: nothing is
+Above the rankings, the report's *Read this first* points when there are any (the recommended
+ranker's evidence, a family that drives the agreement, ties at the top). Tables sort by a
+click on their header (numbers numerically). No network: nothing is
 fetched, images are ``data:`` URIs, charts are inline SVG.
 """
 
@@ -43,11 +46,15 @@ from segotce_ray.metrics import registry
 from segotce_ray.results import report as md
 from segotce_ray.results.history import history_ranks, render_history
 from segotce_ray.results.perclass import breakdowns, class_label, class_names, coupled_text
+from segotce_ray.results.trust import headline_lines
 
 __all__ = ["HISTORY_RUNS", "lead_metric", "render_html", "write_html"]
 
 #: Runs of a job shown in the history charts (the latest ones, this run last).
 HISTORY_RUNS = 10
+#: "Read this first" points shown above the rankings (the rest behind a fold, so the first
+#: target's ranking stays in the first screen).
+HEADLINE_SHOWN = 3
 #: Target classes shown per pair before the fold ("all N classes").
 SHOWN_CLASSES = 5
 
@@ -419,9 +426,46 @@ def _agreement_html(run: _Run) -> str:
         per = corr[corr["target"].astype(str) != "__mean__"]
         out.append(f"<details><summary>per target ({len(per)} rows)</summary>"
                    + _corr_table(per, mean_rows=False) + "</details>")
-    extra = sorted(set(run.dir.glob("*ceiling*.csv")) | set(run.dir.glob("*baseline*.csv")))
-    out += [_csv_table(p) for p in extra]
+    known = [name for name, _ in _TRUST_FILES]
+    extra = sorted(({p.name for p in run.dir.glob("*ceiling*.csv")}
+                    | {p.name for p in run.dir.glob("*baseline*.csv")}) - set(known))
+    for name, caption in [*_TRUST_FILES, *((n, n) for n in extra)]:
+        if (run.dir / name).is_file():
+            out.append(f"<details{' open' if name == _TRUST_FILES[0][0] else ''}><summary>"
+                       f"{esc(caption)}</summary>{_csv_table(run.dir / name)}</details>")
     return "".join(out) + "</section>"
+
+
+#: Tables a run with ground truth writes beside correlation.csv
+#: (:mod:`segotce_ray.results.trust`), shown under the agreement table when present.
+_TRUST_FILES = [
+    ("ground_truth_summary.csv", "How far the ground truth can be trusted: seed spread and "
+                                 "noise ceiling per target (no Pearson can exceed pearson_bound)"),
+    ("baselines.csv", "Does each metric beat the random ranking and the capacity baseline?"),
+    ("ties.csv", "Ties at the top (models within the repetitions' noise of the top pick)"),
+    ("agreement_by_family.csv", "Agreement within each architecture family"),
+    ("driving_family.csv", "The family that moves each metric's overall figure"),
+]
+
+
+def _inline_md(text: str) -> str:
+    """Escaped ``text`` with markdown's **bold**, *italic* and `code` as HTML."""
+    out = esc(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+    return re.sub(r"\*(.+?)\*", r"<i>\1</i>", out)
+
+
+def _headline_html(run: _Run) -> str:
+    """The report's *Read this first* points (:func:`segotce_ray.results.trust.headline_lines`)."""
+    items = [line[2:] for line in headline_lines(run.dir) if line.startswith("- ")]
+    if not items:
+        return ""
+    shown, rest = items[:HEADLINE_SHOWN], items[HEADLINE_SHOWN:]
+    more = (f"<details><summary>{len(rest)} more</summary><ul>"
+            + "".join(f"<li>{_inline_md(i)}</li>" for i in rest) + "</ul></details>") if rest else ""
+    return ('<div class="warnbox"><b>Read this first</b><ul>'
+            + "".join(f"<li>{_inline_md(i)}</li>" for i in shown) + "</ul>" + more + "</div>")
 
 
 # ---------------------------------------------------------------------------- failures
@@ -526,7 +570,8 @@ def render_html(run_dir: str | Path, previous_run_dir: str | Path | None = None)
     """The page of a run directory (see the module docstring)."""
     run = _Run(Path(run_dir), previous_run_dir)
     title = f"{run.info.get('job', run.dir.parent.name)} / {run.info.get('run_id', run.dir.name)}"
-    body = (_header_html(run) + "<main>" + _rankings_html(run) + _per_class_html(run)
+    body = (_header_html(run) + "<main>" + _headline_html(run) + _rankings_html(run)
+            + _per_class_html(run)
             + _heatmaps_html(run) + _agreement_html(run) + _history_html(run)
             + _failures_html(run) + _footer_html(run) + "</main>")
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -56,7 +56,6 @@ from segotce_ray.io import atomic_write
 from segotce_ray.metrics import registry
 from segotce_ray.results.trust import trust_tables
 from segotce_ray.scoring.rows import long_schema
-from segotce_ray.metrics.correlation import correlation_table, ground_truth_problems
 from segotce_ray.results.perclass import class_names, per_class_table
 
 log = logging.getLogger(__name__)
@@ -84,6 +83,8 @@ def read_ground_truth(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"ground truth {path}: missing column(s) {sorted(missing)} "
                          f"(header must have model,target,value[,seed])")
+    from segotce_ray.metrics.correlation import ground_truth_problems  # scipy: on first use
+
     problems = ground_truth_problems(df)
     errors = [p for p in problems if p.level == "error"]
     if errors:
@@ -240,6 +241,8 @@ class TransferabilityMatrix:
             raise ValueError("no ground truth given")
         if isinstance(gt, (str, Path)):
             gt = read_ground_truth(gt)
+        from segotce_ray.metrics.correlation import correlation_table  # scipy: on first use
+
         s = self.summary()
         means = s.rename(columns={"mean": "score"})[["metric", "model", "target", "score"]]
         return correlation_table(means, gt, higher_is_better=self.higher_is_better,

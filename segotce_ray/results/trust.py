@@ -25,9 +25,6 @@ from pathlib import Path
 import pandas as pd
 
 from segotce_ray.metrics import registry
-from segotce_ray.metrics.correlation import (compare_with_baselines, correlation_table,
-                                             driving_family, family_agreement,
-                                             ground_truth_summary, random_baseline, top_ties)
 
 __all__ = ["headline_lines", "trust_lines", "trust_tables"]
 
@@ -40,6 +37,12 @@ def trust_tables(long: pd.DataFrame, summary: pd.DataFrame, truth: pd.DataFrame,
                  higher_is_better: Mapping[str, bool]) -> dict[str, pd.DataFrame]:
     """File name → table (see the module docstring); ``long``: the run's rows, ``summary``:
     its per-pair means, ``truth``: ground truth (seeds allowed)."""
+    # imported here: scipy.stats takes seconds to import; rendering a report needs none of it
+    from segotce_ray.metrics.correlation import (compare_with_baselines, correlation_table,
+                                                 driving_family, family_agreement,
+                                                 ground_truth_summary, random_baseline,
+                                                 top_ties)
+
     order = registry.ordered(registry.METRICS)
     corr = correlation_table(_means(summary), truth, higher_is_better=higher_is_better,
                              metric_order=order)
