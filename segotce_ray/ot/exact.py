@@ -17,7 +17,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import ot
 import torch
+from ot.lp.emd_wrap import check_result, emd_c_sparse
+
+from segotce_ray.ot.result import Coupling
+from segotce_ray.ot.support import c_transform, reduced_costs
 
 
 @dataclass
@@ -38,8 +43,12 @@ class ExactPlan:
     passes: float
     solver: str = "emd"
 
-    def support_mass(self):
-        return self.rows, self.cols, self.mass, self.costs
+    def coupling(self) -> Coupling:
+        """The plan as the solvers' one result type (``epsilon = 0``: exact)."""
+        return Coupling(f=self.alpha, g=self.beta, epsilon=0.0, iterations=self.rounds,
+                        converged=True, marginal_error=0.0,
+                        support=(self.rows, self.cols, self.costs), mass=self.mass,
+                        passes=self.passes, solver=self.solver)
 
 
 def north_west_corner(ns: int, nt: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,8 +62,6 @@ def nearest_edges(cost: torch.Tensor, k: int, chunk_rows: int = 1024, duals=None
     """Each source's ``k`` cheapest targets and each target's ``k`` cheapest sources, in one
     chunked pass — cheapest in reduced cost ``C_ij - f_i - g_j`` when ``duals = (f, g)`` are
     given. Returns ``(rows, cols)`` int64 numpy (with repeats)."""
-    from segotce_ray.ot.support import reduced_costs
-
     ns, nt = cost.shape
     if duals is None:
         duals = (torch.zeros(ns, dtype=torch.float64), torch.zeros(nt, dtype=torch.float64))
@@ -123,8 +130,6 @@ def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
 def dense_simplex(cost: torch.Tensor, duals=None, rounds: int = 0, passes: float = 0.0) -> ExactPlan:
     """POT's dense network simplex ``ot.emd`` (float64 copy of C), warm-started from
     ``duals`` when given. The fallback for small or very degenerate problems."""
-    import ot
-
     ns, nt = cost.shape
     m = cost.double().cpu().numpy()
     init = None if duals is None else tuple(d.cpu().numpy() for d in duals)
@@ -141,8 +146,6 @@ def dense_simplex(cost: torch.Tensor, duals=None, rounds: int = 0, passes: float
 def _sparse_round(cost, keys, a, b, duals, add: int, max_iter: int):
     """One sparse simplex solve on ``keys`` (row·N_t + col) and its dual check: returns
     ``(flows (rows, cols, mass), duals (α, β), new edges (rows, cols), passes)``."""
-    from ot.lp.emd_wrap import check_result, emd_c_sparse
-
     nt = cost.shape[1]
     r, c = keys // nt, keys % nt
     cv = cost[torch.from_numpy(r).to(cost.device), torch.from_numpy(c).to(cost.device)]
@@ -205,15 +208,11 @@ def subsample_duals(cost: torch.Tensor, factor: int = 4, dense_below: int = 1500
     :func:`network_simplex`; POT's dense ``ot.emd`` below ``dense_below`` points), then
     extended to all points by hard c-transforms (``f_i = min_{j∈sub} C_ij - β_j``,
     ``g_j = min_i C_ij - f_i``). Returns ``(f, g)`` float64."""
-    from segotce_ray.ot.support import c_transform
-
     ns, nt = cost.shape
     si = torch.arange(0, ns, factor, device=cost.device)
     ti = torch.arange(0, nt, factor, device=cost.device)
     sub = cost[si[:, None], ti[None, :]]
     if max(len(si), len(ti)) <= dense_below:
-        import ot
-
         m = sub.double().cpu().numpy()
         _, log = ot.emd(np.full(len(si), 1.0 / len(si)), np.full(len(ti), 1.0 / len(ti)), m,
                         numItermax=10**9, log=True)

@@ -22,9 +22,10 @@ import logging
 
 import torch
 
-from segotce_ray.ot.exact import ExactPlan, network_simplex
+from segotce_ray.ot.exact import network_simplex
 from segotce_ray.ot.multiscale import coarse_potentials, kmeans
-from segotce_ray.ot.sinkhorn import SinkhornResult, sinkhorn_potentials
+from segotce_ray.ot.result import Coupling
+from segotce_ray.ot.sinkhorn import sinkhorn_potentials
 from segotce_ray.ot.support import c_transform_start
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def feature_groups(fs: torch.Tensor, ft: torch.Tensor, groups: int = 64):
 
 
 def polish(cost: torch.Tensor, epsilon: float, *, tol: float = 1e-3, max_iter: int = 20_000,
-           features=None, sparse_fraction: float = 0.2) -> SinkhornResult:
+           features=None, sparse_fraction: float = 0.2) -> Coupling:
     """Entropic coupling at ``epsilon`` from the exact duals (``exact+polish``): the ε
     schedule from 4ε down, each stage on the support of reduced costs within θε of the
     current potentials (kept while it holds at most ``sparse_fraction`` of the entries), with
@@ -76,17 +77,17 @@ def polish(cost: torch.Tensor, epsilon: float, *, tol: float = 1e-3, max_iter: i
 
 def solve(cost: torch.Tensor, epsilon: float, solver: str = "auto", *, tol: float = 1e-3,
           max_iter: int = 20_000, eps_scaling: float = 4.0, features=None, scale: float = 1.0,
-          multiscale: bool = True) -> SinkhornResult | ExactPlan:
+          multiscale: bool = True) -> Coupling:
     """The coupling of ``cost: (N_s, N_t)`` (uniform marginals) by ``solver``.
 
     ``features`` = ``(fs, ft)`` (the points behind the cost, which ``scale`` multiplied)
-    enables the multiscale start and coarse corrections. Returns a :class:`SinkhornResult`
-    (entropic; ``solver`` says which path produced it) or an :class:`ExactPlan` (``emd``).
+    enables the multiscale start and coarse corrections. Returns a :class:`Coupling` whatever
+    the path (``solver`` says which produced it; ``epsilon == 0`` for ``emd``, the exact one).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver == "emd":
-        return network_simplex(cost)
+        return network_simplex(cost).coupling()
     if solver == "auto":
         solver = choose_solver(cost, epsilon)
     if solver == "exact+polish":
