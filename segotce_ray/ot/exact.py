@@ -22,7 +22,7 @@ import torch
 from ot.lp.emd_wrap import check_result, emd_c_sparse
 
 from segotce_ray.ot.result import Coupling
-from segotce_ray.ot.support import c_transform, reduced_costs
+from segotce_ray.ot.support import c_transform, cost_scale_of, reduced_costs
 
 
 @dataclass
@@ -92,7 +92,7 @@ def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
     (the simplex's duals are sums of edge costs along its tree); else in C's dtype with a
     per-row rounding allowance (cheaper; may miss violations below that allowance).
     Returns ``(rows, cols)`` — empty when no violation is found."""
-    top = float(cost.abs().max())
+    top = cost_scale_of(cost)
     dt = torch.float64 if exact else cost.dtype
     al, be = alpha.to(cost.device, dt), beta.to(cost.device, dt)
     slack = -1e-9 * top - (0.0 if exact else 4 * torch.finfo(dt).eps * (top + float(be.abs().max())))
@@ -165,17 +165,21 @@ def _sparse_round(cost, keys, a, b, duals, add: int, max_iter: int):
 
 def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 32, max_rounds: int = 30,
                     max_iter: int = 10**9, duals=None, multiscale_above: int = 2000,
-                    dense_below: int = 1500, max_degree: float = 48.0) -> ExactPlan:
+                    dense_below: int = 1500, max_degree: float = 48.0,
+                    dense_fallback_entries: float = 4e6) -> ExactPlan:
     """Exact OT with uniform marginals for ``cost: (N_s, N_t)`` (any device; solved on CPU).
 
     ``duals`` = ``(f, g)``: a guess of the optimal duals; the first edges are then the
     smallest reduced costs, which follow the transport's global shifts that plain nearest
     neighbours miss. By default the guess comes from a subsample (:func:`subsample_duals`)
     when the problem has more than ``multiscale_above`` points per side. Problems with at
-    most ``dense_below`` points per side, and edge sets that grow past ``max_degree`` edges per
-    point or ``max_rounds`` solves (near-duplicate points make many near-optima), go to the
-    dense simplex, warm-started from the current duals. Raises RuntimeError if a simplex
-    reports a failure.
+    most ``dense_below`` points per side go to the dense simplex. So do edge sets that grow
+    past ``max_degree`` edges per point (near-duplicate points make many near-optima) when the
+    problem has at most ``dense_fallback_entries`` entries — the dense simplex holds a float64
+    copy of C, the dense plan and its arcs, several times the 3·N²·4-byte working set, so a
+    bigger problem goes on growing its sparse edge set instead — and any problem after
+    ``max_rounds`` solves; the dense simplex is warm-started from the current duals. Raises
+    RuntimeError if a simplex reports a failure.
     """
     ns, nt = cost.shape
     if max(ns, nt) <= dense_below:
@@ -197,7 +201,7 @@ def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 32, max_rounds
             return ExactPlan(fr, fc, mass, costs.double().cpu().numpy(), *sparse_duals,
                              rounds, len(keys), passes)
         keys = np.union1d(keys, new_r * nt + new_c)
-        if len(keys) > max_degree * (ns + nt) / 2:
+        if len(keys) > max_degree * (ns + nt) / 2 and ns * nt <= dense_fallback_entries:
             break
     return dense_simplex(cost, sparse_duals, rounds, passes)
 

@@ -25,6 +25,9 @@ from segotce_ray.ot.support import (c_transform, c_transform_start, full_margina
 
 log = logging.getLogger(__name__)
 
+# the off-support mass a support may leave, as a fraction of tol (see _Schedule.theta)
+SUPPORT_SLACK = 1e-3
+
 
 def verify(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, a: torch.Tensor,
            b: torch.Tensor, tol: float, support=None):
@@ -65,8 +68,11 @@ class _Schedule:
         self.cost, self.epsilon, self.tol, self.max_iter = cost, float(epsilon), tol, max_iter
         self.allow_sparse = cost.device.type == "cpu" and sparse in ("auto", True)
         self.max_nnz = 1.0 * ns * nt if sparse is True else sparse_fraction * ns * nt
-        # support: entries within θε of their row's/column's minimum, e^-θ ≈ 1e-9·tol / N
-        self.theta = math.log(max(ns, nt) / (1e-9 * tol))
+        # support: entries within θε of their row's/column's minimum. Outside it an entry
+        # carries at most e^-θ of its row's largest mass (≤ 1/N_s), so a row at most
+        # N_t·e^-θ/N_s and all of them N_t·e^-θ: θ = log(N/(SUPPORT_SLACK·tol)) keeps that
+        # bound at SUPPORT_SLACK·tol, below the verification's 1% of tol
+        self.theta = math.log(max(ns, nt) / (SUPPORT_SLACK * tol))
         self.fitted, self.dense_stage, self.stalls_here, self.checks = fitted, False, 0, 0
         self.iterations = self.sparse_iterations = self.stages = 0
         self.passes, self.buffer = 0.0, None

@@ -14,6 +14,11 @@ import numpy as np
 import torch
 
 
+def cost_scale_of(cost: torch.Tensor) -> float:
+    """``max |C|`` without an N² temporary (``cost.abs()`` would make one)."""
+    return max(float(cost.max()), -float(cost.min()), 0.0)
+
+
 def c_transform(cost: torch.Tensor, pot: torch.Tensor, dim: int, chunk: int = 512) -> torch.Tensor:
     """Hard c-transform in row chunks, float64.
 
@@ -125,7 +130,7 @@ def support_marginals(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps:
     mass = np.exp((fn[rows] + gn[cols] - c_vals) / eps)
     row = np.bincount(rows, weights=mass, minlength=ns)
     col = np.bincount(cols, weights=mass, minlength=nt)
-    scale = float(cost.abs().max()) + float(f.abs().max()) + float(g.abs().max())
+    scale = cost_scale_of(cost) + float(f.abs().max()) + float(g.abs().max())
     margin = 8 * torch.finfo(cost.dtype).eps * scale
     bound = 0.0
     rows_t, cols_t = torch.from_numpy(rows).to(cost.device), torch.from_numpy(cols).to(cost.device)
