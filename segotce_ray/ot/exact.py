@@ -22,7 +22,7 @@ import torch
 from ot.lp.emd_wrap import check_result, emd_c_sparse
 
 from segotce_ray.ot.result import Coupling
-from segotce_ray.ot.support import c_transform, cost_scale_of, reduced_costs
+from segotce_ray.ot.support import balance_gauge, c_transform, cost_scale_of, reduced_costs
 
 
 @dataclass
@@ -139,7 +139,7 @@ def dense_simplex(cost: torch.Tensor, duals=None, rounds: int = 0, passes: float
         raise RuntimeError(f"network simplex failed: {log.get('warning')}")
     fr, fc = np.nonzero(g)
     return ExactPlan(fr.astype(np.int64), fc.astype(np.int64), g[fr, fc], m[fr, fc],
-                     torch.from_numpy(log["u"]), torch.from_numpy(log["v"]),
+                     *balance_gauge(torch.from_numpy(log["u"]), torch.from_numpy(log["v"])),
                      rounds + 1, ns * nt, passes + 2)
 
 
@@ -155,7 +155,7 @@ def _sparse_round(cost, keys, a, b, duals, add: int, max_iter: int):
         alpha, beta)
     if code != 1:
         raise RuntimeError(f"network simplex failed: {check_result(code)}")
-    al, be = torch.from_numpy(alpha), torch.from_numpy(beta)
+    al, be = balance_gauge(torch.from_numpy(alpha), torch.from_numpy(beta))
     # rounds check in C's dtype; the last word is a float64 check
     new, passes = dual_violations(cost, al, be, add, exact=False), 1
     if not len(new[0]):
@@ -165,7 +165,7 @@ def _sparse_round(cost, keys, a, b, duals, add: int, max_iter: int):
 
 def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 32, max_rounds: int = 30,
                     max_iter: int = 10**9, duals=None, multiscale_above: int = 2000,
-                    dense_below: int = 1500, max_degree: float = 48.0,
+                    dense_below: int = 1500, max_degree: float = 64.0,
                     dense_fallback_entries: float = 4e6) -> ExactPlan:
     """Exact OT with uniform marginals for ``cost: (N_s, N_t)`` (any device; solved on CPU).
 

@@ -20,7 +20,7 @@ from segotce_ray.ot.kernel import DenseKernel, SparseKernel
 from segotce_ray.ot.coarse import CoarseCorrection
 from segotce_ray.ot.result import Coupling
 from segotce_ray.ot.scaling import scaling_loop
-from segotce_ray.ot.support import (c_transform, c_transform_start, full_marginals,
+from segotce_ray.ot.support import (balance_gauge, c_transform, c_transform_start, full_marginals,
                                     reduced_cost_support, support_marginals)
 
 log = logging.getLogger(__name__)
@@ -30,15 +30,21 @@ SUPPORT_SLACK = 1e-3
 
 
 def verify(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, a: torch.Tensor,
-           b: torch.Tensor, tol: float, support=None):
+           b: torch.Tensor, tol: float, support=None, refit=None):
     """Marginal error of the full coupling ``exp((f+g-C)/ε)``: on ``support`` plus a proven
     bound on the rest when that bound is negligible, else a float64 pass over all entries.
+    ``refit(f, g)``: a support read from the final potentials, tried when the stage's own
+    (read from the potentials it started from) leaves too much outside — two passes, where
+    the dense fallback costs a float64 pass here and another for the joint.
     Returns ``(error, kept)`` with kept = ``(rows, cols, costs, bound)`` or None."""
-    if support is not None:
+    for _ in range(2):
+        if support is None:
+            break
         row, col, bound = support_marginals(cost, f, g, eps, support)
         if 2 * bound < 0.01 * tol:
             err = float((row - a.cpu()).abs().sum() + (col - b.cpu()).abs().sum()) + 2 * bound
             return err, (support[0], support[1], support[2], bound)
+        support, refit = (refit(f, g) if refit is not None else None), None
     row, col = full_marginals(cost, f, g, eps)
     return float((row - a).abs().sum() + (col - b).abs().sum()), None
 
@@ -54,7 +60,8 @@ def _start(cost: torch.Tensor, epsilon: float, eps_scaling: float, init):
         eps = max(eps, spread / eps_scaling)
     plain = (f.clone(), g.clone(), eps)
     if init is not None:
-        f = c_transform(cost, init[1], 1)
+        f, g = balance_gauge(init[0], init[1])
+        f = c_transform(cost, g, 1)
         g = c_transform(cost, f, 0)
         eps = max(float(epsilon), float(init[2]))
     return f, g, eps, plain
@@ -192,7 +199,9 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
             continue
         f, g, s.fitted = res.f, res.g, True
         if final:
-            err, kept = verify(cost, f, g, eps, a, b, tol, support)
+            refit = None if support is None else (
+                lambda f_, g_: reduced_cost_support(cost, f_, g_, eps, s.theta, s.max_nnz))
+            err, kept = verify(cost, f, g, eps, a, b, tol, support, refit)
             converged, again = s.judge_final(err)
             if not again:
                 break

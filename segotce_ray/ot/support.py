@@ -19,6 +19,15 @@ def cost_scale_of(cost: torch.Tensor) -> float:
     return max(float(cost.max()), -float(cost.min()), 0.0)
 
 
+def balance_gauge(f: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f + s, g - s)`` with ``s`` making both means equal: the same coupling and reduced
+    costs (potentials are defined up to that shift), but no large common offset — the
+    network simplex returns duals offset by ~10⁶ at costs ~10², which would swamp every
+    float32 reduced cost and rounding allowance computed from them."""
+    s = 0.5 * (g.mean() - f.mean())
+    return f + s, g - s
+
+
 def c_transform(cost: torch.Tensor, pot: torch.Tensor, dim: int, chunk: int = 512) -> torch.Tensor:
     """Hard c-transform in row chunks, float64.
 
