@@ -30,13 +30,15 @@ SUPPORT_SLACK = 1e-3
 
 
 def verify(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, a: torch.Tensor,
-           b: torch.Tensor, tol: float, support=None, refit=None):
+           b: torch.Tensor, tol: float, supports: list | None = None, refit=None):
     """Marginal error of the full coupling ``exp((f+g-C)/ε)``: on ``support`` plus a proven
     bound on the rest when that bound is negligible, else a float64 pass over all entries.
+    ``supports``: ``[support]``, taken out of the list (so that it is freed before a refit);
     ``refit(f, g)``: a support read from the final potentials, tried when the stage's own
     (read from the potentials it started from) leaves too much outside — two passes, where
     the dense fallback costs a float64 pass here and another for the joint.
     Returns ``(error, kept)`` with kept = ``(rows, cols, costs, bound)`` or None."""
+    support = supports.pop() if supports else None
     for _ in range(2):
         if support is None:
             break
@@ -44,6 +46,7 @@ def verify(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, a: 
         if 2 * bound < 0.01 * tol:
             err = float((row - a.cpu()).abs().sum() + (col - b.cpu()).abs().sum()) + 2 * bound
             return err, (support[0], support[1], support[2], bound)
+        support = None  # free it before the refit builds the next
         support, refit = (refit(f, g) if refit is not None else None), None
     row, col = full_marginals(cost, f, g, eps)
     return float((row - a).abs().sum() + (col - b).abs().sum()), None
@@ -201,7 +204,8 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
         if final:
             refit = None if support is None else (
                 lambda f_, g_: reduced_cost_support(cost, f_, g_, eps, s.theta, s.max_nnz))
-            err, kept = verify(cost, f, g, eps, a, b, tol, support, refit)
+            box, support = [support], None
+            err, kept = verify(cost, f, g, eps, a, b, tol, box, refit)
             converged, again = s.judge_final(err)
             if not again:
                 break
