@@ -46,7 +46,7 @@ def test_sparse_network_simplex_is_exact_on_the_full_cost(ns, nt):
 
 def test_dense_fallback_when_the_edge_set_grows():
     cost = cost_of(1600, 1600, seed=3)
-    plan = network_simplex(cost, k=2, add=2, max_degree=3)
+    plan = network_simplex(cost, k=2, add=2, max_degree=3, dense_fallback_entries=1600 * 1600)
     assert plan.edges == 1600 * 1600  # gave up on the sparse rounds, warm-started ot.emd
     check_exact(plan, cost)
 
@@ -130,3 +130,12 @@ def test_matrix_rows_record_the_solver_and_its_passes():
                           ignore_index=255)
     assert row["solver"] == "exact+polish" and row["passes"] > 1
     assert {"solver", "passes"} <= set(RESULT_COLUMNS) & set(long_schema().names)
+
+
+def test_no_dense_fallback_above_its_memory_cap():
+    # the same growing edge set as above, on a problem whose dense copy is over the cap:
+    # the sparse rounds go on (no N² float64 arrays) and still end exact
+    cost = cost_of(1600, 1600, seed=3)
+    plan = network_simplex(cost, k=2, add=2, max_degree=3, dense_fallback_entries=0)
+    assert plan.edges < 0.2 * 1600 * 1600
+    check_exact(plan, cost)

@@ -9,7 +9,6 @@ import torch
 
 from segotce_ray import otce_score
 from segotce_ray.metrics.otce import (
-    coarse_potentials,
     conditional_entropy,
     coupling_from_potentials,
     emd_coupling,
@@ -17,11 +16,10 @@ from segotce_ray.metrics.otce import (
     label_joint,
     otce_repetition,
     sample_indices,
-    sinkhorn_potentials,
-    squared_euclidean_cost,
 )
+from segotce_ray.ot import coarse_potentials, sinkhorn_potentials, squared_euclidean_cost
 from segotce_ray.ot.kernel import DenseKernel, SparseKernel
-from segotce_ray.ot.multiscale import CoarseCorrection as _CoarseCorrection
+from segotce_ray.ot.coarse import CoarseCorrection as _CoarseCorrection
 from segotce_ray.ot.scaling import Overrelaxation as _Overrelaxation
 from segotce_ray.ot.support import csr_support
 

@@ -38,34 +38,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from segotce_ray.ot import (
-    COST_SCALES,
-    CoarseStart,
-    ExactPlan,
-    SinkhornResult,
-    coarse_potentials,
-    scale_cost,
-    sinkhorn_potentials,
-    solve,
-    squared_euclidean_cost,
-)
-from segotce_ray.ot import SOLVERS as OT_SOLVERS
-from segotce_ray.ot.exact import network_simplex
+import segotce_ray.ot as sot
 from segotce_ray.ot.support import coupling_rows
 
 __all__ = [
-    "COST_SCALES",
-    "SOLVERS",
+    "SAMPLINGS",
     "OTCEResult",
-    "SinkhornResult",
     "otce_score",
     "otce_repetition",
     "prepare_side",
     "sample_indices",
-    "squared_euclidean_cost",
-    "sinkhorn_potentials",
-    "coarse_potentials",
-    "CoarseStart",
     "coupling_from_potentials",
     "emd_coupling",
     "label_joint",
@@ -76,7 +58,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SOLVERS = OT_SOLVERS
 SAMPLINGS = ("uniform", "class_balanced")
 
 
@@ -235,7 +216,7 @@ def one_hot(labels: np.ndarray, classes: np.ndarray, dtype, device) -> torch.Ten
     return out
 
 
-def coupling_from_potentials(cost: torch.Tensor, pot: SinkhornResult) -> torch.Tensor:
+def coupling_from_potentials(cost: torch.Tensor, pot: sot.Coupling) -> torch.Tensor:
     """Materialise ``P_ij = exp((f_i + g_j - C_ij)/ε)`` (N_s, N_t) float64 — small N, tests."""
     return torch.cat([p for _, _, p in coupling_rows(cost, pot.f, pot.g, pot.epsilon, 4096)])
 
@@ -243,7 +224,7 @@ def coupling_from_potentials(cost: torch.Tensor, pot: SinkhornResult) -> torch.T
 def emd_coupling(cost: torch.Tensor) -> torch.Tensor:
     """Exact OT coupling with uniform marginals (ε = 0) as a dense (N_s, N_t) float64 tensor
     (small N, tests; the solver itself keeps it sparse: :func:`segotce_ray.ot.network_simplex`)."""
-    plan = network_simplex(cost)
+    plan = sot.network_simplex(cost)
     p = torch.zeros(cost.shape, dtype=torch.float64)
     p[torch.from_numpy(plan.rows), torch.from_numpy(plan.cols)] = torch.from_numpy(plan.mass)
     return p.to(cost.device)
@@ -256,7 +237,7 @@ def _sparse_joint(rows, cols, mass, c_vals, sc, tc, source_labels, target_labels
     return j.reshape(len(sc), len(tc)), float(mass @ c_vals)
 
 
-def _chunked_joint(cost, pot: SinkhornResult, sc, tc, source_labels, target_labels, chunk_rows):
+def _chunked_joint(cost, pot: sot.Coupling, sc, tc, source_labels, target_labels, chunk_rows):
     dev = cost.device
     t_onehot = one_hot(target_labels, tc, torch.float64, dev)
     s_idx = torch.from_numpy(np.searchsorted(sc, source_labels)).to(dev)
@@ -268,13 +249,13 @@ def _chunked_joint(cost, pot: SinkhornResult, sc, tc, source_labels, target_labe
     return joint.cpu().numpy(), float(w_d.item())
 
 
-def label_joint(coupling: torch.Tensor | SinkhornResult | ExactPlan, source_labels: np.ndarray,
+def label_joint(coupling: torch.Tensor | sot.Coupling, source_labels: np.ndarray,
                 target_labels: np.ndarray, cost: torch.Tensor | None = None,
                 chunk_rows: int = 2048) -> tuple[np.ndarray, float]:
     """Joint ``J = Sᵀ P T`` over (source class, target class), renormalised to sum 1.
 
-    coupling: a dense P (N_s, N_t), an :class:`ExactPlan` (sparse flows) or a
-    :class:`SinkhornResult` — summed on its support when it has one (the mass outside is
+    coupling: a dense P (N_s, N_t) or a :class:`~segotce_ray.ot.Coupling` — summed on its
+    support when it has one (exact flows, or entropic mass whose part outside is
     below its proven ``off_support_mass``), else formed in row chunks from the potentials
     (``cost`` required), never whole. Also returns ``W_D = <P, C>`` (nan when no cost is
     given for a dense P). Rows/columns of J follow the sorted unique labels of each side.
@@ -282,10 +263,10 @@ def label_joint(coupling: torch.Tensor | SinkhornResult | ExactPlan, source_labe
     """
     sc = np.unique(source_labels)
     tc = np.unique(target_labels)
-    sparse = coupling.support_mass() if hasattr(coupling, "support_mass") else None
+    sparse = coupling.support_mass() if isinstance(coupling, sot.Coupling) else None
     if sparse is not None:
         j, w_d = _sparse_joint(*sparse, sc, tc, source_labels, target_labels)
-    elif isinstance(coupling, SinkhornResult):
+    elif isinstance(coupling, sot.Coupling):
         if cost is None:
             raise ValueError("label_joint: the cost matrix is needed with potentials")
         j, w_d = _chunked_joint(cost, coupling, sc, tc, source_labels, target_labels, chunk_rows)
@@ -343,20 +324,89 @@ def otce_repetition(fs: torch.Tensor, ys: np.ndarray, ft: torch.Tensor, yt: np.n
     (A, B) whose conditional entropy is W_T, its rows and columns the sorted class ids
     ``source_classes`` (A,) and ``target_classes`` (B,) of the drawn pixels.
     """
-    cost = squared_euclidean_cost(fs, ft)
-    scale = scale_cost(cost, cost_scale)
-    plan = solve(cost, epsilon, solver, tol=tol, max_iter=max_iter, eps_scaling=eps_scaling,
+    cost = sot.squared_euclidean_cost(fs, ft)
+    scale = sot.scale_cost(cost, cost_scale)
+    plan = sot.solve(cost, epsilon, solver, tol=tol, max_iter=max_iter, eps_scaling=eps_scaling,
                  features=(fs, ft), scale=scale, multiscale=multiscale)
     joint, w_d = label_joint(plan, ys, yt, cost=cost)
+    return _row(plan, joint, w_d, ys, yt)
+
+
+def _row(plan: sot.Coupling, joint: np.ndarray, w_d: float, ys: np.ndarray,
+         yt: np.ndarray) -> dict[str, Any]:
     w_t = conditional_entropy(joint)
-    if isinstance(plan, ExactPlan):
-        iterations, converged, merr = plan.rounds, True, 0.0
-    else:
-        iterations, converged, merr = plan.iterations, plan.converged, plan.marginal_error
-    return {"score": -w_t, "w_t": w_t, "w_d": w_d, "iterations": iterations,
-            "converged": converged, "marginal_error": merr, "solver": plan.solver,
-            "passes": float(plan.passes), "joint": joint,
+    return {"score": -w_t, "w_t": w_t, "w_d": w_d, "iterations": int(plan.iterations),
+            "converged": bool(plan.converged), "marginal_error": float(plan.marginal_error),
+            "solver": plan.solver, "passes": float(plan.passes), "joint": joint,
             "source_classes": np.unique(ys), "target_classes": np.unique(yt)}
+
+
+def _check_arguments(n_pixels: int, solver: str, sampling: str, epsilon: float) -> None:
+    if n_pixels < 1:
+        raise ValueError(f"n_pixels must be >= 1, got {n_pixels}")
+    if solver not in sot.SOLVERS:
+        raise ValueError(f"solver must be one of {sot.SOLVERS}, got {solver!r}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+
+
+def _batch_size(batch: int | None, solver: str, device: torch.device, repetitions: int,
+                need: int, budget: int) -> int:
+    """Repetitions solved together by the batched log-domain Sinkhorn: ``batch`` when given
+    (0 = one by one through :func:`segotce_ray.ot.solve`); by default, on a GPU for the
+    entropic solvers, as many as the memory budget holds (one cost each plus a working set),
+    else 0."""
+    if batch is not None:
+        return max(0, int(batch))
+    if device.type == "cpu" or solver == "emd":
+        return 0
+    return max(1, min(repetitions, (budget - need) // max(1, need // 3) + 1))
+
+
+def _solve_batched(draws: list, batch: int, epsilon: float, cost_scale: str, tol: float,
+                   max_iter: int, eps_scaling: float) -> list[dict[str, Any]]:
+    """Repetitions ``draws = [(fs, ys, ft, yt)]`` in batches of ``batch`` by the batched
+    dense log-domain Sinkhorn (:func:`segotce_ray.ot.batched.log_sinkhorn_batch`)."""
+    from segotce_ray.ot.batched import log_sinkhorn_batch
+
+    rows = []
+    for lo in range(0, len(draws), batch):
+        part = draws[lo:lo + batch]
+        costs = [sot.squared_euclidean_cost(fs, ft) for fs, _, ft, _ in part]
+        if len({c.shape for c in costs}) > 1:  # pools of different sizes: one at a time
+            return rows + _solve_batched(draws[lo:], 1, epsilon, cost_scale, tol, max_iter,
+                                         eps_scaling)
+        for c in costs:
+            sot.scale_cost(c, cost_scale)
+        cost = torch.stack(costs)
+        del costs
+        plans = log_sinkhorn_batch(cost, epsilon, tol=tol, max_iter=max_iter,
+                                   eps_scaling=eps_scaling)
+        for k, ((_, ys, _, yt), plan) in enumerate(zip(part, plans)):
+            joint, w_d = label_joint(plan, ys, yt, cost=cost[k])
+            rows.append(_row(plan, joint, w_d, ys, yt))
+        del cost
+    return rows
+
+
+def _result(rows: list[dict[str, Any]], ids: list[int], ns: int, nt: int, pools: tuple[int, int],
+            n_pixels: int, settings: dict[str, Any]) -> OTCEResult:
+    scores = np.array([r["score"] for r in rows])
+    return OTCEResult(
+        score=float(scores.mean()), std=float(scores.std()), scores=scores,
+        w_t=np.array([r["w_t"] for r in rows]), w_d=np.array([r["w_d"] for r in rows]),
+        iterations=np.array([r["iterations"] for r in rows], dtype=np.int64),
+        converged=np.array([r["converged"] for r in rows], dtype=bool),
+        n_source=ns, n_target=nt, pool_source=pools[0], pool_target=pools[1],
+        used_whole_source=pools[0] <= n_pixels, used_whole_target=pools[1] <= n_pixels,
+        marginal_error=np.array([r["marginal_error"] for r in rows]),
+        solvers=np.array([r["solver"] for r in rows], dtype=object),
+        passes=np.array([r["passes"] for r in rows]),
+        repetition_ids=np.array(ids, dtype=np.int64),
+        joints=[r["joint"] for r in rows], source_classes=[r["source_classes"] for r in rows],
+        target_classes=[r["target_classes"] for r in rows], settings=settings)
 
 
 def otce_score(source_features: Any, source_labels: Any, target_features: Any,
@@ -366,7 +416,8 @@ def otce_score(source_features: Any, source_labels: Any, target_features: Any,
                cost_scale: str = "none", tol: float = 1e-3, max_iter: int = 20_000,
                eps_scaling: float = 4.0, device: str | torch.device | None = None,
                dtype: str | torch.dtype = "float32", memory_budget: int | None = None,
-               repetition_ids: Sequence[int] | None = None) -> OTCEResult:
+               repetition_ids: Sequence[int] | None = None,
+               batch: int | None = None) -> OTCEResult:
     """SEG-OTCE transferability of a source model to a target (higher = more transferable).
 
     source_features: (P_s, D), target_features: (P_t, D) — float16/32/64, numpy or torch,
@@ -375,19 +426,15 @@ def otce_score(source_features: Any, source_labels: Any, target_features: Any,
     (default ``range(repetitions)``) N = ``n_pixels`` pixels per side are drawn with the
     generator seeded by ``(seed, k)``, the entropic coupling (``epsilon``; ``solver="emd"``
     for the exact one) of the squared-Euclidean cost is solved, and the score
-    ``-H(Y_t|Y_s)`` of its label joint is recorded (``solver``: see :func:`segotce_ray.ot.solvers`). A pool smaller than N is used whole
-    (``used_whole_*``). ``device`` defaults to the features' device; ``dtype`` of the cost
-    and kernel is float32 (float64 for validation). ``memory_budget`` (bytes, default the
-    free memory of the device) bounds the N×N working set; a bigger N is a ValueError.
+    ``-H(Y_t|Y_s)`` of its label joint is recorded (``solver``: see
+    :mod:`segotce_ray.ot.solvers`). A pool smaller than N is used whole (``used_whole_*``).
+    ``device`` defaults to the features' device; ``dtype`` of the cost and kernel is float32
+    (float64 for validation). ``memory_budget`` (bytes, default the free memory of the
+    device) bounds the N×N working set; a bigger N is a ValueError. ``batch``: repetitions
+    solved together by the dense log-domain Sinkhorn (the GPU path; default: on a GPU as
+    many as the budget holds for ``auto``/``sinkhorn``, on the CPU none — one by one).
     """
-    if n_pixels < 1:
-        raise ValueError(f"n_pixels must be >= 1, got {n_pixels}")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    _check_arguments(n_pixels, solver, sampling, epsilon)
     fs_all, ys_all = prepare_side(source_features, source_labels, ignore_index, "source")
     ft_all, yt_all = prepare_side(target_features, target_labels, ignore_index, "target")
     if fs_all.shape[1] != ft_all.shape[1]:
@@ -406,34 +453,24 @@ def otce_score(source_features: Any, source_labels: Any, target_features: Any,
     if need > budget:
         raise ValueError(f"n_pixels={n_pixels}: the N×N working set needs {need / 2**30:.2f} GiB "
                          f"but the memory budget is {budget / 2**30:.2f} GiB; lower n_pixels")
-    rows = []
+    draws = []
     for k in ids:
         rng_s, rng_t = _repetition_rngs(seed, k)
         i = sample_indices(ys_all, n_pixels, rng_s, sampling)
         j = sample_indices(yt_all, n_pixels, rng_t, sampling)
-        fs = _torch_features(_index(fs_all, i), device, tdtype)
-        ft = _torch_features(_index(ft_all, j), device, tdtype)
-        rows.append(otce_repetition(fs, ys_all[i], ft, yt_all[j], epsilon=epsilon, solver=solver,
-                                    cost_scale=cost_scale, tol=tol, max_iter=max_iter,
-                                    eps_scaling=eps_scaling))
-    scores = np.array([r["score"] for r in rows])
-    return OTCEResult(
-        score=float(scores.mean()), std=float(scores.std()), scores=scores,
-        w_t=np.array([r["w_t"] for r in rows]), w_d=np.array([r["w_d"] for r in rows]),
-        iterations=np.array([r["iterations"] for r in rows], dtype=np.int64),
-        converged=np.array([r["converged"] for r in rows], dtype=bool),
-        n_source=ns, n_target=nt, pool_source=len(ys_all), pool_target=len(yt_all),
-        used_whole_source=len(ys_all) <= n_pixels, used_whole_target=len(yt_all) <= n_pixels,
-        marginal_error=np.array([r["marginal_error"] for r in rows]),
-        solvers=np.array([r["solver"] for r in rows], dtype=object),
-        passes=np.array([r["passes"] for r in rows]),
-        repetition_ids=np.array(ids, dtype=np.int64),
-        joints=[r["joint"] for r in rows], source_classes=[r["source_classes"] for r in rows],
-        target_classes=[r["target_classes"] for r in rows],
-        settings={"n_pixels": n_pixels, "epsilon": epsilon, "seed": seed, "solver": solver,
-                  "sampling": sampling, "cost_scale": cost_scale, "tol": tol,
-                  "max_iter": max_iter, "ignore_index": ignore_index, "dtype": str(tdtype)},
-    )
+        draws.append((_torch_features(_index(fs_all, i), device, tdtype), ys_all[i],
+                      _torch_features(_index(ft_all, j), device, tdtype), yt_all[j]))
+    size = _batch_size(batch, solver, device, len(ids), need, budget)
+    if size and solver != "emd":
+        rows = _solve_batched(draws, size, epsilon, cost_scale, tol, max_iter, eps_scaling)
+    else:
+        rows = [otce_repetition(*d, epsilon=epsilon, solver=solver, cost_scale=cost_scale,
+                                tol=tol, max_iter=max_iter, eps_scaling=eps_scaling)
+                for d in draws]
+    settings = {"n_pixels": n_pixels, "epsilon": epsilon, "seed": seed, "solver": solver,
+                "sampling": sampling, "cost_scale": cost_scale, "tol": tol,
+                "max_iter": max_iter, "ignore_index": ignore_index, "dtype": str(tdtype)}
+    return _result(rows, ids, ns, nt, (len(ys_all), len(yt_all)), n_pixels, settings)
 
 
 # --------------------------------------------------------------------------- CVPR'21 combination

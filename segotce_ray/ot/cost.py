@@ -17,8 +17,10 @@ def squared_euclidean_cost(x: torch.Tensor, y: torch.Tensor, center: bool = True
     if center:
         m = torch.cat([x, y]).mean(0, keepdim=True)
         x, y = x - m, y - m
-    cost = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :]
-    cost.addmm_(x, y.T, alpha=-2.0)
+    # the product first, then the norms in place: one N_s×N_t allocation (an in-place addmm
+    # onto the norms' sum holds a second one for the product)
+    cost = torch.mm(x, y.T).mul_(-2.0)
+    cost.add_((x * x).sum(1)[:, None]).add_((y * y).sum(1)[None, :])
     return cost.clamp_(min=0.0)
 
 

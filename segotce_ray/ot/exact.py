@@ -17,7 +17,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import ot
 import torch
+from ot.lp.emd_wrap import check_result, emd_c_sparse
+
+from segotce_ray.ot.result import Coupling
+from segotce_ray.ot.support import balance_gauge, c_transform, cost_scale_of, reduced_costs
 
 
 @dataclass
@@ -38,8 +43,12 @@ class ExactPlan:
     passes: float
     solver: str = "emd"
 
-    def support_mass(self):
-        return self.rows, self.cols, self.mass, self.costs
+    def coupling(self) -> Coupling:
+        """The plan as the solvers' one result type (``epsilon = 0``: exact)."""
+        return Coupling(f=self.alpha, g=self.beta, epsilon=0.0, iterations=self.rounds,
+                        converged=True, marginal_error=0.0,
+                        support=(self.rows, self.cols, self.costs), mass=self.mass,
+                        passes=self.passes, solver=self.solver)
 
 
 def north_west_corner(ns: int, nt: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,8 +62,6 @@ def nearest_edges(cost: torch.Tensor, k: int, chunk_rows: int = 1024, duals=None
     """Each source's ``k`` cheapest targets and each target's ``k`` cheapest sources, in one
     chunked pass — cheapest in reduced cost ``C_ij - f_i - g_j`` when ``duals = (f, g)`` are
     given. Returns ``(rows, cols)`` int64 numpy (with repeats)."""
-    from segotce_ray.ot.support import reduced_costs
-
     ns, nt = cost.shape
     if duals is None:
         duals = (torch.zeros(ns, dtype=torch.float64), torch.zeros(nt, dtype=torch.float64))
@@ -85,7 +92,7 @@ def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
     (the simplex's duals are sums of edge costs along its tree); else in C's dtype with a
     per-row rounding allowance (cheaper; may miss violations below that allowance).
     Returns ``(rows, cols)`` — empty when no violation is found."""
-    top = float(cost.abs().max())
+    top = cost_scale_of(cost)
     dt = torch.float64 if exact else cost.dtype
     al, be = alpha.to(cost.device, dt), beta.to(cost.device, dt)
     slack = -1e-9 * top - (0.0 if exact else 4 * torch.finfo(dt).eps * (top + float(be.abs().max())))
@@ -123,8 +130,6 @@ def dual_violations(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
 def dense_simplex(cost: torch.Tensor, duals=None, rounds: int = 0, passes: float = 0.0) -> ExactPlan:
     """POT's dense network simplex ``ot.emd`` (float64 copy of C), warm-started from
     ``duals`` when given. The fallback for small or very degenerate problems."""
-    import ot
-
     ns, nt = cost.shape
     m = cost.double().cpu().numpy()
     init = None if duals is None else tuple(d.cpu().numpy() for d in duals)
@@ -134,15 +139,13 @@ def dense_simplex(cost: torch.Tensor, duals=None, rounds: int = 0, passes: float
         raise RuntimeError(f"network simplex failed: {log.get('warning')}")
     fr, fc = np.nonzero(g)
     return ExactPlan(fr.astype(np.int64), fc.astype(np.int64), g[fr, fc], m[fr, fc],
-                     torch.from_numpy(log["u"]), torch.from_numpy(log["v"]),
+                     *balance_gauge(torch.from_numpy(log["u"]), torch.from_numpy(log["v"])),
                      rounds + 1, ns * nt, passes + 2)
 
 
 def _sparse_round(cost, keys, a, b, duals, add: int, max_iter: int):
     """One sparse simplex solve on ``keys`` (row·N_t + col) and its dual check: returns
     ``(flows (rows, cols, mass), duals (α, β), new edges (rows, cols), passes)``."""
-    from ot.lp.emd_wrap import check_result, emd_c_sparse
-
     nt = cost.shape[1]
     r, c = keys // nt, keys % nt
     cv = cost[torch.from_numpy(r).to(cost.device), torch.from_numpy(c).to(cost.device)]
@@ -152,7 +155,7 @@ def _sparse_round(cost, keys, a, b, duals, add: int, max_iter: int):
         alpha, beta)
     if code != 1:
         raise RuntimeError(f"network simplex failed: {check_result(code)}")
-    al, be = torch.from_numpy(alpha), torch.from_numpy(beta)
+    al, be = balance_gauge(torch.from_numpy(alpha), torch.from_numpy(beta))
     # rounds check in C's dtype; the last word is a float64 check
     new, passes = dual_violations(cost, al, be, add, exact=False), 1
     if not len(new[0]):
@@ -162,17 +165,21 @@ def _sparse_round(cost, keys, a, b, duals, add: int, max_iter: int):
 
 def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 32, max_rounds: int = 30,
                     max_iter: int = 10**9, duals=None, multiscale_above: int = 2000,
-                    dense_below: int = 1500, max_degree: float = 48.0) -> ExactPlan:
+                    dense_below: int = 1500, max_degree: float = 64.0,
+                    dense_fallback_entries: float = 4e6) -> ExactPlan:
     """Exact OT with uniform marginals for ``cost: (N_s, N_t)`` (any device; solved on CPU).
 
     ``duals`` = ``(f, g)``: a guess of the optimal duals; the first edges are then the
     smallest reduced costs, which follow the transport's global shifts that plain nearest
     neighbours miss. By default the guess comes from a subsample (:func:`subsample_duals`)
     when the problem has more than ``multiscale_above`` points per side. Problems with at
-    most ``dense_below`` points per side, and edge sets that grow past ``max_degree`` edges per
-    point or ``max_rounds`` solves (near-duplicate points make many near-optima), go to the
-    dense simplex, warm-started from the current duals. Raises RuntimeError if a simplex
-    reports a failure.
+    most ``dense_below`` points per side go to the dense simplex. So do edge sets that grow
+    past ``max_degree`` edges per point (near-duplicate points make many near-optima) when the
+    problem has at most ``dense_fallback_entries`` entries — the dense simplex holds a float64
+    copy of C, the dense plan and its arcs, several times the 3·N²·4-byte working set, so a
+    bigger problem goes on growing its sparse edge set instead — and any problem after
+    ``max_rounds`` solves; the dense simplex is warm-started from the current duals. Raises
+    RuntimeError if a simplex reports a failure.
     """
     ns, nt = cost.shape
     if max(ns, nt) <= dense_below:
@@ -194,7 +201,7 @@ def network_simplex(cost: torch.Tensor, *, k: int = 8, add: int = 32, max_rounds
             return ExactPlan(fr, fc, mass, costs.double().cpu().numpy(), *sparse_duals,
                              rounds, len(keys), passes)
         keys = np.union1d(keys, new_r * nt + new_c)
-        if len(keys) > max_degree * (ns + nt) / 2:
+        if len(keys) > max_degree * (ns + nt) / 2 and ns * nt <= dense_fallback_entries:
             break
     return dense_simplex(cost, sparse_duals, rounds, passes)
 
@@ -205,15 +212,11 @@ def subsample_duals(cost: torch.Tensor, factor: int = 4, dense_below: int = 1500
     :func:`network_simplex`; POT's dense ``ot.emd`` below ``dense_below`` points), then
     extended to all points by hard c-transforms (``f_i = min_{j∈sub} C_ij - β_j``,
     ``g_j = min_i C_ij - f_i``). Returns ``(f, g)`` float64."""
-    from segotce_ray.ot.support import c_transform
-
     ns, nt = cost.shape
     si = torch.arange(0, ns, factor, device=cost.device)
     ti = torch.arange(0, nt, factor, device=cost.device)
-    sub = cost[si[:, None], ti[None, :]]
+    sub = cost[::factor, ::factor].contiguous()  # = cost[si][:, ti], without index tensors
     if max(len(si), len(ti)) <= dense_below:
-        import ot
-
         m = sub.double().cpu().numpy()
         _, log = ot.emd(np.full(len(si), 1.0 / len(si)), np.full(len(ti), 1.0 / len(ti)), m,
                         numItermax=10**9, log=True)

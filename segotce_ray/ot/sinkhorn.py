@@ -12,64 +12,42 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from segotce_ray.ot.kernel import DenseKernel, SparseKernel
-from segotce_ray.ot.multiscale import CoarseCorrection
+from segotce_ray.ot.coarse import CoarseCorrection
+from segotce_ray.ot.result import Coupling
 from segotce_ray.ot.scaling import scaling_loop
-from segotce_ray.ot.support import (c_transform, c_transform_start, full_marginals,
+from segotce_ray.ot.support import (balance_gauge, c_transform, c_transform_start, full_marginals,
                                     reduced_cost_support, support_marginals)
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class SinkhornResult:
-    """Dual potentials of the entropic coupling ``P_ij = exp((f_i + g_j - C_ij)/ε)``.
-
-    f: (N_s,) float64; g: (N_t,) float64 (on the cost's device); iterations: scaling
-    iterations over all ε-stages; converged: marginal violation ≤ tol; marginal_error:
-    ``||P1 - a||₁ + ||Pᵀ1 - b||₁`` of the full kernel at the end (an upper bound when
-    ``support`` is set). support: ``(rows, cols, costs)`` numpy arrays of the entries that
-    carry the coupling's mass, or None; off_support_mass: a proven upper bound on the total
-    mass of the entries outside ``support``. passes: kernel entries touched / (N_s·N_t).
-    """
-
-    f: torch.Tensor
-    g: torch.Tensor
-    epsilon: float
-    iterations: int
-    converged: bool
-    marginal_error: float
-    stages: int = 0
-    sparse_iterations: int = 0
-    support: tuple | None = None
-    off_support_mass: float = math.nan
-    passes: float = 0.0
-    solver: str = "sinkhorn"
-
-    def support_mass(self):
-        """``(rows, cols, mass, costs)`` of the coupling on its support, or None (dense)."""
-        if self.support is None:
-            return None
-        rows, cols, c_vals = self.support
-        fn, gn = self.f.cpu().numpy(), self.g.cpu().numpy()
-        return rows, cols, np.exp((fn[rows] + gn[cols] - c_vals) / self.epsilon), c_vals
+# the off-support mass a support may leave, as a fraction of tol (see _Schedule.theta)
+SUPPORT_SLACK = 1e-3
 
 
 def verify(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, a: torch.Tensor,
-           b: torch.Tensor, tol: float, support=None):
+           b: torch.Tensor, tol: float, supports: list | None = None, refit=None):
     """Marginal error of the full coupling ``exp((f+g-C)/ε)``: on ``support`` plus a proven
     bound on the rest when that bound is negligible, else a float64 pass over all entries.
+    ``supports``: ``[support]``, taken out of the list (so that it is freed before a refit);
+    ``refit(f, g)``: a support read from the final potentials, tried when the stage's own
+    (read from the potentials it started from) leaves too much outside — two passes, where
+    the dense fallback costs a float64 pass here and another for the joint.
     Returns ``(error, kept)`` with kept = ``(rows, cols, costs, bound)`` or None."""
-    if support is not None:
+    support = supports.pop() if supports else None
+    for _ in range(2):
+        if support is None:
+            break
         row, col, bound = support_marginals(cost, f, g, eps, support)
         if 2 * bound < 0.01 * tol:
             err = float((row - a.cpu()).abs().sum() + (col - b.cpu()).abs().sum()) + 2 * bound
             return err, (support[0], support[1], support[2], bound)
+        support = None  # free it before the refit builds the next
+        support, refit = (refit(f, g) if refit is not None else None), None
     row, col = full_marginals(cost, f, g, eps)
     return float((row - a).abs().sum() + (col - b).abs().sum()), None
 
@@ -85,7 +63,8 @@ def _start(cost: torch.Tensor, epsilon: float, eps_scaling: float, init):
         eps = max(eps, spread / eps_scaling)
     plain = (f.clone(), g.clone(), eps)
     if init is not None:
-        f = c_transform(cost, init[1], 1)
+        f, g = balance_gauge(init[0], init[1])
+        f = c_transform(cost, g, 1)
         g = c_transform(cost, f, 0)
         eps = max(float(epsilon), float(init[2]))
     return f, g, eps, plain
@@ -99,8 +78,11 @@ class _Schedule:
         self.cost, self.epsilon, self.tol, self.max_iter = cost, float(epsilon), tol, max_iter
         self.allow_sparse = cost.device.type == "cpu" and sparse in ("auto", True)
         self.max_nnz = 1.0 * ns * nt if sparse is True else sparse_fraction * ns * nt
-        # support: entries within θε of their row's/column's minimum, e^-θ ≈ 1e-9·tol / N
-        self.theta = math.log(max(ns, nt) / (1e-9 * tol))
+        # support: entries within θε of their row's/column's minimum. Outside it an entry
+        # carries at most e^-θ of its row's largest mass (≤ 1/N_s), so a row at most
+        # N_t·e^-θ/N_s and all of them N_t·e^-θ: θ = log(N/(SUPPORT_SLACK·tol)) keeps that
+        # bound at SUPPORT_SLACK·tol, below the verification's 1% of tol
+        self.theta = math.log(max(ns, nt) / (SUPPORT_SLACK * tol))
         self.fitted, self.dense_stage, self.stalls_here, self.checks = fitted, False, 0, 0
         self.iterations = self.sparse_iterations = self.stages = 0
         self.passes, self.buffer = 0.0, None
@@ -108,6 +90,7 @@ class _Schedule:
     def operator(self, f, g, eps, final):
         """Sparse operator on a reduced-cost support when allowed, else the dense kernel."""
         cost = self.cost
+        self.last, self.eps = (f, g), eps
         if self.allow_sparse and not self.dense_stage and self.fitted:
             self.passes += 2
             support = reduced_cost_support(cost, f, g, eps, self.theta, self.max_nnz)
@@ -122,6 +105,39 @@ class _Schedule:
         self.buffer = op.kernel
         return op, None
 
+    def restart(self, op, res, err: float):
+        """``(f, g, ε)`` to redo the stage from when it stalled or broke, else None."""
+        if op.sparse and res.status in ("stalled", "diverged") and self.iterations < self.max_iter:
+            # first stall: refit the support to the progressed potentials; second: dense
+            f, g = self.last
+            if torch.isfinite(res.f).all() and torch.isfinite(res.g).all() and err < 1.0:
+                f, g = res.f, res.g
+            self.dense_stage, self.stalls_here = self.stalls_here >= 1, self.stalls_here + 1
+            self.stages -= 1
+            return f, g, self.eps
+        finite = math.isfinite(err) and bool(torch.isfinite(res.f).all() and torch.isfinite(res.g).all())
+        if not finite and not op.sparse and (self.init is not None or self.omega != 1.0):
+            # a warm start (or over-relaxation) that broke the scaling: start over plainly
+            self.init, self.omega, self.fitted = None, 1.0, False
+            return self.plain[0].clone(), self.plain[1].clone(), self.plain[2]
+        return None
+
+    def judge_final(self, err: float):
+        """After a final stage's verification: ``(converged, again)`` where again is False
+        (stop), True (another final stage from the current potentials) or ``(f, g, ε)``."""
+        self.checks += 1
+        self.passes += 1
+        converged = err < self.tol
+        if converged or self.iterations >= self.max_iter or self.checks >= 4:
+            return converged, False
+        if not err < 1.0 and (self.allow_sparse or not math.isfinite(err)):
+            # fitted on a support that missed most of the mass: start over dense
+            self.allow_sparse, self.fitted = False, False
+            return converged, (self.plain[0].clone(), self.plain[1].clone(), self.plain[2])
+        if self.checks >= 2:
+            self.allow_sparse = False  # a second miss: finish on the dense kernel
+        return converged, True
+
     def account(self, op, done: int) -> None:
         self.iterations += done
         self.sparse_iterations += done if op.sparse else 0
@@ -134,7 +150,7 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
                         sparse: str | bool = "auto", check_every: int = 10,
                         sparse_fraction: float = 0.05, warmup_tol: float = 1e-2,
                         omega: float = 1.8, init=None, clusters=None,
-                        init_fitted: bool = False) -> SinkhornResult:
+                        init_fitted: bool = False) -> Coupling:
     r"""Entropic OT potentials for cost ``C: (N_s, N_t)`` with marginals ``a``, ``b``.
 
     Solves ``min <P,C> + ε Σ P(log P - 1)`` s.t. ``P1 = a, Pᵀ1 = b`` (uniform by default);
@@ -161,11 +177,11 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
     s = _Schedule(cost, epsilon, tol, max_iter, sparse, sparse_fraction,
                   fitted=init is not None and init_fitted)
     s.passes = 2.0 if init is None else 4.0
+    s.plain, s.omega, s.init = plain, omega, init
     err, kept, converged = math.inf, None, False
     while True:
         final = eps <= epsilon * (1 + 1e-9)
         s.stages += 1
-        op = res = None  # drop the last stage's kernel before building the next
         op, support = s.operator(f, g, eps, final)
         stage_tol = 0.5 * tol if final else max(tol, 1e-3)
         if not final and not op.sparse and clusters is not None:
@@ -174,43 +190,31 @@ def sinkhorn_potentials(cost: torch.Tensor, epsilon: float = 0.1, *, tol: float 
         cap = max_iter if final else s.iterations + max(1, (max_iter - s.iterations) // 2)
         corr = CoarseCorrection(clusters, a, b) if clusters is not None else None
         res = scaling_loop(op, a, b, stage_tol, max(1, cap - s.iterations),
-                           check_every=check_every, omega=omega, correction=corr)
+                           check_every=check_every, omega=s.omega, correction=corr)
         s.account(op, res.iterations)
         err = res.error
         log.debug("stage ε=%.4g %s iterations=%d err=%.2e %s", eps,
                   "sparse" if op.sparse else "dense", res.iterations, err, res.status)
-        if op.sparse and res.status in ("stalled", "diverged") and s.iterations < max_iter:
-            # first stall: refit the support to the progressed potentials; second: dense
-            if torch.isfinite(res.f).all() and torch.isfinite(res.g).all() and err < 1.0:
-                f, g = res.f, res.g
-            s.dense_stage, s.stalls_here, s.stages = s.stalls_here >= 1, s.stalls_here + 1, s.stages - 1
-            continue
-        finite = math.isfinite(err) and bool(torch.isfinite(res.f).all() and torch.isfinite(res.g).all())
-        if not finite and not op.sparse and (init is not None or omega != 1.0):
-            # a warm start (or over-relaxation) that broke the scaling: start over plainly
-            init, omega, s.fitted = None, 1.0, False
-            f, g, eps = plain[0].clone(), plain[1].clone(), plain[2]
+        restart = s.restart(op, res, err)
+        op = None  # drop this stage's kernel before the next one is built
+        if restart is not None:
+            f, g, eps = restart
             continue
         f, g, s.fitted = res.f, res.g, True
         if final:
-            err, kept = verify(cost, f, g, eps, a, b, tol, support)
-            s.checks += 1
-            s.passes += 1
-            converged = err < tol
-            if converged or s.iterations >= max_iter or s.checks >= 4:
+            refit = None if support is None else (
+                lambda f_, g_: reduced_cost_support(cost, f_, g_, eps, s.theta, s.max_nnz))
+            box, support = [support], None
+            err, kept = verify(cost, f, g, eps, a, b, tol, box, refit)
+            converged, again = s.judge_final(err)
+            if not again:
                 break
-            if not err < 1.0 and (s.allow_sparse or not math.isfinite(err)):
-                # fitted on a support that missed most of the mass: start over dense
-                s.allow_sparse, s.fitted = False, False
-                f, g, eps = plain[0].clone(), plain[1].clone(), plain[2]
-            elif s.checks >= 2:
-                s.allow_sparse = False  # a second miss: finish on the dense kernel
+            f, g, eps = again if again is not True else (f, g, eps)
             continue
         eps = max(float(epsilon), eps / eps_scaling)
         s.dense_stage, s.stalls_here = False, 0
-    return SinkhornResult(f=f, g=g, epsilon=float(epsilon), iterations=s.iterations,
-                          converged=converged, marginal_error=err, stages=s.stages,
-                          sparse_iterations=s.sparse_iterations,
-                          support=None if kept is None else kept[:3],
-                          off_support_mass=math.nan if kept is None else kept[3],
-                          passes=s.passes)
+    return Coupling(f=f, g=g, epsilon=float(epsilon), iterations=s.iterations,
+                    converged=converged, marginal_error=err, stages=s.stages,
+                    sparse_iterations=s.sparse_iterations,
+                    support=None if kept is None else kept[:3],
+                    off_support_mass=math.nan if kept is None else kept[3], passes=s.passes)

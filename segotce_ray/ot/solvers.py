@@ -4,7 +4,8 @@
   with the multiscale start and coarse corrections when the features are given;
 - ``emd``: the exact (ε = 0) coupling (:func:`~segotce_ray.ot.exact.network_simplex`);
 - ``exact+polish``: the entropic coupling started from the exact duals: the network simplex
-  gives the ε → 0 limit of the entropic potentials, and a short ε schedule (4ε, then ε) runs
+  gives the ε → 0 limit of the entropic potentials, and a short ε schedule (from
+  ``POLISH_START``·ε, by default straight at ε) runs
   on the sparse supports of small reduced costs around them — no long ε ladder from the cost
   scale down, and no dense kernel while the support stays sparse;
 - ``auto``: per problem, ``exact+polish`` when the coupling at ε is nearly exact (the cost
@@ -22,9 +23,10 @@ import logging
 
 import torch
 
-from segotce_ray.ot.exact import ExactPlan, network_simplex
+from segotce_ray.ot.exact import network_simplex
 from segotce_ray.ot.multiscale import coarse_potentials, kmeans
-from segotce_ray.ot.sinkhorn import SinkhornResult, sinkhorn_potentials
+from segotce_ray.ot.result import Coupling
+from segotce_ray.ot.sinkhorn import sinkhorn_potentials
 from segotce_ray.ot.support import c_transform_start
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ SOLVERS = ("auto", "sinkhorn", "emd", "exact+polish")
 NEAR_EXACT_SPREAD = 100.0
 # below this many points per side the ε-scaling Sinkhorn is faster even when nearly exact
 POLISH_MIN_POINTS = 2000
+# exact+polish's first ε, in units of ε
+POLISH_START = 1.0
 
 
 def choose_solver(cost: torch.Tensor, epsilon: float) -> str:
@@ -57,17 +61,18 @@ def feature_groups(fs: torch.Tensor, ft: torch.Tensor, groups: int = 64):
 
 
 def polish(cost: torch.Tensor, epsilon: float, *, tol: float = 1e-3, max_iter: int = 20_000,
-           features=None, sparse_fraction: float = 0.2) -> SinkhornResult:
+           features=None, sparse_fraction: float = 0.2) -> Coupling:
     """Entropic coupling at ``epsilon`` from the exact duals (``exact+polish``): the ε
-    schedule from 4ε down, each stage on the support of reduced costs within θε of the
-    current potentials (kept while it holds at most ``sparse_fraction`` of the entries), with
-    coarse corrections between feature groups when ``features`` are given."""
+    schedule from ``POLISH_START``·ε down, each stage on the support of reduced costs within
+    θε of the current potentials (kept while it holds at most ``sparse_fraction`` of the
+    entries), with coarse corrections between feature groups when ``features`` are given."""
     plan = network_simplex(cost)
     groups = feature_groups(*features) if features is not None else None
-    # one stage at 4ε first: the exact duals are one point of the optimal face, the entropic
-    # potentials a smooth shift of it that a slightly blurred stage reaches in few iterations
+    # straight at ε from the exact duals (POLISH_START = 1): a stage at 4ε first cost more
+    # than it saved on real pools (the support at 4ε is several times larger)
     pot = sinkhorn_potentials(cost, epsilon, tol=tol, max_iter=max_iter, eps_scaling=4.0,
-                              init=(plan.alpha, plan.beta, 4.0 * epsilon), init_fitted=True,
+                              init=(plan.alpha, plan.beta, POLISH_START * epsilon),
+                              init_fitted=True,
                               clusters=groups, sparse_fraction=sparse_fraction)
     pot.passes += plan.passes
     pot.solver = "exact+polish"
@@ -76,17 +81,17 @@ def polish(cost: torch.Tensor, epsilon: float, *, tol: float = 1e-3, max_iter: i
 
 def solve(cost: torch.Tensor, epsilon: float, solver: str = "auto", *, tol: float = 1e-3,
           max_iter: int = 20_000, eps_scaling: float = 4.0, features=None, scale: float = 1.0,
-          multiscale: bool = True) -> SinkhornResult | ExactPlan:
+          multiscale: bool = True) -> Coupling:
     """The coupling of ``cost: (N_s, N_t)`` (uniform marginals) by ``solver``.
 
     ``features`` = ``(fs, ft)`` (the points behind the cost, which ``scale`` multiplied)
-    enables the multiscale start and coarse corrections. Returns a :class:`SinkhornResult`
-    (entropic; ``solver`` says which path produced it) or an :class:`ExactPlan` (``emd``).
+    enables the multiscale start and coarse corrections. Returns a :class:`Coupling` whatever
+    the path (``solver`` says which produced it; ``epsilon == 0`` for ``emd``, the exact one).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver == "emd":
-        return network_simplex(cost)
+        return network_simplex(cost).coupling()
     if solver == "auto":
         solver = choose_solver(cost, epsilon)
     if solver == "exact+polish":

@@ -14,18 +14,40 @@ import numpy as np
 import torch
 
 
+def cost_scale_of(cost: torch.Tensor) -> float:
+    """``max |C|`` without an N² temporary (``cost.abs()`` would make one)."""
+    return max(float(cost.max()), -float(cost.min()), 0.0)
+
+
+def balance_gauge(f: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f + s, g - s)`` with ``s`` making both means equal: the same coupling and reduced
+    costs (potentials are defined up to that shift), but no large common offset — the
+    network simplex returns duals offset by ~10⁶ at costs ~10², which would swamp every
+    float32 reduced cost and rounding allowance computed from them."""
+    s = 0.5 * (g.mean() - f.mean())
+    return f + s, g - s
+
+
 def c_transform(cost: torch.Tensor, pot: torch.Tensor, dim: int, chunk: int = 512) -> torch.Tensor:
     """Hard c-transform in row chunks, float64.
 
     dim = 1: ``f_i = min_j (C_ij - pot_j)``; dim = 0: ``g_j = min_i (C_ij - pot_i)``.
+    One chunk buffer is reused (a fresh temporary per chunk left the allocator holding
+    hundreds of MB at N = 10⁴).
     """
     p = pot.to(cost.device, cost.dtype)
+    ns, nt = cost.shape
+    buf = torch.empty((min(chunk, ns), nt), dtype=cost.dtype, device=cost.device)
     if dim == 1:
-        return torch.cat([(cost[lo:lo + chunk] - p[None, :]).min(1).values
-                          for lo in range(0, cost.shape[0], chunk)]).double()
-    out = torch.full((cost.shape[1],), math.inf, dtype=cost.dtype, device=cost.device)
-    for lo in range(0, cost.shape[0], chunk):
-        torch.minimum(out, (cost[lo:lo + chunk] - p[lo:lo + chunk, None]).min(0).values, out=out)
+        out = torch.empty(ns, dtype=cost.dtype, device=cost.device)
+        for lo in range(0, ns, chunk):
+            r = torch.sub(cost[lo:lo + chunk], p[None, :], out=buf[:min(chunk, ns - lo)])
+            torch.amin(r, 1, out=out[lo:lo + chunk])
+        return out.double()
+    out = torch.full((nt,), math.inf, dtype=cost.dtype, device=cost.device)
+    for lo in range(0, ns, chunk):
+        r = torch.sub(cost[lo:lo + chunk], p[lo:lo + chunk, None], out=buf[:min(chunk, ns - lo)])
+        torch.minimum(out, r.amin(0), out=out)
     return out.double()
 
 
@@ -39,11 +61,15 @@ def c_transform_start(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, f
 
 
 def reduced_costs(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, chunk_rows: int = 512):
-    """Yield ``(lo, hi, r)`` with ``r = C[lo:hi] - f_i - g_j`` in C's dtype, row chunk by chunk."""
+    """Yield ``(lo, hi, r)`` with ``r = C[lo:hi] - f_i - g_j`` in C's dtype, row chunk by chunk
+    (``r`` is one reused buffer: valid until the next chunk)."""
     fr, gr = f.to(cost.device, cost.dtype), g.to(cost.device, cost.dtype)
+    buf = torch.empty((min(chunk_rows, cost.shape[0]), cost.shape[1]), dtype=cost.dtype,
+                      device=cost.device)
     for lo in range(0, cost.shape[0], chunk_rows):
         hi = min(cost.shape[0], lo + chunk_rows)
-        yield lo, hi, cost[lo:hi] - fr[lo:hi, None] - gr[None, :]
+        r = torch.sub(cost[lo:hi], fr[lo:hi, None], out=buf[:hi - lo])
+        yield lo, hi, r.sub_(gr[None, :])
 
 
 def coupling_rows(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
@@ -125,7 +151,7 @@ def support_marginals(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps:
     mass = np.exp((fn[rows] + gn[cols] - c_vals) / eps)
     row = np.bincount(rows, weights=mass, minlength=ns)
     col = np.bincount(cols, weights=mass, minlength=nt)
-    scale = float(cost.abs().max()) + float(f.abs().max()) + float(g.abs().max())
+    scale = cost_scale_of(cost) + float(f.abs().max()) + float(g.abs().max())
     margin = 8 * torch.finfo(cost.dtype).eps * scale
     bound = 0.0
     rows_t, cols_t = torch.from_numpy(rows).to(cost.device), torch.from_numpy(cols).to(cost.device)
