@@ -233,11 +233,12 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     write_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     write_json(run_dir / "plan.json", plan.to_dict())
     write_json(run_dir / "run.json", info)
+    when: dict[str, Any] = {}
     try:
         with Heartbeat(run_dir / "run.json"):
             table, extraction_errors, schedule = execute(
                 spec, plan, run_dir, timings, address=address, num_cpus=num_cpus,
-                progress=progress, on_row=on_row)
+                progress=progress, on_row=on_row, when=when)
     except BaseException as exc:  # Ctrl-C or crash: say which, keep what finished
         info.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "error",
                     error=f"{type(exc).__name__}: {exc}",
@@ -252,7 +253,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     timings["total"] = time.perf_counter() - t_start
     info.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 counts=counts, errors=errors, timings={k: round(v, 3) for k, v in timings.items()},
-                skipped_images=skipped_images(spec, plan))
+                timeline=when, skipped_images=skipped_images(spec, plan))
     write_json(run_dir / "run.json", info)
     write_json(run_dir / "versions.json", info["versions"])
     write_json(run_dir / "timings.json", info["timings"])

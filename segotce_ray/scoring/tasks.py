@@ -40,7 +40,7 @@ def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool
         return [_failed(pair, spec.name, k, s, str(exc)) for k, s in zip(ks, seeds)]
     rows = []
     for k, seed in zip(ks, seeds):
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         try:
             values = dict(spec.repetition(source, target, seed, **spec.params))
             score = float(values.get("score", math.nan))
@@ -48,11 +48,13 @@ def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool
                 raise FloatingPointError(f"non-finite score {score}")
         except Exception as exc:  # noqa: BLE001 - recorded, the other pairs go on
             row = _failed(pair, spec.name, k, seed, f"{spec.name} repetition {k} of "
-                          f"{pair.model!r} → {pair.target!r}: {type(exc).__name__}: {exc}")
+                          f"{pair.model!r} → {pair.target!r}: {type(exc).__name__}: {exc}",
+                          started_at=started)
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             continue
         rows.append(_row(pair, spec.name, k, seed, seconds=time.perf_counter() - t0,
+                         started_at=started, finished_at=time.time(),
                          **{key: values[key] for key in ("score", "w_t", "w_d", "iterations",
                                                          "converged", "n_source", "n_target",
                                                          "solver", "passes")
@@ -201,6 +203,16 @@ class PairScorer:
         self.pool_refs = _PoolRefs(pools, store, ignore_index)
         self._remote = ray.remote(_run_repetitions)
         self._pending: dict[Any, _Unit] = {}
+
+    def add_pools(self, pools: Mapping[tuple[str, str], PoolSource]) -> None:
+        """Pools that became available (e.g. published while scoring runs); a pool already
+        given keeps its first outcome."""
+        for key, src in pools.items():
+            self.pool_refs.pools.setdefault(key, src)
+
+    def pools_of(self, pair: ScorePair, spec: MetricSpec) -> list[tuple[str, str]]:
+        """The (model, dataset) pools a unit of (pair, spec) reads."""
+        return self._keys(pair, spec)
 
     def seeds(self, pair: ScorePair, ks: Sequence[int]) -> list[int]:
         return [repetition_seed(self.seed, pair.model, pair.target, k) for k in ks]
