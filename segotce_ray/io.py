@@ -25,10 +25,13 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same folder)."""
+def atomic_write(path: str | Path, write: Callable[[Path], None], *,
+                 make_parents: bool = True) -> Path:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same folder).
+    ``make_parents=False``: the folder must exist already (FileNotFoundError otherwise)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -34,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from segotce_ray.io import atomic_write, write_text
 from segotce_ray.pools.pool import POOL_SCHEMA_VERSION, PixelPool
 
 log = logging.getLogger(__name__)
@@ -192,9 +193,7 @@ class PoolStore:
                     schema_version=POOL_SCHEMA_VERSION, metadata=metadata,
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
                     published_at=now)
-        tmp_manifest = folder / (MANIFEST + ".part")
-        tmp_manifest.write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
-        os.replace(tmp_manifest, folder / MANIFEST)
+        write_text(folder / MANIFEST, json.dumps(full, indent=2, sort_keys=True, default=str))
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -302,12 +301,13 @@ def write_shard(table: pa.Table, folder: Path, name: str) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.is_dir():
         raise StoreError(f"staging folder {folder} is gone (the pool was abandoned)")
-    tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-    pq.write_table(table, tmp, compression="zstd")
-    digest = _sha256(tmp)
-    size = tmp.stat().st_size
-    os.replace(tmp, folder / name)
-    return {"file": name, "rows": int(table.num_rows), "sha256": digest, "bytes": int(size)}
+    try:
+        path = atomic_write(folder / name, lambda tmp: pq.write_table(table, tmp, compression="zstd"),
+                            make_parents=False)
+    except FileNotFoundError as exc:
+        raise StoreError(f"staging folder {folder} is gone (the pool was abandoned)") from exc
+    return {"file": name, "rows": int(table.num_rows), "sha256": _sha256(path),
+            "bytes": int(path.stat().st_size)}
 
 
 #: Per-process cache of pools read by :func:`load_cached`: (root, key) -> PixelPool.

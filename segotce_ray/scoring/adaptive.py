@@ -71,7 +71,6 @@ threshold τ it was judged against and the snapshot level used.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import math
@@ -91,6 +90,7 @@ from segotce_ray.scoring.feed import PoolFeed
 from segotce_ray.scoring.schedules import metric_pairs
 from segotce_ray.scoring.rows import ScorePair, results_frame
 from segotce_ray.scoring.tasks import PairScorer
+from segotce_ray.seeds import pair_digest
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +295,7 @@ class _Target:
 def _probe_set(cands: Sequence[ScorePair], fraction: float) -> set[str]:
     """⌈fraction·M⌉ (≥ 2) models chosen by SHA-256 of (model, target): deterministic, score-blind."""
     n = min(len(cands), max(2, math.ceil(fraction * len(cands))))
-    order = sorted(cands, key=lambda p: hashlib.sha256(f"{p.model}\x00{p.target}".encode())
-                   .hexdigest())
+    order = sorted(cands, key=lambda p: pair_digest(p.model, p.target))
     return {p.model for p in order[:n]}
 
 

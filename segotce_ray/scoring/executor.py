@@ -29,7 +29,7 @@ import pandas as pd
 from segotce_ray.cluster.progress import Progress
 from segotce_ray.scoring.adapters import MetricSpec
 from segotce_ray.scoring.feed import PoolFeed
-from segotce_ray.scoring.rows import RESULT_COLUMNS, ScorePair, _KEY
+from segotce_ray.scoring.rows import RESULT_COLUMNS, ScorePair, ROW_KEY
 from segotce_ray.scoring.tasks import PairScorer
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ def done_rows(done: pd.DataFrame | Iterable[Mapping[str, Any]] | None,
     frame = done if isinstance(done, pd.DataFrame) else pd.DataFrame(list(done))
     if frame.empty:
         return [], set()
-    if missing := set(_KEY + ["status"]) - set(frame.columns):
+    if missing := set(ROW_KEY + ["status"]) - set(frame.columns):
         raise ValueError(f"finished rows lack column(s) {sorted(missing)}")
-    ok = frame[frame["status"] == "ok"].drop_duplicates(_KEY, keep="last")
+    ok = frame[frame["status"] == "ok"].drop_duplicates(ROW_KEY, keep="last")
     rows, keys = [], set()
     for r in ok.reindex(columns=RESULT_COLUMNS).to_dict("records"):
         key = (str(r["model"]), str(r["target"]), str(r["metric"]), int(r["k"]))

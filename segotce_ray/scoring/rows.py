@@ -56,7 +56,7 @@ RESULT_COLUMNS = long_schema().names
 #: The columns that say when and how long a repetition ran: they differ from run to run, the
 #: others do not (compare matrices without them).
 TIME_COLUMNS = ["seconds", "started_at", "finished_at"]
-_KEY = ["model", "target", "metric", "k"]
+ROW_KEY = ["model", "target", "metric", "k"]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -74,7 +74,7 @@ class ScorePair:
 # --------------------------------------------------------------------------- rows
 
 
-def _row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -> dict[str, Any]:
+def result_row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -> dict[str, Any]:
     row: dict[str, Any] = {"model": pair.model, "target": pair.target, "metric": metric,
                            "k": int(k), "score": math.nan, "w_t": math.nan, "w_d": math.nan,
                            "iterations": None, "converged": None, "n_source": None,
@@ -86,12 +86,12 @@ def _row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -> dict
     return row
 
 
-def _failed(pair: ScorePair, metric: str, k: int, seed: int, error: str,
-            **times: float) -> dict[str, Any]:
+def failed_row(pair: ScorePair, metric: str, k: int, seed: int, error: str,
+               **times: float) -> dict[str, Any]:
     """A failed row; ``started_at``/``finished_at`` default to now (it never ran)."""
     now = time.time()
-    return _row(pair, metric, k, seed, status="failed", error=error,
-                **{"started_at": now, "finished_at": now, **times})
+    return result_row(pair, metric, k, seed, status="failed", error=error,
+                      **{"started_at": now, "finished_at": now, **times})
 
 
 def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
@@ -116,4 +116,4 @@ def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFr
         df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
     df["converged"] = pd.array([None if pd.isna(v) else bool(v) for v in df["converged"]],
                                dtype="boolean")
-    return df.sort_values(_KEY, kind="stable").reset_index(drop=True)
+    return df.sort_values(ROW_KEY, kind="stable").reset_index(drop=True)

@@ -16,7 +16,7 @@ import numpy as np
 from segotce_ray.pools.pool import PixelPool
 from segotce_ray.pools.views import PoolSource, ProbsView, StoredPool, check_pool, probs_as_features
 from segotce_ray.scoring.adapters import MetricSpec, task_memory_bytes
-from segotce_ray.scoring.rows import ScorePair, _failed, _row
+from segotce_ray.scoring.rows import ScorePair, failed_row, result_row
 from segotce_ray.seeds import repetition_seed
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool
         source = source.open() if isinstance(source, StoredPool) else source
         target = target.open() if isinstance(target, StoredPool) else target
     except Exception as exc:  # noqa: BLE001 - the reason names the pool
-        return [_failed(pair, spec.name, k, s, str(exc)) for k, s in zip(ks, seeds)]
+        return [failed_row(pair, spec.name, k, s, str(exc)) for k, s in zip(ks, seeds)]
     rows = []
     for k, seed in zip(ks, seeds):
         t0, started = time.perf_counter(), time.time()
@@ -47,18 +47,18 @@ def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool
             if not math.isfinite(score):
                 raise FloatingPointError(f"non-finite score {score}")
         except Exception as exc:  # noqa: BLE001 - recorded, the other pairs go on
-            row = _failed(pair, spec.name, k, seed, f"{spec.name} repetition {k} of "
-                          f"{pair.model!r} → {pair.target!r}: {type(exc).__name__}: {exc}",
-                          started_at=started)
+            row = failed_row(pair, spec.name, k, seed, f"{spec.name} repetition {k} of "
+                             f"{pair.model!r} → {pair.target!r}: {type(exc).__name__}: {exc}",
+                             started_at=started)
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             continue
-        rows.append(_row(pair, spec.name, k, seed, seconds=time.perf_counter() - t0,
-                         started_at=started, finished_at=time.time(),
-                         **{key: values[key] for key in ("score", "w_t", "w_d", "iterations",
-                                                         "converged", "n_source", "n_target",
-                                                         "solver", "passes")
-                            if key in values}))
+        rows.append(result_row(pair, spec.name, k, seed, seconds=time.perf_counter() - t0,
+                               started_at=started, finished_at=time.time(),
+                               **{key: values[key] for key in ("score", "w_t", "w_d", "iterations",
+                                                               "converged", "n_source", "n_target",
+                                                               "solver", "passes")
+                                  if key in values}))
     return rows
 
 
@@ -251,7 +251,7 @@ class PairScorer:
                                      f"but {self.pool_refs.describe(tkey)} has {dim}")
         except Exception as exc:  # noqa: BLE001 - the pair fails, the job goes on
             self._release(pair, spec)
-            return [_failed(pair, spec.name, k, s, str(exc)) for k, s in zip(ks, seeds)]
+            return [failed_row(pair, spec.name, k, s, str(exc)) for k, s in zip(ks, seeds)]
         memory = (spec.memory_bytes or task_memory_bytes)(spec.n_pixels, dim, s_rows + t_rows)
         if self.fail_infeasible and memory > self.max_node_memory:
             self._release(pair, spec)
@@ -260,7 +260,7 @@ class PairScorer:
                    f"the largest node offers ({self.max_node_memory / 2**30:.1f} GiB): "
                    f"lower n_pixels or add bigger nodes (resources.autoscaling: on if an "
                    f"autoscaler can add them)")
-            return [_failed(pair, spec.name, k, s, msg) for k, s in zip(ks, seeds)]
+            return [failed_row(pair, spec.name, k, s, msg) for k, s in zip(ks, seeds)]
         ref = self._remote.options(
             num_cpus=self.num_cpus, num_gpus=self.num_gpus, memory=memory,
             max_retries=self.max_retries, retry_exceptions=False,
@@ -278,7 +278,7 @@ class PairScorer:
             rows = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - worker crash after retries, OOM, lost object
             msg = f"task for {unit.pair.model!r} → {unit.pair.target!r} lost: {type(exc).__name__}: {exc}"
-            rows = [_failed(unit.pair, unit.spec.name, k, s, msg[:2000])
+            rows = [failed_row(unit.pair, unit.spec.name, k, s, msg[:2000])
                     for k, s in zip(unit.ks, unit.seeds)]
         self._release(unit.pair, unit.spec)
         return rows

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from segotce_ray.spec.model import known_metrics, DatasetEntry, ExtractionSettings, JobSpec, ModelEntry, OTCESettings, Resources, Schedule, SpecError, SpecProblem
-from segotce_ray.spec.validate import _Checker, read_yaml, validate
+from segotce_ray.spec.validate import SpecChecker, read_yaml, validate
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) 
     problems = validate(raw, base)
     if problems:
         raise SpecError(problems, path)
-    c = _Checker(base)
+    c = SpecChecker(base)
     otce_raw = dict(raw.get("otce", {}))
     legacy_layer = otce_raw.pop("layer", None)
     otce = OTCESettings(**otce_raw)

@@ -98,7 +98,7 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-class _Checker:
+class SpecChecker:
     """Collects problems while walking the raw spec."""
 
     def __init__(self, base_dir: Path) -> None:
@@ -250,13 +250,13 @@ _MODEL_KEYS = ("architecture", "checkpoint", "num_classes", "source", "layer", "
                "input_size", "kwargs")
 
 
-def _check_layer(c: _Checker, path: str, v: Any) -> None:
+def _check_layer(c: SpecChecker, path: str, v: Any) -> None:
     if c.string(path, v) and not re.match(r"^[A-Za-z0-9_.]+$", v):
         c.add(path, f"layer must be 'penultimate', 'logits', 'probs' or a module name like "
                     f"'backbone.layer4'; got {v!r}")
 
 
-def _check_otce(c: _Checker, raw: Any) -> None:
+def _check_otce(c: SpecChecker, raw: Any) -> None:
     if not c.mapping("otce", raw):
         return
     c.keys("otce", raw, _OTCE_KEYS)
@@ -276,7 +276,7 @@ def _check_otce(c: _Checker, raw: Any) -> None:
         _check_layer(c, "otce.layer", raw["layer"])
 
 
-def _check_calibration(c: _Checker, raw: dict) -> None:
+def _check_calibration(c: SpecChecker, raw: dict) -> None:
     """``otce.calibration``: a readable, well-formed calibration file fitted for this job's
     layer, cost scale, ε and solver (:mod:`segotce_ray.calibration`), with ``otce`` selected."""
     p = c.input_path("otce.calibration", raw["otce"]["calibration"], "file")
@@ -309,7 +309,7 @@ def _dataset_keys(fmt: Any) -> tuple[str, ...]:
     return tuple(sorted(set().union(*DATASET_SPEC_KEYS.values())))
 
 
-def _check_dataset(c: _Checker, path: str, raw: Any) -> None:
+def _check_dataset(c: SpecChecker, path: str, raw: Any) -> None:
     if not c.mapping(path, raw):
         return
     fmt = raw.get("format")
@@ -360,7 +360,7 @@ def _check_dataset(c: _Checker, path: str, raw: Any) -> None:
         c.add(f"{path}.label_map", "the folder format needs a label_map (label id -> class name)")
 
 
-def _check_resize(c: _Checker, path: str, v: Any) -> None:
+def _check_resize(c: SpecChecker, path: str, v: Any) -> None:
     """resize: null/'none', an int (the short side) or [height, width]."""
     if v is None or v == "none":
         return
@@ -378,7 +378,7 @@ def _check_resize(c: _Checker, path: str, v: Any) -> None:
                 f"{_type_name(v)} {_show(v)}")
 
 
-def _check_architecture(c: _Checker, path: str, v: Any) -> str | None:
+def _check_architecture(c: SpecChecker, path: str, v: Any) -> str | None:
     """Returns the architecture family: torchvision, torchscript or factory."""
     if not c.string(path, v):
         return None
@@ -403,7 +403,7 @@ def _check_architecture(c: _Checker, path: str, v: Any) -> str | None:
     return None
 
 
-def _check_model(c: _Checker, path: str, raw: Any, datasets: dict) -> None:
+def _check_model(c: SpecChecker, path: str, raw: Any, datasets: dict) -> None:
     if not c.mapping(path, raw):
         return
     c.keys(path, raw, _MODEL_KEYS, required=("architecture",))
@@ -446,7 +446,7 @@ def _check_model(c: _Checker, path: str, raw: Any, datasets: dict) -> None:
                 c.add(f"{path}.kwargs.{k}", "keyword argument names must be identifiers")
 
 
-def _check_ground_truth(c: _Checker, raw: Any) -> None:
+def _check_ground_truth(c: SpecChecker, raw: Any) -> None:
     p = c.input_path("ground_truth", raw, "file")
     if p is None or not Path(p).is_file():
         return
@@ -468,7 +468,7 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
     ``base_dir`` is the spec's folder: relative paths resolve against it. Files and roots
     are checked for existence; nothing is opened beyond a ground-truth CSV's header.
     """
-    c = _Checker(Path(base_dir).expanduser().absolute())
+    c = SpecChecker(Path(base_dir).expanduser().absolute())
     if not isinstance(raw, dict):
         c.add("", f"a job spec is a YAML mapping, got {_type_name(raw)}")
         return c.problems
@@ -498,7 +498,7 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
     return c.problems
 
 
-def _check_metrics(c: _Checker, raw: dict) -> None:
+def _check_metrics(c: SpecChecker, raw: dict) -> None:
     """``metrics``: names the registry scores, once each."""
     if "metrics" in raw:
         metrics = c.string_list("metrics", raw["metrics"], allow_scalar=True)
@@ -517,7 +517,7 @@ def _check_metrics(c: _Checker, raw: dict) -> None:
             c.add("metrics", "lists a metric twice")
 
 
-def _check_schedule(c: _Checker, raw: dict) -> None:
+def _check_schedule(c: SpecChecker, raw: dict) -> None:
     """``schedule``: a mode, or a mapping of the adaptive schedule's parameters."""
     if "schedule" in raw:
         s = raw["schedule"]
@@ -549,7 +549,7 @@ def _check_schedule(c: _Checker, raw: dict) -> None:
                              f"{' or '.join(map(repr, SCHEDULES_AVAILABLE))}")
 
 
-def _check_extraction(c: _Checker, raw: dict) -> None:
+def _check_extraction(c: SpecChecker, raw: dict) -> None:
     """``extraction``: pixels per image, batch size, sampling, bad images, layer."""
     if "extraction" in raw and c.mapping("extraction", raw["extraction"]):
         e = raw["extraction"]
@@ -569,7 +569,7 @@ def _check_extraction(c: _Checker, raw: dict) -> None:
                                     "remove otce.layer")
 
 
-def _check_resources(c: _Checker, raw: dict) -> None:
+def _check_resources(c: SpecChecker, raw: dict) -> None:
     """``resources``: actors, GPUs per actor and task, CPU threads, autoscaling."""
     if "resources" in raw and c.mapping("resources", raw["resources"]):
         r = raw["resources"]
@@ -590,7 +590,7 @@ def _check_resources(c: _Checker, raw: dict) -> None:
             c.add("resources.autoscaling", f"expected auto, on or off, got {r['autoscaling']!r}")
 
 
-def _check_datasets(c: _Checker, raw: dict) -> dict:
+def _check_datasets(c: SpecChecker, raw: dict) -> dict:
     """``datasets``: each entry; returns the declared datasets (a mapping, maybe empty)."""
     datasets = raw.get("datasets")
     if "datasets" in raw and c.mapping("datasets", datasets):
@@ -604,7 +604,7 @@ def _check_datasets(c: _Checker, raw: dict) -> dict:
     return datasets
 
 
-def _check_models(c: _Checker, raw: dict, datasets: dict) -> Any:
+def _check_models(c: SpecChecker, raw: dict, datasets: dict) -> Any:
     """``models``: each entry against the declared datasets; returns the raw mapping."""
     models = raw.get("models")
     if "models" in raw and c.mapping("models", models):
@@ -616,7 +616,7 @@ def _check_models(c: _Checker, raw: dict, datasets: dict) -> Any:
     return models
 
 
-def _check_targets(c: _Checker, raw: dict, datasets: dict) -> None:
+def _check_targets(c: SpecChecker, raw: dict, datasets: dict) -> None:
     """``targets``: declared datasets, each once."""
     if "targets" in raw:
         targets = c.string_list("targets", raw["targets"], allow_scalar=True)
@@ -634,7 +634,7 @@ def _check_targets(c: _Checker, raw: dict, datasets: dict) -> None:
                     f" (declared: {', '.join(map(str, datasets)) or 'none'})"))
 
 
-def _check_sources(c: _Checker, raw: dict, models: Any) -> None:
+def _check_sources(c: SpecChecker, raw: dict, models: Any) -> None:
     """A selection of metrics that all need the source pool needs every model's source."""
     # Cross-check: OTCE needs each model's source pool.
     metrics_sel = raw.get("metrics", list(known_metrics()))
