@@ -106,7 +106,7 @@ def execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *
     TransferabilityMatrix(table).save(run_dir, ground_truth=spec.ground_truth, schedule=schedule)
     timings["matrix"] = time.perf_counter() - t0
     if when is not None:
-        when.update(timeline(store, table, feed.known, (started, ended), (started, scored)))
+        when.update(timeline(store, table, feed.known, (started, max(ended, scored))))
     return table, errors, schedule
 
 

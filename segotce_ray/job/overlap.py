@@ -97,36 +97,47 @@ def scoring_limit(cluster: Mapping[str, float], actors: int | None, gpu: bool) -
 
 
 def timeline(store: Any, table: Any, pools: Mapping[tuple[str, str], Any],
-             extract_window: tuple[float, float], score_window: tuple[float, float]) -> dict[str, Any]:
+             window: tuple[float, float]) -> dict[str, Any]:
     """When things happened (epoch seconds), for ``run.json`` and the report's timing line.
 
-    ``last_pool_published_at``: the latest ``published_at`` of the pools this run published
-    (manifests, no shard read; None when all were cached); ``repetitions_run``: rows computed
-    now; ``started_before_last_pool``: how many of them started before it; ``overlap_s``: how
-    long extraction and scoring ran at once.
+    ``window``: (start of extraction, end of scoring) of this run. ``last_pool_published_at``:
+    the latest ``published_at`` of the pools this run published (read from their manifests,
+    no shard is opened; None when every pool was cached); ``score_started_at`` /
+    ``score_finished_at``: the first start and last finish of the repetitions computed in this
+    run (``repetitions_run``); ``started_before_last_pool``: how many of them started before
+    the last pool was published; ``overlap_s``: how long extraction and scoring ran at once.
     """
     import pandas as pd
 
-    t0, t1 = extract_window
+    t0, t_end = window
     published = []
     for key in pools.values():
-        if isinstance(key, ProbsView):
-            key = key.pool
+        key = key.pool if isinstance(key, ProbsView) else key
         if not isinstance(key, str):
             continue
         try:
             at = store.manifest(key).get("published_at")
         except Exception:  # noqa: BLE001 - an unreadable manifest fails elsewhere
             continue
-        if isinstance(at, (int, float)) and t0 <= at <= t1:
+        if isinstance(at, (int, float)) and t0 <= at <= t_end:
             published.append(float(at))
     last = max(published) if published else None
-    started = pd.to_numeric(table["started_at"], errors="coerce") if len(table) else pd.Series([], dtype=float)
-    ran = started[(started >= score_window[0]) & (started <= score_window[1])]
-    before = int((ran < last).sum()) if last is not None else 0
-    s0, s1 = score_window
+    started = pd.to_numeric(table["started_at"], errors="coerce").to_numpy(float)
+    finished = pd.to_numeric(table["finished_at"], errors="coerce").to_numpy(float)
+    ran = (started >= t0) & (started <= t_end) & _ran(table)
+    s0 = float(started[ran].min()) if ran.any() else None
+    s1 = float(finished[ran].max()) if ran.any() else None
+    t1 = last if last is not None else t0
     return {"extract_started_at": t0, "extract_finished_at": t1, "score_started_at": s0,
             "score_finished_at": s1, "pools_published": len(published),
-            "last_pool_published_at": last, "repetitions_run": int(len(ran)),
-            "started_before_last_pool": before,
-            "overlap_s": max(0.0, min(t1, s1) - max(t0, s0))}
+            "last_pool_published_at": last, "repetitions_run": int(ran.sum()),
+            "started_before_last_pool": int((started[ran] < last).sum()) if last else 0,
+            "overlap_s": max(0.0, min(t1, s1) - max(t0, s0)) if s0 is not None else 0.0}
+
+
+def _ran(table: Any) -> Any:
+    """Rows whose repetition ran (it has a duration; a row failed before running has none)."""
+    import numpy as np
+
+    seconds = np.asarray(table["seconds"], dtype=float)
+    return np.isfinite(seconds)
