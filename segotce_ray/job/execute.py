@@ -75,7 +75,7 @@ def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
 def execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *,
             address: str | None, num_cpus: int | None, progress: bool | None,
             on_row: Callable[[dict[str, Any]], None] | None,
-            when: dict[str, Any] | None = None) -> tuple[Any, dict[str, str], Any]:
+            when: dict[str, Any] | None = None, overlap: bool = True) -> tuple[Any, dict[str, str], Any]:
     """Run ``plan``: extract its missing pools in a driver thread while its repetitions are
     scored (a pair starts as soon as its pools are published; each row persisted as it
     arrives), then write the matrix files.
@@ -83,7 +83,8 @@ def execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *
     Returns (long table, extraction errors, decisions of an adaptive schedule or None);
     ``timings`` gets the stages' seconds (``extract`` and ``score`` both from the start of
     extraction: they overlap) and ``when`` the run's timeline
-    (:func:`segotce_ray.job.overlap.timeline`).
+    (:func:`segotce_ray.job.overlap.timeline`) with the extraction's ``driver_bytes`` and
+    ``pool_bytes``. ``overlap=False`` waits for every pool before scoring (the staged order).
     """
     t0 = time.perf_counter()
     init_ray(address=address, num_cpus=num_cpus)
@@ -94,6 +95,8 @@ def execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *
     probs_models = {m for m, e in spec.models.items() if e.layer == PROBS_SPACE}
     started = time.time()
     with ExtractionThread(spec, orders, store, progress, feed, errors, probs_models) as extraction:
+        if not overlap:
+            extraction.join()
         table, decisions = _score(spec, plan, feed, store, progress, on_row)
         scored = time.time()
     ended = extraction.finished_at if orders else started
@@ -106,7 +109,8 @@ def execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *
     TransferabilityMatrix(table).save(run_dir, ground_truth=spec.ground_truth, schedule=schedule)
     timings["matrix"] = time.perf_counter() - t0
     if when is not None:
-        when.update(timeline(store, table, feed.known, (started, max(ended, scored))))
+        when.update(timeline(store, table, feed.known, (started, max(ended, scored))),
+                    **{k: extraction.stats.get(k) for k in ("driver_bytes", "pool_bytes")})
     return table, errors, schedule
 
 

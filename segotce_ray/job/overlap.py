@@ -45,6 +45,7 @@ class ExtractionThread:
         self.stop = threading.Event()
         self.started_at = self.finished_at = math.nan
         self.error: BaseException | None = None
+        self.stats: dict[str, float] = {}         # the pipeline's figures (driver_bytes, ...)
         self._thread = threading.Thread(target=self._run, name="segotce-extract", daemon=True)
 
     def _on_pool(self, pool: tuple[str, str], outcome: Any) -> None:
@@ -56,6 +57,7 @@ class ExtractionThread:
 
     def _run(self) -> None:
         self.started_at = time.time()
+        per_model: dict[str, dict[str, float]] = {}     # the one pipeline's figures, per model
         try:
             e, r = self.spec.extraction, self.spec.resources
             extract_planned(
@@ -63,13 +65,19 @@ class ExtractionThread:
                 use_gpu=None if r.gpus_per_actor is None else r.gpus_per_actor > 0,
                 cpu_threads=r.cpu_threads, bad_images=e.bad_images, progress=self.progress,
                 n_draws=self.spec.otce.n_pixels, autoscaling=r.autoscaling,
-                on_pool=self._on_pool, stop=self.stop)
-        except BaseException as exc:  # noqa: BLE001 - reported through the feed and re-raised
+                on_pool=self._on_pool, stop=self.stop, stats=per_model)
+        except BaseException as exc:  # noqa: BLE001 - fails every unpublished pool (feed.close)
             self.error = exc
+            self.errors["extraction"] = f"{type(exc).__name__}: {exc}"
             log.error("extraction failed: %s: %s", type(exc).__name__, exc)
         finally:
+            self.stats = next(iter(per_model.values()), {})
             self.finished_at = time.time()
             self.feed.close(self.error)
+
+    def join(self) -> None:
+        """Wait until extraction is over (the staged order: score afterwards)."""
+        self._thread.join()
 
     def __enter__(self) -> "ExtractionThread":
         self._thread.start()

@@ -213,10 +213,12 @@ def _counts(plan: Plan, table: Any, failed: Any, schedule: Any) -> dict[str, int
 def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
             run_id: str | None = None, progress: bool | None = None,
             on_row: Callable[[dict[str, Any]], None] | None = None,
-            num_cpus: int | None = None) -> JobResult:
+            num_cpus: int | None = None, overlap: bool = True) -> JobResult:
     """Plan and (unless ``dry_run``) run a job; see the module docstring.
 
     on_row: called after each scoring row is persisted (tests use it to simulate a kill).
+    overlap: score while extraction runs (default); False scores only once every pool is
+    extracted — the staged order, for benchmarks and debugging (same matrix either way).
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -238,7 +240,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
         with Heartbeat(run_dir / "run.json"):
             table, extraction_errors, schedule = execute(
                 spec, plan, run_dir, timings, address=address, num_cpus=num_cpus,
-                progress=progress, on_row=on_row, when=when)
+                progress=progress, on_row=on_row, when=when, overlap=overlap)
     except BaseException as exc:  # Ctrl-C or crash: say which, keep what finished
         info.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "error",
                     error=f"{type(exc).__name__}: {exc}",
