@@ -194,3 +194,12 @@ def test_job_scores_while_it_extracts_and_the_driver_opens_no_shard(tmp_path, ra
     ref = reference_table(spec)
     pd.testing.assert_frame_equal(table[SCORE_COLS].reset_index(drop=True),
                                   ref[SCORE_COLS].reset_index(drop=True))
+
+
+def test_scoring_limit_leaves_the_pipeline_its_cpus():
+    from segotce_ray.job.overlap import scoring_limit
+
+    assert scoring_limit({"CPU": 2.0}, None, gpu=False) == 1           # 1 actor + 2 readers: ≥ 1 anyway
+    assert scoring_limit({"CPU": 16.0}, None, gpu=False) == 11         # 16 − 1 actor − 16 × ¼
+    assert scoring_limit({"CPU": 16.0}, 4, gpu=False) == 8             # 4 actors take a CPU each
+    assert scoring_limit({"CPU": 16.0, "GPU": 4.0}, None, gpu=True) == 12   # GPU actors: readers only

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ExtractionThread", "scoring_limit", "timeline"]
 
+#: Seconds an interrupted run waits for the extraction thread to stop.
+STOP_WAIT_S = 30.0
+
 
 class ExtractionThread:
     """The plan's missing pools, extracted in a driver thread while the main thread scores.
@@ -84,11 +87,13 @@ class ExtractionThread:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:     # scoring broke (Ctrl-C...): stop consuming, publish nothing more
-            self.stop.set()
-        self._thread.join()
-        if self.error is not None and exc_type is None and not isinstance(self.error, Exception):
-            raise self.error         # a KeyboardInterrupt that reached the thread
+        if exc_type is None:
+            self._thread.join()
+            return
+        # scoring broke (Ctrl-C...): stop consuming (checked after each chunk) and publish
+        # nothing more; a pipeline that does not answer is left to die with the process
+        self.stop.set()
+        self._thread.join(timeout=STOP_WAIT_S)
 
 
 def scoring_limit(cluster: Mapping[str, float], actors: int | None, gpu: bool) -> int:
