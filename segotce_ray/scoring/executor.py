@@ -12,8 +12,12 @@ task with ``ray.wait``, and hands its rows — once, in one place — to the cal
 ``on_result`` (a job persists each row before anything else happens), to the progress bar and
 back to the policy. Policies: :class:`segotce_ray.scoring.schedules.FullSchedule` (every
 repetition of every pair) and :class:`segotce_ray.scoring.adaptive.AdaptiveSchedule` (early
-pruning of models that cannot reach a target's top-k). Tasks, pool references and task
-resources: :mod:`segotce_ray.scoring.tasks`.
+pruning of models that cannot reach a target's top-k); :class:`Interleave` runs several policies
+(one adaptive schedule per metric) in one loop. Given a :class:`segotce_ray.scoring.feed.PoolFeed`
+— pools still being extracted — the loop admits a unit only once every pool it reads has
+arrived, wakes up for each publication (it waits for tasks at most ``_Gate.POLL_S`` at a
+time while the feed is open) and keeps at most ``feed.limit`` tasks in flight until the feed
+closes. Tasks, pool references and task resources: :mod:`segotce_ray.scoring.tasks`.
 """
 
 from __future__ import annotations
