@@ -52,11 +52,15 @@ def _same(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns=TIME_COLUMNS).reset_index(drop=True)
 
 
-def _produce(feed: PoolFeed, items: list, delay: float, times: dict) -> threading.Thread:
-    """Put ``items`` into ``feed`` after ``delay`` s, 0.2 s apart; then close it."""
+def _produce(feed: PoolFeed, items: list, delay: float, times: dict,
+             after: threading.Event | None = None) -> threading.Thread:
+    """Put ``items`` into ``feed`` after ``delay`` s (and once ``after`` is set, 60 s at most),
+    0.2 s apart; then close it."""
 
     def run() -> None:
         time.sleep(delay)
+        if after is not None:
+            after.wait(60)
         for pool, outcome in items:
             times[pool] = time.time()
             feed.put(pool, outcome)
@@ -73,8 +77,10 @@ def test_units_wait_for_their_pools_and_the_table_is_the_same(ray_local):
     late = [p for p in POOLS if p[0] == "m2"]
     feed = PoolFeed({p: POOLS[p] for p in POOLS if p[0] == "m1"}, late, limit=1)
     put: dict = {}
-    producer = _produce(feed, [(p, POOLS[p]) for p in late], 1.5, put)
-    table = score_pairs(PAIRS, {}, metrics=METRICS, seed=3, progress=False, feed=feed)
+    first_row = threading.Event()      # the late pools come once a row of m1 is back: m1's
+    producer = _produce(feed, [(p, POOLS[p]) for p in late], 0.5, put, after=first_row)
+    table = score_pairs(PAIRS, {}, metrics=METRICS, seed=3, progress=False, feed=feed,
+                        on_result=lambda row: first_row.set())   # units must not wait for m2's
     producer.join()
     pd.testing.assert_frame_equal(_same(table), _same(reference))
     assert (table["status"] == "ok").all()
