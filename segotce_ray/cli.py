@@ -23,8 +23,10 @@ import json
 import logging
 import os
 import sys
-from typing import Any
 from pathlib import Path
+from typing import Any
+
+from segotce_ray.metrics import registry
 
 EXIT_OK, EXIT_FAILED_PAIRS, EXIT_INVALID, EXIT_ERROR = 0, 1, 2, 3
 
@@ -155,10 +157,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import yaml
 
-    from segotce_ray.spec.model import otce_settings
+    from segotce_ray.io import write_json
     from segotce_ray.metrics.calibration import CalibrationError, calibrate, write_calibration
-    from segotce_ray.results.matrix import read_ground_truth
+    from segotce_ray.metrics.recommend import recommend
+    from segotce_ray.results.matrix import TransferabilityMatrix, read_ground_truth
     from segotce_ray.results.report import load_long
+    from segotce_ray.spec.model import otce_settings
 
     run_dir = _run_dir(args.run_dir)
     if not (run_dir / "matrix.parquet").is_file() or not (run_dir / "spec.yaml").is_file():
@@ -167,17 +171,50 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     try:
         truth = read_ground_truth(args.ground_truth)
-        settings = otce_settings(yaml.safe_load((run_dir / "spec.yaml").read_text("utf-8")) or {})
-        cal = calibrate(load_long(run_dir), truth, settings)
+        long = load_long(run_dir)
+        legacy = None
+        if (long["metric"] == "otce").any():
+            settings = otce_settings(yaml.safe_load((run_dir / "spec.yaml").read_text("utf-8")) or {})
+            legacy = calibrate(long, truth, settings)
+        pairs = TransferabilityMatrix(long).pair_frame()
+        rec = recommend(pairs, truth, metrics=[c for c in pairs.columns if c in registry.METRICS])
     except (CalibrationError, ValueError) as exc:
         print(f"calibrate {run_dir}: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    out = Path(args.out) if args.out else run_dir / "otce_calibration.json"
-    write_calibration(out, cal)
-    _print_calibration(cal)
-    print(f"calibration file: {out}")
-    print(f"use it in a job with:  otce: {{calibration: {out}}}")
+    out = Path(args.out) if args.out else run_dir / "calibration.json"
+    write_json(out, {"format": "segotce-ray recommendation", "version": 1,
+                     "run": str(run_dir), "ground_truth": str(Path(args.ground_truth).absolute()),
+                     **rec})
+    _print_recommendation(rec)
+    print(f"recommendation file: {out}")
+    print(f"use it in a job with:  calibration: {out}   (adds the metric 'recommended')")
+    if legacy is not None:
+        otce_out = Path(args.otce_out) if args.otce_out else run_dir / "otce_calibration.json"
+        write_calibration(otce_out, legacy)
+        print()
+        _print_calibration(legacy)
+        print(f"SEG-OTCE calibration file: {otce_out}  (otce: {{calibration: FILE}} adds "
+              f"'otce_calibrated')")
     return EXIT_OK
+
+
+def _print_recommendation(rec: dict) -> None:
+    """Every candidate's leave-one-target-out figures, the chosen one and its nested evidence."""
+    def f(v) -> str:
+        return "    –  " if v is None else f"{v:7.3f}"
+
+    print("recommended ranking — leave-one-target-out over "
+          f"{len(rec['targets'])} targets (rule: {rec['rule']}):")
+    print(f"  {'candidate':<34} {'pearson':>7} {'w. tau':>7} {'regret':>7} {'utility':>7}")
+    for name, v in sorted(rec["loto"].items(), key=lambda kv: (kv[0] == "recommended",
+                                                                -(kv[1].get("utility") or -9))):
+        label = f"{name} (nested)" if name == "recommended" else \
+            (f"{name} ← chosen" if name == rec["chosen"] else name)
+        print(f"  {label:<34} {f(v.get('pearson'))} {f(v.get('weighted_tau'))} "
+              f"{f(v.get('regret'))} {f(v.get('utility'))}")
+    reason = rec["loto"]["recommended"].get("reason")
+    if reason:
+        print(f"  nested evidence: {reason}")
 
 
 def _print_calibration(cal) -> None:
@@ -233,6 +270,10 @@ def _print_demo_results(result) -> None:
                 print("\nEvery metric side by side, mean over targets (per-target rows: "
                       "correlation.csv):")
                 print(mean.to_string(index=False))
+    from segotce_ray.results.trust import headline_lines
+
+    for line in headline_lines(result.run_dir)[1:]:   # "Read this first", as in the report
+        print(line.replace("**", "").replace("## ", "").replace("`", ""))
     line = timeline_line(json.loads((result.run_dir / "run.json").read_text()).get("timeline") or {})
     if line:
         print(f"\n{line}")
@@ -313,19 +354,24 @@ def _add_report(sub: Any) -> None:
 
 
 def _add_calibrate(sub: Any) -> None:
-    p = sub.add_parser("calibrate", help="fit the calibrated SEG-OTCE (λ1·W_D + λ2·W_T + b) "
-                                         "on a finished run and ground truth",
-                       description="Fit score = λ1·W_D + λ2·W_T + b (or a per-target "
-                                   "standardised/rank form, when it validates better) on the "
-                                   "SEG-OTCE pairs of RUN_DIR that have ground truth; print "
-                                   "leave-one-target-out Pearson r and top-1 regret for the raw "
-                                   "and the calibrated score; write the calibration file that "
-                                   "'otce: {calibration: FILE}' in a job applies.")
+    p = sub.add_parser("calibrate", help="learn a recommended ranking from a finished run and "
+                                         "the team's ground truth",
+                       description="Judge every metric of RUN_DIR alone, each with per-family "
+                                   "offsets and log-capacity as covariates, the CVPR'21 form "
+                                   "λ1·W_D + λ2·W_T + b and a rank average, leave-one-target-"
+                                   "out against the ground truth; pick one by the README's rule "
+                                   "(top-1 regret and weighted τ), with nested evidence; write "
+                                   "the file that 'calibration: FILE' in a job applies (metric "
+                                   "'recommended'). Also writes the SEG-OTCE-only calibration "
+                                   "('otce: {calibration: FILE}', metric 'otce_calibrated').")
     p.add_argument("run_dir", metavar="RUN_DIR", help="runs/<name>/<run-id> (or runs/<name>)")
     p.add_argument("--ground-truth", required=True, metavar="FILE",
-                   help="CSV with columns model,target,value (as a job's ground_truth)")
+                   help="CSV with columns model,target,value[,seed] (as a job's ground_truth)")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="calibration file to write (default: RUN_DIR/otce_calibration.json)")
+                   help="recommendation file to write (default: RUN_DIR/calibration.json)")
+    p.add_argument("--otce-out", default=None, metavar="FILE",
+                   help="the SEG-OTCE-only calibration (λ1·W_D + λ2·W_T + b) to write "
+                        "(default: RUN_DIR/otce_calibration.json)")
     p.set_defaults(func=cmd_calibrate)
 
 

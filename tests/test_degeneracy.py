@@ -85,6 +85,8 @@ def test_job_marks_degenerate_models_and_adds_calibrated_metric(tmp_path, data_r
     assert main(["run", str(path), "--run-id", "r1"]) == 0
     run1 = tmp_path / "runs" / "nightly" / "r1"
     long = pd.read_parquet(run1 / "matrix.parquet")
+    assert set(long.loc[long["metric"] == "capacity", "status"]) == {"unavailable"}  # seeded pools
+    long = long[long["metric"] != "capacity"]               # the baseline reads no pool
     marked = long[long["degenerate"].notna()]
     assert set(marked["model"]) == {"m_b"} and len(marked) == len(long[long["model"] == "m_b"])
     otce_b = marked[marked["metric"] == "otce"]["degenerate"].iloc[0]
@@ -102,7 +104,7 @@ def test_job_marks_degenerate_models_and_adds_calibrated_metric(tmp_path, data_r
     # fit a calibration on run 1, then apply it in run 2
     capsys.readouterr()
     assert main(["calibrate", str(run1), "--ground-truth", str(tmp_path / "gt.csv"),
-                 "--out", str(tmp_path / "cal.json")]) == 0
+                 "--otce-out", str(tmp_path / "cal.json")]) == 0
     assert "leave-one-target-out" in capsys.readouterr().out
     raw = yaml.safe_load(path.read_text())
     raw["otce"]["calibration"] = "cal.json"
@@ -121,9 +123,10 @@ def test_job_marks_degenerate_models_and_adds_calibrated_metric(tmp_path, data_r
     assert calib["degenerate"].notna().groupby("model").all().to_dict() == \
         {"m_a": False, "m_b": True, "m_c": False}
     ranks = pd.read_csv(run2 / "rankings.csv")
-    assert {"otce", CALIBRATED_METRIC, "logme"} == set(ranks["metric"])
-    corr = pd.read_csv(run2 / "correlation.csv")
-    assert list(corr["metric"].drop_duplicates()) == ["otce", CALIBRATED_METRIC, "logme"]
+    assert {"otce", CALIBRATED_METRIC, "logme", "capacity"} == set(ranks["metric"])
+    corr = pd.read_csv(run2 / "correlation.csv")      # then the baselines: capacity, random
+    assert list(corr["metric"].drop_duplicates()) == ["otce", CALIBRATED_METRIC, "logme",
+                                                      "capacity", "random"]
     report = (run2 / "report.md").read_text()
     assert "## Calibrated SEG-OTCE" in report and "rank by otce_calibrated" in report
     applied = json.loads((run2 / "calibration_applied.json").read_text())

@@ -220,7 +220,7 @@ def test_request_validation(world):
 def test_workers_write_the_shards_and_the_driver_gets_only_metadata(world, tmp_path, monkeypatch):
     """The driver never writes a shard (its Parquet writers are disabled here) and receives a
     fixed few hundred bytes per chunk, whatever the pool's size."""
-    import segotce_ray.store as store_mod
+    from segotce_ray.pools import store as store_mod
 
     def no_driver_writes(*args, **kwargs):
         raise AssertionError("the driver wrote a shard")
@@ -237,14 +237,16 @@ def test_workers_write_the_shards_and_the_driver_gets_only_metadata(world, tmp_p
     assert store.read_table(key).num_rows == man["rows"] == sum(s["rows"] for s in man["shards"]) == 5000
     assert stats["tiny"]["pool_bytes"] == sum((store.path(key) / s["file"]).stat().st_size
                                               for s in man["shards"])
-    assert stats["tiny"]["driver_bytes"] <= 3 * 400                        # 3 chunks of metadata
+    dim = int(man["metadata"]["dim"])   # 3 chunks of metadata: the shard's facts and the chunk's
+    assert stats["tiny"]["driver_bytes"] <= 3 * (400 + 2 * 25 * dim)   # mean and m2 per channel
+    assert man["facts"]["n_valid"] == 5000 and man["facts"]["dim"] == dim
     assert stats["tiny"]["driver_bytes"] < 0.02 * stats["tiny"]["pool_bytes"]
 
 
 def test_one_actor_serves_many_models_from_a_small_lru(world, tmp_path, monkeypatch):
     """In-process: models load on first use, stay loaded (LRU of cache_size), a model that
     fails to load fails its own chunks only and is not reloaded for every chunk."""
-    from segotce_ray.extract.pipeline import pipeline as ex
+    from segotce_ray.extract import actor as ex
 
     loads: list[str] = []
     real_load = ex.load_model

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from segotce_ray.metrics import registry
 from segotce_ray.cli import main
 from segotce_ray.pools.score_log import ScoreLog
 from segotce_ray.job.run import _set_latest, latest_run, run_job
@@ -223,9 +224,11 @@ def test_run_dir_contents_latest_and_report_diff(tmp_path, data_root, ray_local,
     run2 = job_dir / "night2"
     assert latest_run(job_dir) == run2
     table = pd.read_parquet(run2 / "matrix.parquet")
-    ok = table[table["status"] == "ok"]
+    ok = table[(table["status"] == "ok") & (table["metric"] == "otce")]
     assert set(ok["model"]) == {"m_a", "m_b", "m_new"} and len(ok) == 3 * 2 * K
-    assert set(table[table["status"] != "ok"]["model"]) == {"m_broken"}
+    assert set(table[table["status"] == "failed"]["model"]) == {"m_broken"}
+    capacity = table[table["metric"] == "capacity"]          # the baseline of runs with truth
+    assert set(capacity["target"]) == {"t1", "t2"} and capacity["k"].eq(0).all()
     report = (run2 / "report.md").read_text()
     assert "Compared with run `night1`" in report
     assert "- new models: m_new" in report
@@ -403,10 +406,10 @@ def test_demo_command_prints_rankings_correlation_and_paths(tmp_path, data_root,
     side = out.split("Every metric side by side")[1].splitlines()
     rows = [line.split()[0] for line in side[2:]
             if line.strip() and not line.startswith(("heat", "rep", "Timeline"))]
-    assert rows == ["otce", "logme"]                          # SEG-OTCE first
+    assert rows == ["otce", "logme", "capacity", "random"]   # SEG-OTCE first, baselines last
     assert "Timeline: every pool was cached; scoring " in out  # seeded pools: nothing extracted
     corr = pd.read_csv(latest_run(tmp_path / "demo" / "runs" / "nightly") / "correlation.csv")
-    assert list(dict.fromkeys(corr["metric"])) == ["otce", "logme"]
+    assert list(dict.fromkeys(corr["metric"])) == ["otce", "logme", "capacity", "random"]
     run = latest_run(tmp_path / "demo" / "runs" / "nightly")
     assert f"heatmap: {run / 'heatmap.png'}" in out and f"report:  {run / 'report.md'}" in out
 
@@ -566,7 +569,8 @@ def test_layer_probs_reads_the_probs_column_of_the_logits_pool(tmp_path, data_ro
     want = otce_repetition(src, tgt, seed, n_pixels=60, epsilon=1.0, solver="sinkhorn",
                            sampling="uniform", ignore_index=255)
     assert row.loc["otce", "score"] == pytest.approx(want["score"], abs=1e-9)
-    peer = peer_repetition(None, tgt, int(row.loc["hscore", "seed"]), name="hscore", n_pixels=60)
+    peer = peer_repetition(None, tgt, int(row.loc["hscore", "seed"]), record=registry.get("hscore"),
+                           n_pixels=60)
     assert row.loc["hscore", "score"] == pytest.approx(peer["score"], abs=1e-9)
     scaled_table = pd.read_parquet(tmp_path / "s" / "runs" / "nightly" / "r" / "matrix.parquet")
     s_row = scaled_table[(scaled_table.model == "m_a") & (scaled_table.target == "t1")

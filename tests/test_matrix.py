@@ -146,8 +146,14 @@ def test_bad_inputs(long, tmp_path):
         TransferabilityMatrix(long.drop(columns=["status"]))
     bad = tmp_path / "gt.csv"
     bad.write_text("model,target,value\na,cs,0.5\nb,cs,high\n")
-    with pytest.raises(ValueError, match=r"gt.csv: line 3: value 'high'"):
+    with pytest.raises(ValueError, match=r"gt.csv: line 3: model 'b', target 'cs': value 'high'"):
         read_ground_truth(bad)
+    bad.write_text("model,target,value\na,cs,0.5\nb,cs,0.4\na,cs,0.6\n")
+    with pytest.raises(ValueError, match=r"gt.csv: line 4: model 'a', target 'cs' repeats line 2 "
+                                         r"\(fine-tuning repeats need a 'seed' column\)"):
+        read_ground_truth(bad)
+    bad.write_text("model,target,seed,value\na,cs,0,0.5\na,cs,1,0.6\nb,cs,0,0.4\nb,cs,1,0.3\n")
+    assert len(read_ground_truth(bad)) == 4
     bad.write_text("model,dataset,value\na,cs,0.5\n")
     with pytest.raises(ValueError, match="missing column"):
         read_ground_truth(bad)
@@ -188,12 +194,12 @@ def test_saved_files_follow_the_umask_not_mkstemp_0600(tmp_path):
 
     import pandas as pd
 
-    from segotce_ray.results.matrix import _atomic_write
+    from segotce_ray.io import atomic_write
 
     old = os.umask(0o022)
     try:
         target = tmp_path / "x.csv"
-        _atomic_write(target, lambda p: pd.DataFrame({"a": [1]}).to_csv(p, index=False))
+        atomic_write(target, lambda p: pd.DataFrame({"a": [1]}).to_csv(p, index=False))
     finally:
         os.umask(old)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644

@@ -418,7 +418,7 @@ def test_registry_and_generic_call():
     assert set(PEER_METRICS) == {"nce", "leep", "nleep", "logme", "hscore",
                                  "hscore_shrinkage", "gbc", "transrate"}
     assert PROB_METRICS == ["nce", "leep"]
-    assert all(i.higher_is_better and not i.needs_source_data for i in PEER_METRICS.values())
+    assert all(i.higher_is_better and not i.needs_source for i in PEER_METRICS.values())
     assert metrics_for_inputs(has_probs=False) == FEATURE_METRICS
     assert metrics_for_inputs(has_probs=True) == list(PEER_METRICS)
     x, y = blobs()

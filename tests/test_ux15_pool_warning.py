@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from segotce_ray.extract.pipeline import _consume_chunk, _PendingPool
+from segotce_ray.pools.degeneracy import partial_stats
 from segotce_ray.pools.store import PoolStore, write_shard
 
 
@@ -28,9 +31,12 @@ def test_pool_warning_compares_with_the_configured_draws(tmp_path, caplog, draws
     store = PoolStore(tmp_path)
     p.staging = store.staging(p.key)                      # the shard as an actor writes it
     shard = write_shard(table, p.staging, "part-00000.parquet")
-    row = dict(shard, chunk=0, kept_images=2, dim=16, num_probs=0, images=2, errors="[]")
+    facts = json.dumps(partial_stats(np.ones((4, 16), np.float16), np.array([0, 1, 0, 1])))
+    row = dict(shard, chunk=0, kept_images=2, dim=16, num_probs=0, images=2, errors="[]",
+               facts=facts)
     _consume_chunk(p, row, store, "fail")
     assert p.failed is None and p.committed and store.has(p.key)
+    assert store.manifest(p.key)["facts"]["n_valid"] == 4      # the chunk's facts, merged
     msgs = [m for m in caplog.messages if "fewer than" in m]
     if warned:
         assert msgs == [f"pool m@d has 4 pixels, fewer than the N={draws} draws of SEG-OTCE "

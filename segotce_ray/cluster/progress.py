@@ -30,13 +30,13 @@ UnitKey = tuple[str, str, str]
 class Progress:
     """A bar on a terminal, else log lines (see the module docstring).
 
-    noun: what is counted, as (bar unit, plural word): ``("rep", "repetitions")`` or
-    ``("img", "images")``.
+    noun: what is counted, as (bar unit, word): ``("rep", "repetition")`` or
+    ``("img", "image")``.
     """
 
     def __init__(self, total: int, desc: str, enabled: bool | None,
                  units: Mapping[UnitKey, int] | None = None, interval: float | None = None,
-                 clock=time.monotonic, noun: tuple[str, str] = ("rep", "repetitions")) -> None:
+                 clock=time.monotonic, noun: tuple[str, str] = ("rep", "repetition")) -> None:
         self.total, self.desc, self.clock, self.noun = total, desc, clock, noun
         self.interval = INTERVAL_S if interval is None else interval
         self.done = 0
@@ -49,7 +49,7 @@ class Progress:
 
             self.bar = tqdm(total=total, desc=desc, unit=noun[0], dynamic_ncols=True)
         elif total:
-            log.info("%s: %d %s to run", desc, total, noun[1])
+            log.info("%s: %d %s(s) to run", desc, total, noun[1])
 
     def advance(self, n: int) -> None:
         """``n`` more done (a count, no rows)."""
@@ -95,7 +95,7 @@ class Progress:
         eta = ""
         if 0 < self.done < self.total:
             eta = f", ~{elapsed / self.done * (self.total - self.done):.0f} s left"
-        return (f"{self.desc}: {self.done}/{self.total} {self.noun[1]} ({pct:.0f}%), "
+        return (f"{self.desc}: {self.done}/{self.total} {self.noun[1]}s ({pct:.0f}%), "
                 f"{elapsed:.0f} s elapsed{eta}")
 
     def close(self) -> None:

@@ -434,7 +434,7 @@ def load_split(root: str | Path, config: WorldConfig, domain: str,
 
     Labels are in the domain's own label space (Cityscapes train ids, or coarse ids for a
     coarse domain), void = 255. This is the demo's own reader for training and ground
-    truth; the pipeline reads the same files through :mod:`segotce_ray.datasets`.
+    truth; the pipeline reads the same files through :mod:`segotce_ray.inputs.datasets`.
     """
     root = Path(root)
     if DOMAINS[domain].label_space == "coarse":

@@ -122,6 +122,7 @@ class ChunkFeatureExtractor:
                     dims = (int(table.schema.metadata[b"dim"]), int(table.schema.metadata.get(b"num_probs", 0)))
                     shard["kept_images"] = len(set(table.column("image_id").to_pylist()))
                     facts = _chunk_facts(table, dims[0], req.get("ignore_index", 255))
+                    facts["parameters"] = self.model(req["model"]).n_parameters
             except ModelError as exc:
                 errors = [{"image_id": "", "kind": "load", "error": str(exc)}]
             except Exception as exc:  # noqa: BLE001 - a forward or a store write failed: this chunk

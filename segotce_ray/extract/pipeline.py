@@ -23,7 +23,7 @@ renamed). No pool byte passes through the driver: it receives a few hundred byte
 The store must be a path every node mounts (see the README's cluster section).
 
 Pixel draws are seeded from ``(seed, model, dataset, image_id)`` (see
-:mod:`segotce_ray.sampling`) and made in the read step, so only the image and the sampled
+:mod:`segotce_ray.extract.sampling`) and made in the read step, so only the image and the sampled
 coordinates travel to the actor. There, under ``torch.inference_mode`` (and float16
 autocast on a GPU), one forward pass per chunk gives the native-resolution feature map and
 logits; one ``grid_sample`` per chunk samples both at the label coordinates (no
@@ -408,7 +408,7 @@ def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, 
     saved = ctx.enable_progress_bars
     ctx.enable_progress_bars = False
     bar = Progress(sum(len(p.request.dataset.samples) for p in pools), "extract", progress,
-                   interval=30.0, noun=("img", "images"))
+                   interval=30.0, noun=("img", "image"))
     t0 = time.perf_counter()
     seen = {"t_first": None, "first_images": 0, "driver_bytes": 0, "stopped": False}
     try:
@@ -541,7 +541,9 @@ def _consume_chunk(p: _PendingPool, row: dict[str, Any], store: PoolStore, bad_i
             "fingerprint": p.fingerprint, "layer": r.model.layer, "sampling": r.sampling_params(),
             "seed": r.seed, "images": p.images, "images_requested": len(r.dataset.samples),
             "skipped": p.skipped, "seconds": round(time.time() - p.started, 3),
-            "facts": combine_stats([p.facts[c] for c in sorted(p.shards)])}, meta)
+            "facts": combine_stats([p.facts[c] for c in sorted(p.shards)]),
+            "model_parameters": next((f["parameters"] for f in p.facts.values() if "parameters" in f),
+                                     None)}, meta)
     except Exception as exc:  # noqa: BLE001 - a store failure (disk full...) fails this pool only
         return _fail(p, f"writing the pool failed: {type(exc).__name__}: {exc}")
     p.committed = True

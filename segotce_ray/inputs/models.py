@@ -4,7 +4,7 @@ A :class:`ModelSpec` says what to build and which layer to read; :func:`load_mod
 it into a :class:`SegmentationModel` whose :meth:`~SegmentationModel.features` maps images
 ``(B, 3, H, W)`` in ``[0, 1]`` to ``(feat (B, D, h, w), logits (B, C, h', w'))`` at the
 network's native (low) resolution — nothing is upsampled here; pixels are sampled from
-these maps afterwards (:mod:`segotce_ray.sampling`).
+these maps afterwards (:mod:`segotce_ray.extract.sampling`).
 
 Architectures (``ModelSpec.architecture``):
 
@@ -372,6 +372,8 @@ class SegmentationModel:
         self.layer = spec.layer
         self.weights_hash = weights_hash
         self.module = module.eval()
+        #: the model's capacity: its parameter count (buffers not counted)
+        self.n_parameters = int(sum(p.numel() for p in module.parameters()))
         self.device = torch.device("cpu")
         self._kind = None if isinstance(module, torch.jit.ScriptModule) else _torchvision_kind(module)
         self._captured: list[torch.Tensor] = []

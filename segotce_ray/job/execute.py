@@ -18,6 +18,8 @@ import numpy as np
 from segotce_ray.cluster.runtime import init_ray
 from segotce_ray.io import write_json
 from segotce_ray.job.overlap import ExtractionThread, scoring_limit, timeline
+from segotce_ray.metrics import registry
+from segotce_ray.job.derived import add_model_facts, capacity_rows, model_facts, recommended_rows
 from segotce_ray.job.plan import PROBS_SPACE, PairPlan, Plan
 from segotce_ray.metrics.calibration import CalibrationError, calibrated_rows, read_calibration
 from segotce_ray.pools.degeneracy import STATS_VERSION, degenerate_reason, pool_stats
@@ -103,7 +105,12 @@ def execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *
     timings["extract"] = ended - started
     timings["score"] = scored - started
     t0 = time.perf_counter()
+    table = add_model_facts(table, facts := model_facts(spec, plan, store))
     table = _calibrate(spec, table, run_dir, errors)
+    extra = capacity_rows(plan, facts) if spec.ground_truth else []
+    extra += recommended_rows(spec, table, run_dir, errors)
+    if extra:
+        table = results_frame([*table.to_dict("records"), *extra])
     table = mark_degenerate(table, pool_checks(store, feed.known), spec.otce.n_pixels)
     schedule = _schedule_frame(decisions, plan) if spec.schedule.mode == "adaptive" else None
     TransferabilityMatrix(table).save(run_dir, ground_truth=spec.ground_truth, schedule=schedule)
@@ -275,6 +282,9 @@ def mark_degenerate(table: Any, stats: Mapping[tuple[str, str], dict], n_pixels:
     reasons = {pool: degenerate_reason(s, n_pixels) for pool, s in stats.items()}
 
     def why(model: str, target: str, metric: str, source: Any) -> str | None:
+        rec = registry.METRICS.get(metric)
+        if rec is not None and rec.inputs in ("parameters", "metrics"):
+            return None                  # capacity, recommended: read no pool
         pools = [(model, target)]
         if needs_source(metric) and isinstance(source, str) and source:
             pools.insert(0, (model, source))

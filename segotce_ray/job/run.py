@@ -21,7 +21,7 @@ versions, timings). ``<output>/<name>/latest`` points at the last finished run (
 symlink; a one-line text file where symlinks are not available).
 
 **Schedule.** ``schedule: full`` spends K repetitions on every pair. ``schedule: adaptive``
-(:mod:`segotce_ray.adaptive`) spends ``min_repetitions`` on every pair and the rest only on
+(:mod:`segotce_ray.scoring.adaptive`) spends ``min_repetitions`` on every pair and the rest only on
 models that can still enter a target's top-k; the others are *pruned* and keep the mean of
 their partial repetitions. Both write each row to the same score log as it arrives, so an
 adaptive run resumes like a full one and — decisions being a function of the seeded

@@ -14,7 +14,8 @@ ignore_index) -> float``, higher = more transferable) plus one :class:`MetricRec
 - ``"otce"``: SEG-OTCE on the model's source and target pools (needs the source pool);
 - ``"peer"``: ``function`` on N target pixels drawn per repetition (features or probs);
 - ``"derived"``: not scored by the fan-out; its rows are computed from other metrics' rows
-  after scoring (``otce_calibrated`` from SEG-OTCE's W_D and W_T).
+  after scoring (``otce_calibrated`` from SEG-OTCE's W_D and W_T, ``capacity`` from the
+  model's parameter count in runs with ground truth, ``recommended`` from a calibration file).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class MetricRecord:
 
     name: its key in specs, tables and file names; title: how a report names it;
     inputs: what of a pool it reads (``features``: the feature space's columns, ``probs``:
-    the source head's softmax, ``w_d+w_t``: SEG-OTCE's rows); needs_source: it also reads
+    the source head's softmax, ``w_d+w_t``: SEG-OTCE's rows, ``parameters``: the model's
+    parameter count, ``metrics``: every metric's means); needs_source: it also reads
     the model's source pool; higher_is_better: orientation for rankings (a lower-is-better
     metric's scores are negated by its function, never by the tables); order: display order
     (lower first); runner: ``otce`` | ``peer`` | ``derived``; function: ``"module:attr"``.
@@ -45,7 +47,7 @@ class MetricRecord:
 
     name: str
     title: str
-    inputs: Literal["features", "probs", "w_d+w_t"]
+    inputs: Literal["features", "probs", "w_d+w_t", "parameters", "metrics"]
     runner: Literal["otce", "peer", "derived"]
     order: int
     function: str | None = None
@@ -79,6 +81,12 @@ METRICS: dict[str, MetricRecord] = {r.name: r for r in (
           "−Σ pairwise Bhattacharyya coefficients of diagonal class Gaussians"),
     _peer("transrate", "TransRate", "features", 6, "Huang et al., ICML 2022",
           "coding rate R(f) − mean_c R(f_c)"),
+    MetricRecord("recommended", "recommended", "metrics", "derived", -1,
+                 "segotce_ray.metrics.recommend:apply_recommendation",
+                 summary="the ranker learned from the team's ground truth (segotce-ray calibrate)"),
+    MetricRecord("capacity", "capacity (baseline)", "parameters", "derived", 90,
+                 "segotce_ray.metrics.correlation:capacity_score",
+                 summary="log10 of the model's parameter count: a baseline, more = higher"),
     MetricRecord("otce_calibrated", "SEG-OTCE calibrated", "w_d+w_t", "derived", 1,
                  "segotce_ray.metrics.calibration:calibrated_rows", needs_source=True,
                  paper="Tan et al., CVPR 2021 (λ1·W_D + λ2·W_T + b)",

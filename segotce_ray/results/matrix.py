@@ -22,7 +22,7 @@ temporary name and renamed, so a reader never sees half a file):
   degenerate.
 - ``rankings.csv`` — metric, target, rank, model, mean, std, n, status, degenerate (all
   metrics; failed pairs last with an empty rank). ``degenerate`` is the reason a pair's
-  pools are degenerate (:mod:`segotce_ray.degeneracy`), empty when they are fine: such a
+  pools are degenerate (:mod:`segotce_ray.pools.degeneracy`), empty when they are fine: such a
   model is still ranked, but its score means little.
 - ``heatmap.png`` — models × targets, colour = the model's position between the target's
   lowest and highest mean (one scale per target column: scores compare only within a
@@ -51,8 +51,9 @@ import pyarrow.parquet as pq
 
 from segotce_ray.io import atomic_write
 from segotce_ray.metrics import registry
+from segotce_ray.results.trust import trust_tables
 from segotce_ray.scoring.rows import long_schema
-from segotce_ray.metrics.correlation import correlation_table
+from segotce_ray.metrics.correlation import correlation_table, ground_truth_problems
 
 log = logging.getLogger(__name__)
 
@@ -65,29 +66,31 @@ _GROUP = ["metric", "model", "target"]
 
 
 def read_ground_truth(path: str | Path) -> pd.DataFrame:
-    """Read a ground-truth CSV (columns model, target, value); errors name the file and row."""
+    """Read a ground-truth CSV: columns model, target, value, and ``seed`` when fine-tuning was
+    repeated (several rows per (model, target), one per seed). Rows are returned as they are
+    (the agreement figures average the seeds); a problem is a ValueError that names the file
+    and the line (:func:`segotce_ray.metrics.correlation.ground_truth_problems`); a warning
+    (one target only) is logged."""
     path = Path(path)
     try:
-        df = pd.read_csv(path, dtype={"model": str, "target": str}, keep_default_na=False)
+        df = pd.read_csv(path, dtype={"model": str, "target": str, "seed": str}, keep_default_na=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"ground truth {path}: cannot read it: {exc}") from exc
     missing = {"model", "target", "value"} - set(df.columns)
     if missing:
         raise ValueError(f"ground truth {path}: missing column(s) {sorted(missing)} "
-                         f"(header must have model,target,value)")
-    values = pd.to_numeric(df["value"], errors="coerce")
-    bad = values.isna() | ~np.isfinite(values.to_numpy(np.float64, na_value=np.nan))
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"ground truth {path}: line {i + 2}: value {df['value'].iloc[i]!r} "
-                         f"is not a finite number")
+                         f"(header must have model,target,value[,seed])")
+    problems = ground_truth_problems(df)
+    errors = [p for p in problems if p.level == "error"]
+    if errors:
+        raise ValueError(f"ground truth {path}: {str(errors[0]).removeprefix('error: ')}"
+                         + (f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""))
+    for p in problems:
+        log.warning("ground truth %s: %s", path, str(p).removeprefix("warning: "))
     out = pd.DataFrame({"model": df["model"].astype(str), "target": df["target"].astype(str),
-                        "value": values.astype(np.float64)})
-    dup = out.duplicated(["model", "target"], keep=False)
-    if dup.any():
-        row = out[dup].iloc[0]
-        raise ValueError(f"ground truth {path}: model {row['model']!r}, target {row['target']!r} "
-                         f"appears more than once")
+                        "value": pd.to_numeric(df["value"]).astype(np.float64)})
+    if "seed" in df.columns:
+        out["seed"] = df["seed"].astype(str)
     return out
 
 
@@ -175,6 +178,25 @@ class TransferabilityMatrix:
         if metric not in self.metrics:
             raise KeyError(f"no metric {metric!r} in the matrix; it has {self.metrics}")
         return metric
+
+    def pair_frame(self) -> pd.DataFrame:
+        """One row per (model, target): ``family``, ``capacity`` (parameter count), each scored
+        metric's mean over its ok repetitions (oriented as stored), and SEG-OTCE's ``w_d`` /
+        ``w_t`` means — what :func:`segotce_ray.metrics.recommend.recommend` learns from."""
+        df = self.long
+        ok = df[(df["status"] == "ok") & np.isfinite(df["score"])]
+        scored = [m for m in self.metrics
+                  if m in registry.METRICS and registry.METRICS[m].runner != "derived"]
+        wide = ok[ok["metric"].isin(scored)].pivot_table(
+            index=["model", "target"], columns="metric", values="score", aggfunc="mean")
+        out = wide.reindex(columns=scored).reset_index()
+        otce = ok[ok["metric"] == registry.PRIMARY].groupby(["model", "target"])[["w_d", "w_t"]].mean()
+        out = out.merge(otce.reset_index(), on=["model", "target"], how="left")
+        facts = df.reindex(columns=["model", "family", "parameters"]).groupby("model").first()
+        out["family"] = out["model"].map(facts["family"])
+        out["capacity"] = pd.to_numeric(out["model"].map(facts["parameters"]), errors="coerce")
+        out.columns.name = None
+        return out
 
     def scores(self, metric: str | None = None, stat: str = "mean") -> pd.DataFrame:
         """Wide table: index model, one column per target, values = ``stat`` (mean/std/n)."""
@@ -333,8 +355,9 @@ class TransferabilityMatrix:
                 gt = read_ground_truth(gt)
             self.ground_truth = gt
             put("ground_truth.csv", lambda p: gt.to_csv(p, index=False))
-            corr = self.correlation(gt)
-            put("correlation.csv", lambda p: corr.to_csv(p, index=False, float_format="%.10g"))
+            tables = trust_tables(self.long, self.summary(), gt, self.higher_is_better)
+            for name, frame in tables.items():
+                put(name, lambda p, f=frame: f.to_csv(p, index=False, float_format="%.10g"))
         log.info("matrix written to %s (%s)", run_dir, ", ".join(sorted(written)))
         return written
 

@@ -28,6 +28,7 @@ import pandas as pd
 
 from segotce_ray.io import write_text
 from segotce_ray.metrics import registry
+from segotce_ray.results.trust import headline_lines, trust_lines
 log = logging.getLogger(__name__)
 
 __all__ = ["load_long", "load_schedule", "rank_changes", "rankings_from_long", "render_report",
@@ -361,13 +362,20 @@ def _agreement_section(run_dir: Path) -> list[str]:
                    "scores and the ground-truth transfer results (1 = perfect agreement); regret "
                    "= ground truth of the best model minus that of the model ranked first "
                    "(0 = the top pick is the best); best-in-top-3 = 1 when the best model is "
-                   "among the first three. `__mean__` is the mean over targets.")
+                   "among the first three. `__mean__` is the mean over targets. Intervals: 90% "
+                   "bootstrap over models (1000 resamples). `random`: what a random ranking "
+                   "would get; `capacity`: the models' parameter count as a ranking.")
         if "metric" in corr.columns:
             corr = corr.assign(_o=corr["metric"].map(lambda m: metric_sort_key(str(m))),
                                _last=corr["target"].astype(str) == "__mean__") \
                 .sort_values(["_o", "_last", "target"], kind="stable").drop(columns=["_o", "_last"])
-        keep = [c for c in ("metric", "target", "n_models", "pearson", "spearman", "kendall_tau",
-                            "weighted_tau", "regret", "relative_regret", "best_in_top3", "reason")
+        for m in ("pearson", "regret"):
+            if f"{m}_lo" in corr.columns:   # the 90% bootstrap interval over models
+                corr[f"{m} 90% CI"] = [f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}]" if pd.notna(lo) else "–"
+                                       for lo, hi in zip(corr[f"{m}_lo"], corr[f"{m}_hi"])]
+        keep = [c for c in ("metric", "target", "n_models", "pearson", "pearson 90% CI",
+                            "spearman", "kendall_tau", "weighted_tau", "regret", "regret 90% CI",
+                            "best_in_top3", "reason")
                 if c in corr.columns]
         corr = corr[keep].copy()
         if "reason" in keep:
@@ -569,8 +577,10 @@ def render_report(run_dir: str | Path, previous_run_dir: str | Path | None = Non
     ranks = rankings_from_long(long)
     schedule = load_schedule(run_dir)
     out = _header_section(run_dir, info, long, schedule)
+    out += headline_lines(run_dir)
     out += _rankings_section(long, ranks, _truth(run_dir), _pruned(schedule))
     out += _agreement_section(run_dir)
+    out += trust_lines(run_dir)
     out += calibration_section(run_dir)
     out += _failures_section(info, long, ranks)
     out += _skipped_section(info)

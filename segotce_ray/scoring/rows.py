@@ -48,6 +48,8 @@ def long_schema() -> pa.Schema:
         pa.field("solver", pa.string()),
         pa.field("passes", pa.float64()),
         pa.field("degenerate", pa.string()),
+        pa.field("family", pa.string()),
+        pa.field("parameters", pa.int64()),
     ])
 
 
@@ -97,23 +99,23 @@ def failed_row(pair: ScorePair, metric: str, k: int, seed: int, error: str,
 def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     """Rows (or a frame, e.g. read from Parquet) → the long results table.
 
-    Columns :data:`RESULT_COLUMNS` (missing ones filled with nulls, others dropped), typed
-    (str columns as object, ``Int64``/``boolean`` for nullable ints/bools), sorted by
-    (model, target, metric, k).
+    Columns :data:`RESULT_COLUMNS` (missing ones filled with nulls, others dropped), typed from
+    :func:`long_schema` (strings as object with None for nulls, ``Int64``/``boolean`` for
+    nullable ints/bools, float64), sorted by (model, target, metric, k).
     """
     if isinstance(rows, pd.DataFrame):
         df = rows.reindex(columns=RESULT_COLUMNS).copy()
     else:
         df = pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
-    for col in ("model", "target", "metric", "status", "source", "solver"):
-        df[col] = df[col].astype(object)
-    for col in ("error", "degenerate"):
-        df[col] = df[col].astype(object).where(df[col].notna(), None)
-    df["k"] = df["k"].astype("int64")
-    for col in ("score", "w_t", "w_d", "seconds", "started_at", "finished_at", "passes"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-    for col in ("iterations", "n_source", "n_target", "seed"):
-        df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
-    df["converged"] = pd.array([None if pd.isna(v) else bool(v) for v in df["converged"]],
-                               dtype="boolean")
+    for f in long_schema():
+        col = df[f.name]
+        if pa.types.is_string(f.type):
+            df[f.name] = col.astype(object).where(col.notna(), None)
+        elif pa.types.is_boolean(f.type):
+            df[f.name] = pd.array([None if pd.isna(v) else bool(v) for v in col], dtype="boolean")
+        elif pa.types.is_integer(f.type):
+            df[f.name] = col.astype("int64") if not f.nullable else \
+                pd.array(pd.to_numeric(col, errors="coerce"), dtype="Int64")
+        else:
+            df[f.name] = pd.to_numeric(col, errors="coerce").astype("float64")
     return df.sort_values(ROW_KEY, kind="stable").reset_index(drop=True)

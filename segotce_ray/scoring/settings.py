@@ -10,7 +10,7 @@ from dataclasses import dataclass
 __all__ = ["OTCESettings"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class OTCESettings:
     """N pixels per side, K repetitions, entropic ε, solver, sampling (``uniform`` |
     ``class_balanced``), the cost scaling applied before ε (``none`` | ``mean`` | ``max``: C

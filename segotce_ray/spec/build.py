@@ -71,7 +71,7 @@ def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) 
             layer=m.get("layer", extraction.layer),
             mean=_tuple(m.get("mean")), std=_tuple(m.get("std")),
             input_size=_tuple(m.get("input_size")),
-            kwargs=dict(m.get("kwargs") or {}),
+            kwargs=dict(m.get("kwargs") or {}), family=m.get("family"),
         )
     targets = raw["targets"]
     metrics = raw.get("metrics", list(known_metrics()))
@@ -84,6 +84,7 @@ def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) 
         targets=[targets] if isinstance(targets, str) else list(targets),
         metrics=[metrics] if isinstance(metrics, str) else list(metrics),
         ground_truth=str(c.resolve(gt).absolute()) if gt else None,
+        calibration=str(c.resolve(raw["calibration"]).absolute()) if raw.get("calibration") else None,
         resources=resources, extraction=extraction, schedule=schedule,
         base_dir=str(base), path=str(Path(path).absolute()) if path else None,
     )

@@ -22,7 +22,7 @@ COST_SCALES = ("none", "mean", "max")
 #: feature spaces that need no module name: the classifier's input, its output, its softmax
 LAYER_SPACES = ("penultimate", "logits", "probs")
 SCHEDULES = ("full", "adaptive")
-#: Schedules this version runs (``adaptive``: issue 8's early pruning, :mod:`segotce_ray.adaptive`).
+#: Schedules this version runs (``adaptive``: issue 8's early pruning, :mod:`segotce_ray.scoring.adaptive`).
 SCHEDULES_AVAILABLE = ("full", "adaptive")
 
 
@@ -96,7 +96,7 @@ class Resources:
     or 1 on CPU); cpu_threads: torch threads per CPU actor; gpus_per_task: GPU share of one
     scoring task (default 0.25 on a GPU cluster, else 0); autoscaling: ``auto`` | ``on`` |
     ``off`` (YAML's true/false read as on/off): whether node types an autoscaler can add count
-    as feasible (:mod:`segotce_ray.placement`).
+    as feasible (:mod:`segotce_ray.cluster.placement`).
     """
 
     gpus_per_actor: float | None = None
@@ -117,7 +117,7 @@ class Schedule:
     adaptive: every (model, target) gets ``min_repetitions`` (k₀ ≤ K) repetitions; further ones
     go only to models whose confidence interval can still reach the target's ``top_k``; δ =
     ``alpha`` bounds the chance per target that a true top-k model is pruned (see
-    :mod:`segotce_ray.adaptive`). Written as ``schedule: adaptive`` or as a mapping
+    :mod:`segotce_ray.scoring.adaptive`). Written as ``schedule: adaptive`` or as a mapping
     ``{mode: adaptive, min_repetitions: 2, top_k: 5, alpha: 0.05}``.
     """
 
@@ -155,11 +155,18 @@ class ModelEntry:
     std: tuple[float, float, float] | None = None
     input_size: tuple[int, int] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    family: str | None = None
 
     @property
     def constructor(self) -> str:
         """The architecture as ``models.ModelSpec`` spells it (``torchvision/`` prefix dropped)."""
         return self.architecture.removeprefix("torchvision/")
+
+    def family_name(self) -> str:
+        """The model's architecture family: ``family`` when the spec names one, else the
+        constructor's own name (``lraspp_mobilenet_v3_large``, a factory's function name,
+        ``torchscript``)."""
+        return self.family or self.constructor.rpartition(":")[2].rpartition(".")[2]
 
 
 @dataclass
@@ -176,6 +183,7 @@ class JobSpec:
     targets: list[str]
     metrics: list[str] = field(default_factory=lambda: list(known_metrics()))
     ground_truth: str | None = None
+    calibration: str | None = None
     resources: Resources = field(default_factory=Resources)
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
     schedule: Schedule = field(default_factory=Schedule)
@@ -208,6 +216,8 @@ class JobSpec:
             out["models"][n] = md
         if self.ground_truth:
             out["ground_truth"] = self.ground_truth
+        if self.calibration:
+            out["calibration"] = self.calibration
         return out
 
     def content_hash(self) -> str:

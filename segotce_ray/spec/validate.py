@@ -16,18 +16,24 @@ eval'd, when the model is loaded).
 
 from __future__ import annotations
 
-import csv
 import difflib
+import logging
+import json
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import pandas as pd
 import yaml
+
 from segotce_ray.metrics import registry
+from segotce_ray.metrics.correlation import ground_truth_problems
 from segotce_ray.spec.model import (COST_SCALES, DATASET_FORMATS, SAMPLINGS, SCHEDULES,
                                      SCHEDULES_AVAILABLE, SOLVERS, TORCHVISION_ARCHITECTURES,
                                      OTCESettings, SpecProblem, known_metrics, needs_source,
                                      otce_settings)
+
+log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
@@ -237,7 +243,8 @@ class SpecChecker:
 
 
 _TOP_KEYS = ("name", "output", "store", "seed", "otce", "metrics", "schedule", "extraction",
-             "datasets", "models", "targets", "ground_truth", "resources", "description")
+             "datasets", "models", "targets", "ground_truth", "calibration", "resources",
+             "description")
 _OTCE_KEYS = ("n_pixels", "repetitions", "epsilon", "solver", "layer", "sampling", "cost_scale",
               "calibration")
 _EXTRACTION_KEYS = ("layer", "pixels_per_image", "batch_size", "max_images", "sampling", "bad_images")
@@ -247,7 +254,7 @@ _DATASET_KEYS = ("format", "root", "split", "cities", "max_images", "subset", "r
                  "label_map", "ignore_index", "split_list", "label_suffix", "unpaired",
                  "fingerprint", "annotations", "label_kind", "images", "labels")
 _MODEL_KEYS = ("architecture", "checkpoint", "num_classes", "source", "layer", "mean", "std",
-               "input_size", "kwargs")
+               "input_size", "kwargs", "family")
 
 
 def _check_layer(c: SpecChecker, path: str, v: Any) -> None:
@@ -278,7 +285,7 @@ def _check_otce(c: SpecChecker, raw: Any) -> None:
 
 def _check_calibration(c: SpecChecker, raw: dict) -> None:
     """``otce.calibration``: a readable, well-formed calibration file fitted for this job's
-    layer, cost scale, ε and solver (:mod:`segotce_ray.calibration`), with ``otce`` selected."""
+    layer, cost scale, ε and solver (:mod:`segotce_ray.metrics.calibration`), with ``otce`` selected."""
     p = c.input_path("otce.calibration", raw["otce"]["calibration"], "file")
     if p is None or not Path(p).is_file():
         return
@@ -413,6 +420,8 @@ def _check_model(c: SpecChecker, path: str, raw: Any, datasets: dict) -> None:
         c.input_path(f"{path}.checkpoint", raw["checkpoint"], "file")
     elif family == "torchscript":
         c.add(f"{path}.checkpoint", "a torchscript model needs its .pt file as checkpoint")
+    if "family" in raw:
+        c.string(f"{path}.family", raw["family"])
     if "num_classes" in raw:
         c.integer(f"{path}.num_classes", raw["num_classes"], lo=1)
     elif family == "torchvision":
@@ -446,20 +455,54 @@ def _check_model(c: SpecChecker, path: str, raw: Any, datasets: dict) -> None:
                 c.add(f"{path}.kwargs.{k}", "keyword argument names must be identifiers")
 
 
-def _check_ground_truth(c: SpecChecker, raw: Any) -> None:
+def _check_ground_truth(c: SpecChecker, raw: Any, models: Any, datasets: dict) -> None:
+    """``ground_truth``: a CSV whose every row is usable, read now, before any work. Errors
+    (a missing column, a value that is not a number, a repeated pair without a ``seed``
+    column) name the file and the line; rows naming models or targets the job does not have,
+    and a single target (no leave-one-target-out), are warnings."""
     p = c.input_path("ground_truth", raw, "file")
     if p is None or not Path(p).is_file():
         return
     try:
-        with open(p, newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh), [])
-    except (OSError, UnicodeDecodeError) as exc:
+        gt = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         c.add("ground_truth", f"cannot read {p}: {exc}")
         return
-    missing = [k for k in ("model", "target", "value") if k not in [h.strip() for h in header]]
+    missing = [k for k in ("model", "target", "value") if k not in gt.columns]
     if missing:
-        c.add("ground_truth", f"{p}: CSV header must have columns model,target,value; "
-                              f"missing {', '.join(missing)} (header: {','.join(header)})")
+        c.add("ground_truth", f"{p}: CSV header must have columns model,target,value[,seed]; "
+                              f"missing {', '.join(missing)} (header: {','.join(gt.columns)})")
+        return
+    for prob in ground_truth_problems(gt):
+        where = f"{p}: line {prob.line}" if prob.line is not None else str(p)
+        if prob.level == "error":
+            c.add("ground_truth", f"{where}: {prob.message}")
+        else:
+            log.warning("ground_truth %s: %s", where, prob.message)
+    known = {"model": set(models) if isinstance(models, dict) else set(),
+             "target": set(datasets)}
+    for col, names in known.items():
+        for i, v in enumerate(gt[col]):
+            if names and v not in names:
+                log.warning("ground_truth %s: line %d: %s %r is not in the job (the row is "
+                            "not used)", p, i + 2, col, v)
+                break
+
+
+def _check_recommendation(c: SpecChecker, raw: Any) -> None:
+    """``calibration``: a file written by ``segotce-ray calibrate`` (adds ``recommended``)."""
+    p = c.input_path("calibration", raw, "file")
+    if p is None or not Path(p).is_file():
+        return
+    try:
+        data = json.loads(Path(p).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        c.add("calibration", f"cannot read {p}: {exc}")
+        return
+    if not isinstance(data, dict) or not {"chosen", "fit", "loto"} <= set(data):
+        c.add("calibration", f"{p} is not a file written by `segotce-ray calibrate` (it needs "
+                             "'chosen', 'fit' and 'loto'); a legacy SEG-OTCE calibration goes "
+                             "under otce.calibration")
 
 
 def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
@@ -493,7 +536,9 @@ def validate(raw: Any, base_dir: str | Path) -> list[SpecProblem]:
     models = _check_models(c, raw, datasets)
     _check_targets(c, raw, datasets)
     if raw.get("ground_truth") is not None:
-        _check_ground_truth(c, raw["ground_truth"])
+        _check_ground_truth(c, raw["ground_truth"], models, datasets)
+    if raw.get("calibration") is not None:
+        _check_recommendation(c, raw["calibration"])
     _check_sources(c, raw, models)
     return c.problems
 
