@@ -69,7 +69,8 @@ def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
     return {"model": p.model, "target": p.target, "metric": p.metric, "k": k,
             "score": math.nan, "w_t": math.nan, "w_d": math.nan, "iterations": None,
             "converged": None, "n_source": None, "n_target": None, "seconds": math.nan,
-            "started_at": now, "finished_at": now, "status": "unavailable" if p.not_applicable else "failed", "error": p.error,
+            "started_at": now, "finished_at": now,
+            "status": "unavailable" if p.not_applicable else "failed", "error": p.error,
             "source": p.source,
             "seed": repetition_seed(spec.seed, p.model, p.target, k)}
 
