@@ -1,4 +1,5 @@
-"""Execute a plan: extract its missing pools, score its missing repetitions, write the matrix.
+"""Execute a plan: extract its missing pools while its missing repetitions are scored (a pair
+starts once both of its pools are published: :mod:`segotce_ray.job.overlap`), write the matrix.
 """
 
 

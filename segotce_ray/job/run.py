@@ -1,4 +1,5 @@
-"""Running a job: plan → extract missing pools → score missing pairs → matrix → report.
+"""Running a job: plan → extract missing pools, scoring each pair once its pools are
+published → matrix → report.
 
 **Plan.** From the spec and what is on disk, list every pixel pool the job needs (per
 model: its source dataset and each target) with its content key (:func:`store.pool_key`),
