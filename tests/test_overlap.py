@@ -209,3 +209,23 @@ def test_scoring_limit_leaves_the_pipeline_its_cpus():
     assert scoring_limit({"CPU": 16.0}, None, gpu=False) == 11         # 16 − 1 actor − 16 × ¼
     assert scoring_limit({"CPU": 16.0}, 4, gpu=False) == 8             # 4 actors take a CPU each
     assert scoring_limit({"CPU": 16.0, "GPU": 4.0}, None, gpu=True) == 12   # GPU actors: readers only
+
+
+def test_stored_pools_are_scored_without_the_driver_opening_a_shard(tmp_path, ray_local):
+    """Store keys go to the tasks as they are; a pool whose manifest does not name its feature
+    dim (written before manifests did) has its schema read on a worker, not in the driver."""
+    from segotce_ray.pools.store import MANIFEST, PoolStore
+
+    store = PoolStore(tmp_path / "store")
+    keys = {p: f"{abs(hash(p)) % 16**12:012x}" + "0" * 52 for p in POOLS}
+    for p, key in keys.items():
+        store.write(key, POOLS[p])
+    legacy = store.path(keys[("m1", "t1")]) / MANIFEST
+    man = json.loads(legacy.read_text())
+    del man["metadata"]["dim"]
+    legacy.write_text(json.dumps(man))
+    reference = score_pairs(PAIRS, POOLS, metrics=METRICS, seed=3, progress=False)
+    with ShardWatch(store.root) as watch:
+        table = score_pairs(PAIRS, keys, store=store, metrics=METRICS, seed=3, progress=False)
+    assert watch.hits == [], watch.hits[:5]
+    pd.testing.assert_frame_equal(_same(table), _same(reference))

@@ -62,6 +62,13 @@ def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool
     return rows
 
 
+def _shape_on_worker(root: str, key: str) -> tuple[int, int]:
+    """(rows, dim) of a stored pool, read on a worker (the driver opens no shard)."""
+    from segotce_ray.pools.store import PoolStore
+
+    return PoolStore(root).shape(key)
+
+
 class _PoolRefs:
     """Loads each pool at most once, puts it in the object store, releases it when unused."""
 
@@ -116,7 +123,15 @@ class _PoolRefs:
             return None
         if not self.store.has(src):
             raise LookupError("missing from the store")
-        self.info[key] = self.store.shape(src)
+        man = self.store.manifest(src)
+        dim = man.get("metadata", {}).get("dim")
+        if dim is None:   # a pool from before manifests named the dim: a worker reads its schema
+            import ray
+
+            self.info[key] = ray.get(ray.remote(num_cpus=0)(_shape_on_worker).remote(
+                str(self.store.root), src))
+        else:
+            self.info[key] = (int(man["rows"]), int(dim))
         return StoredPool(str(self.store.root), src, self.ignore_index, self.describe(key))
 
     def acquire(self, key: tuple[str, str]) -> Any:
