@@ -19,6 +19,7 @@ log lines.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -255,7 +256,7 @@ def _print_demo_results(result) -> None:
     """Per-target rankings, the correlation table and where the files are."""
     import pandas as pd
 
-    from segotce_ray.results.report import rankings_from_long
+    from segotce_ray.results.report import rankings_from_long, timeline_line
 
     ranks = rankings_from_long(result.table)
     for (metric, target), grp in ranks.groupby(["metric", "target"], sort=True):
@@ -287,6 +288,9 @@ def _print_demo_results(result) -> None:
 
     for line in headline_lines(result.run_dir)[1:]:   # "Read this first", as in the report
         print(line.replace("**", "").replace("## ", "").replace("`", ""))
+    line = timeline_line(json.loads((result.run_dir / "run.json").read_text()).get("timeline") or {})
+    if line:
+        print(f"\n{line}")
     print(f"\nheatmap: {result.run_dir / 'heatmap.png'}")
     print(f"report:  {result.run_dir / 'report.md'}")
     print(f"page:    {result.run_dir / 'report.html'} (open it in a browser)")

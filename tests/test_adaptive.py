@@ -14,6 +14,7 @@ from segotce_ray.pools.pool import PixelPool
 from segotce_ray.scoring.settings import OTCESettings
 from segotce_ray.scoring.adapters import MetricSpec
 from segotce_ray.seeds import repetition_seed
+from segotce_ray.scoring.rows import TIME_COLUMNS
 from segotce_ray.scoring.schedules import score_pairs
 
 K = 8
@@ -65,7 +66,7 @@ def synthetic_zoo():
 
 
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
-    return df.drop(columns=["seconds"]).reset_index(drop=True)
+    return df.drop(columns=TIME_COLUMNS).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")

@@ -406,8 +406,9 @@ def test_demo_command_prints_rankings_correlation_and_paths(tmp_path, data_root,
     assert "SEG-OTCE against the fine-tuning ground truth, per target" in out and "pearson" in out
     side = out.split("Every metric side by side")[1].splitlines()
     rows = [line.split()[0] for line in side[2:]
-            if line.strip() and not line.startswith(("heat", "rep", "page"))]
+            if line.strip() and not line.startswith(("heat", "rep", "page", "Timeline"))]
     assert rows == ["otce", "logme", "capacity", "random"]   # SEG-OTCE first, baselines last
+    assert "Timeline: every pool was cached; scoring " in out  # seeded pools: nothing extracted
     corr = pd.read_csv(latest_run(tmp_path / "demo" / "runs" / "nightly") / "correlation.csv")
     assert list(dict.fromkeys(corr["metric"])) == ["otce", "logme", "capacity", "random"]
     run = latest_run(tmp_path / "demo" / "runs" / "nightly")

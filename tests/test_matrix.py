@@ -14,7 +14,7 @@ from scipy import stats
 
 from segotce_ray.results.matrix import TransferabilityMatrix, read_ground_truth
 from segotce_ray.metrics.correlation import MEAN_ROW
-from segotce_ray.scoring.rows import RESULT_COLUMNS, results_frame
+from segotce_ray.scoring.rows import RESULT_COLUMNS, TIME_COLUMNS, results_frame
 from segotce_ray.scoring.settings import OTCESettings
 from segotce_ray.scoring.schedules import score_pairs
 
@@ -182,7 +182,7 @@ def test_end_to_end_from_the_fan_out(ray_local, tmp_path):
     TransferabilityMatrix(long).save(tmp_path)
     again = TransferabilityMatrix.load(tmp_path)
     back = again.long[RESULT_COLUMNS]
-    pd.testing.assert_frame_equal(back.drop(columns="seconds"), long.drop(columns="seconds"),
+    pd.testing.assert_frame_equal(back.drop(columns=TIME_COLUMNS), long.drop(columns=TIME_COLUMNS),
                                   check_exact=True)
     ranking = again.rankings("otce")["model"].tolist()
     assert ranking[0] == "sharp" and ranking[-1] == "blurry"

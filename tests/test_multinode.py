@@ -1,9 +1,13 @@
 """A job on a simulated multi-node Ray cluster (``ray.cluster_utils.Cluster``).
 
-A head without GPUs and two one-CPU worker nodes on this machine. The reference matrix is
-computed in this process without Ray (the same extraction and repetition functions on the
-same inputs), so "same as one node" is checked bit for bit without starting a second Ray.
-The embedded test Ray (``ray_local``) is shut down for this module and restarted after it.
+A head without GPUs and two one-CPU worker nodes on this machine; jobs run as they do by
+default, scoring while extraction goes on. The reference matrix is computed in this process
+without Ray (the same extraction and repetition functions on the same inputs), so "same as one
+node" is checked bit for bit without starting a second Ray. Checked: the overlapped run gives
+the single-node matrix and its driver opens no pool shard (:class:`tests.shard_watch.ShardWatch`);
+a worker node removed mid-run still gives it; a driver killed with ``kill -9`` mid-run and a
+rerun recompute nothing that had finished. The embedded test Ray (``ray_local``) is shut down
+for this module and restarted after it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import yaml
 from segotce_ray.scoring.rows import results_frame
 from segotce_ray.spec.build import load_spec
 from tests.fixtures_layouts import make_folder
+from tests.shard_watch import ShardWatch
 
 pytestmark = pytest.mark.slow    # ~2 min on 2 cores: three Ray nodes and two extraction runs
 
@@ -127,15 +132,25 @@ def full_run(three_nodes):
     from segotce_ray.job.run import run_job
 
     spec = load_spec(write_job(three_nodes.root, three_nodes.data, "store_full"))
-    return spec, run_job(spec, run_id="full")
+    with ShardWatch(spec.store) as watch:
+        result = run_job(spec, run_id="full")
+    return spec, result, watch.hits
 
 
 def test_three_node_job_gives_the_single_node_matrix(full_run):
     import ray
 
-    spec, result = full_run
+    from segotce_ray.pools.store import PoolStore
+
+    spec, result, shard_hits = full_run
     assert len(ray.nodes()) == 3 and not ray.cluster_resources().get("GPU")
     assert result.status == "ok"
+    assert shard_hits == [], shard_hits[:5]       # the driver opened no published pool shard
+    store = PoolStore(spec.store)
+    published = {(p.model, p.dataset): store.manifest(p.key)["published_at"] for p in result.plan.pools}
+    for r in result.table.itertuples():           # each repetition ran after its pools existed
+        needs = [(r.model, r.target)] + ([(r.model, MODELS[r.model])] if r.metric == "otce" else [])
+        assert r.started_at >= max(published[p] for p in needs) - 1e-3, r
     assert len(result.table) == len(MODELS) * 2 * 2 * K
     expected = reference_table(spec)
     pd.testing.assert_frame_equal(_scores(result.table), _scores(expected))
@@ -164,7 +179,7 @@ def test_worker_node_removed_mid_run_finishes_with_the_same_matrix(three_nodes, 
     from segotce_ray.job.plan import make_plan
     from segotce_ray.job.run import run_job
 
-    spec_full, result_full = full_run
+    spec_full, result_full, _ = full_run
     spec = load_spec(write_job(three_nodes.root, three_nodes.data, "store_cut"))
     removed: list = []
     watcher = _remove_when_first_shard_is_written(three_nodes, Path(spec.store), removed)
@@ -180,3 +195,54 @@ def test_worker_node_removed_mid_run_finishes_with_the_same_matrix(three_nodes, 
     pd.testing.assert_frame_equal(_scores(result.table), _scores(result_full.table))
     assert make_plan(spec, write=False).counts()["repetitions_to_run"] == 0
     assert np.isfinite(result.table["score"]).all()
+
+
+DRIVER = """
+import sys
+from segotce_ray.job.run import run_job
+from segotce_ray.spec.build import load_spec
+run_job(load_spec(sys.argv[1]), address=sys.argv[2], run_id="killed", progress=False)
+"""
+
+
+def _logged(store: Path) -> set[tuple[str, str, str, int]]:
+    """(model, target, metric, k) of every row in the store's score log."""
+    import json
+
+    out = set()
+    for path in store.glob("scores/*/*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            out.add((row["model"], row["target"], row["metric"], int(row["k"])))
+    return out
+
+
+def test_driver_killed_mid_run_and_a_rerun_recompute_nothing_finished(three_nodes, full_run):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from segotce_ray.job.run import run_job
+
+    _, result_full, _ = full_run
+    spec = load_spec(write_job(three_nodes.root, three_nodes.data, "store_kill"))
+    store = Path(spec.store)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(spec.path), three_nodes.cluster.address],
+                              env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None and len(_logged(store)) < 3:
+        time.sleep(0.05)
+    assert driver.poll() is None, "the driver finished before it could be killed mid-run"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finished = _logged(store)
+    assert 3 <= len(finished) < len(result_full.table)
+    recomputed: list = []
+    result = run_job(spec, run_id="rerun",
+                     on_row=lambda r: recomputed.append((r["model"], r["target"], r["metric"], int(r["k"]))))
+    assert result.status == "ok"
+    assert not set(recomputed) & finished                       # nothing finished ran again
+    assert len(recomputed) + len(finished) == len(result_full.table)
+    pd.testing.assert_frame_equal(_scores(result.table), _scores(result_full.table))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from segotce_ray.pools.pool import PixelPool
-from segotce_ray.scoring.rows import RESULT_COLUMNS, ScorePair
+from segotce_ray.scoring.rows import RESULT_COLUMNS, TIME_COLUMNS, ScorePair
 from segotce_ray.scoring.settings import OTCESettings
 from segotce_ray.scoring.adapters import MetricSpec, otce_metric, otce_repetition, peer_metric, task_memory_bytes
 from segotce_ray.scoring.tasks import PairScorer
@@ -51,7 +51,7 @@ def zoo() -> tuple[list[tuple[str, str, str]], dict[tuple[str, str], PixelPool]]
 
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
     """Everything but wall time."""
-    return df.drop(columns=["seconds"]).reset_index(drop=True)
+    return df.drop(columns=TIME_COLUMNS).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")

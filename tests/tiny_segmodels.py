@@ -14,18 +14,23 @@ class TinySegNet(nn.Module):
 
     ``counter``: a file that gets one byte appended per forward pass (counts forwards
     across processes); ``nan``: poison the features with NaN; ``returns``: ``"tensor"``
-    (logits) or ``"dict"`` (``{"out": logits, "features": penultimate}``).
+    (logits) or ``"dict"`` (``{"out": logits, "features": penultimate}``); ``delay``: seconds
+    to sleep per forward pass (a slow model, for the overlap tests).
     """
 
     def __init__(self, num_classes: int = 3, counter: str | None = None, nan: bool = False,
-                 returns: str = "tensor") -> None:
+                 returns: str = "tensor", delay: float = 0.0) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
                                   nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
         self.classifier = nn.Conv2d(16, num_classes, 1)
-        self.counter, self.nan, self.returns = counter, nan, returns
+        self.counter, self.nan, self.returns, self.delay = counter, nan, returns, delay
 
     def forward(self, x: torch.Tensor):
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
         if self.counter:
             with open(self.counter, "ab") as fh:
                 fh.write(b"x")
@@ -76,8 +81,8 @@ def tiny_fcn(num_classes: int = 3, head: str = "fcn") -> nn.Module:
 
 
 def tiny_segnet(num_classes: int = 3, counter: str | None = None, nan: bool = False,
-                returns: str = "tensor") -> nn.Module:
-    return TinySegNet(num_classes, counter, nan, returns)
+                returns: str = "tensor", delay: float = 0.0) -> nn.Module:
+    return TinySegNet(num_classes, counter, nan, returns, delay)
 
 
 def not_a_module(num_classes: int = 3):

@@ -6,6 +6,10 @@
 address is probed first (one TCP connect, :data:`CONNECT_TIMEOUT_S`), so a wrong address
 fails in seconds instead of after Ray's minutes of retries; any failure to join raises
 :class:`ClusterUnreachable` naming the address.
+
+An embedded Ray goes down with its driver, even one killed with ``kill -9``: before it starts,
+the leftovers of a dead predecessor are ended, and once it is up a watchdog waits for this
+driver's end (:mod:`segotce_ray.cluster.reaper`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+
+from segotce_ray.cluster import reaper
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,20 @@ def divert_native_stderr() -> Path:
     sys.stderr = os.fdopen(saved, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
                            errors="backslashreplace")
     return path
+
+
+def _guard_session() -> None:
+    """Mark the embedded session and start its watchdog (Ray's private node handle gives the
+    session directory and the raylet's pid; without them nothing is guarded)."""
+    try:
+        from ray._private import ray_constants
+        from ray._private.worker import _global_node as node
+
+        raylet = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET) or []
+        reaper.guard(node.get_session_dir_path(), raylet[0].process.pid if raylet else None)
+    except Exception as exc:  # noqa: BLE001 - a Ray without these internals: run unguarded
+        log.warning("embedded Ray runs without a watchdog (%s: %s): a killed driver may "
+                    "leave Ray processes behind", type(exc).__name__, exc)
 
 
 class ClusterUnreachable(ConnectionError):
@@ -122,8 +142,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
         probe_address(address)
     opts.update(kwargs)
     log.info("starting Ray (%s)", "embedded local" if address is None else address)
+    if address is None:
+        reaper.sweep()
     try:
         ray.init(**opts)
+        if address is None:
+            _guard_session()
         if _quiet:            # ray.data may have been imported (and configured) by now
             logging.getLogger("ray.data").setLevel(logging.ERROR)
     except ConnectionError as exc:

@@ -56,6 +56,7 @@ import math
 import pickle
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -197,6 +198,8 @@ class _PendingPool:
     committed: bool = False
     started: float = field(default_factory=time.time)
     draws: int = TARGET_DRAWS      # SEG-OTCE's N: a smaller pool is used whole (warned)
+    report: Callable[[tuple[str, str], Any], None] | None = None   # told once: key or error
+    reported: bool = False
 
     @property
     def rows(self) -> int:
@@ -280,7 +283,9 @@ def extract_planned(orders: list[PoolOrder], store: PoolStore, *, batch_size: in
                     cpu_threads: int | None = None, bad_images: BadImagePolicy = "fail",
                     progress: bool | None = None, address: str | None = None,
                     autoscaling: str = "auto", stats: dict[str, dict[str, float]] | None = None,
-                    n_draws: int = TARGET_DRAWS) -> dict[tuple[str, str], str | ExtractionError]:
+                    n_draws: int = TARGET_DRAWS,
+                    on_pool: Callable[[tuple[str, str], Any], None] | None = None,
+                    stop: Any = None) -> dict[tuple[str, str], str | ExtractionError]:
     """Produce the ordered pools that are not in ``store`` yet, in one Ray Data pipeline.
 
     batch_size: images per forward pass (one chunk); num_actors: extraction actors (default:
@@ -294,6 +299,11 @@ def extract_planned(orders: list[PoolOrder], store: PoolStore, *, batch_size: in
     pipeline that served them all (``pipeline_s``, ``first_output_s``, ``images``,
     ``after_first_images_per_s``, ``driver_bytes``, ``pool_bytes``). n_draws: the job's
     ``otce.n_pixels``; a smaller pool is warned about (SEG-OTCE then uses it whole).
+    on_pool: called once per order, as soon as its outcome is known — ``(pair, key)`` the
+    moment the pool is published (cached pools first), ``(pair, ExtractionError)`` when it
+    failed — from the calling thread (so a caller can score while extraction goes on).
+    stop: a ``threading.Event``; once set, the pipeline stops consuming and every pool not
+    yet published fails ("extraction stopped").
 
     Returns ``{(model, dataset): pool key | ExtractionError}`` for every order.
     """
@@ -309,7 +319,10 @@ def extract_planned(orders: list[PoolOrder], store: PoolStore, *, batch_size: in
             results[(m, d)] = ExtractionError(m, d, f"dataset {d!r} has no samples")
         else:
             pending[m].append(_PendingPool(i, o.request, o.key, o.fingerprint,
-                                           math.ceil(n / batch_size), draws=n_draws))
+                                           math.ceil(n / batch_size), draws=n_draws, report=on_pool))
+    if on_pool is not None:
+        for pair, out in results.items():
+            on_pool(pair, out)
     if not pending:
         return results
     from segotce_ray.cluster.runtime import init_ray
@@ -320,7 +333,7 @@ def extract_planned(orders: list[PoolOrder], store: PoolStore, *, batch_size: in
     run_stats: dict[str, float] = {}
     _run_pipeline(pools, {m: (pending[m][0].request.model, hashes[m]) for m in pending}, store,
                   batch_size=batch_size, **_actor_setup(num_actors, use_gpu, cpu_threads, autoscaling),
-                  bad_images=bad_images, progress=progress, stats=run_stats)
+                  bad_images=bad_images, progress=progress, stats=run_stats, stop=stop)
     for p in pools:
         results[p.request.pair] = p.failed if p.failed is not None else p.key
     if stats is not None:
@@ -366,13 +379,14 @@ def _pool_meta(req: ExtractionRequest, key: str, fingerprint: str, weights_hash:
 
 def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, str]], store: PoolStore, *,
                   batch_size: int, actors: int, gpu: bool, threads: int | None, bad_images: str,
-                  progress: bool | None, stats: dict[str, float]) -> None:
+                  progress: bool | None, stats: dict[str, float], stop: Any = None) -> None:
     """One Ray Data pipeline for ``pools`` (of the ``models``); fills ``p.failed`` on error.
 
     The actors write the shards into each pool's staging folder; the driver receives one
     small metadata row per chunk and publishes a pool's manifest after its last chunk.
     ``stats`` gets ``pipeline_s``, ``first_output_s``, ``images``, ``after_first_images_per_s``,
     ``driver_bytes`` (what the driver received) and ``pool_bytes`` (shard bytes written).
+    ``stop`` (an Event) ends the consumption early: what is unpublished fails.
     """
     import ray
 
@@ -396,7 +410,7 @@ def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, 
     bar = Progress(sum(len(p.request.dataset.samples) for p in pools), "extract", progress,
                    interval=30.0, noun=("img", "image"))
     t0 = time.perf_counter()
-    t_first, first_images, driver_bytes = None, 0, 0
+    seen = {"t_first": None, "first_images": 0, "driver_bytes": 0, "stopped": False}
     try:
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -412,14 +426,7 @@ def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, 
             fn_constructor_kwargs={"requests": requests, "models": models,
                                    "device": "cuda" if gpu else "cpu", "threads": threads},
             compute=ray.data.ActorPoolStrategy(size=actors), **actor_opts)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            driver_bytes += sum(a.nbytes if a.dtype != object else sum(len(str(x)) for x in a)
-                                for a in batch.values())
-            for row in _rows(batch):
-                _consume_chunk(by_index[int(row["request"])], row, store, bad_images)
-                bar.advance(int(row["images"]))
-                if t_first is None:
-                    t_first, first_images = time.perf_counter(), int(row["images"])
+        _drain(ds, by_index, store, bad_images, bar, seen, stop)
     except Exception as exc:  # noqa: BLE001 - the whole pipeline broke: fail what is unfinished
         err = _unwrap(exc)
         log.error("extraction pipeline failed: %s", err)
@@ -428,13 +435,14 @@ def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, 
                 p.failed = ExtractionError(p.request.model.name, p.request.dataset.name,
                                            f"{type(err).__name__}: {err}")
     finally:
-        t_end = time.perf_counter()
-        stats.update(pipeline_s=t_end - t0, images=float(bar.done), driver_bytes=float(driver_bytes),
+        t_end, t_first = time.perf_counter(), seen["t_first"]
+        stats.update(pipeline_s=t_end - t0, images=float(bar.done),
+                     driver_bytes=float(seen["driver_bytes"]),
                      pool_bytes=float(sum(int(sh["bytes"]) for p in pools for sh in p.shards.values())))
         if t_first is not None:
             stats["first_output_s"] = t_first - t0
-            if t_end > t_first and bar.done > first_images:
-                stats["after_first_images_per_s"] = (bar.done - first_images) / (t_end - t_first)
+            if t_end > t_first and bar.done > seen["first_images"]:
+                stats["after_first_images_per_s"] = (bar.done - seen["first_images"]) / (t_end - t_first)
         ctx.enable_progress_bars = saved
         bar.close()
         for p in pools:
@@ -442,7 +450,26 @@ def _run_pipeline(pools: list[_PendingPool], models: dict[str, tuple[ModelSpec, 
                 _abandon(p)
                 if p.failed is None:
                     p.failed = ExtractionError(p.request.model.name, p.request.dataset.name,
-                                               "extraction did not complete")
+                                               "extraction stopped before the pool was complete"
+                                               if seen["stopped"] else "extraction did not complete")
+            _settle(p)
+
+
+def _drain(ds: Any, by_index: dict[int, _PendingPool], store: PoolStore, bad_images: str,
+           bar: Progress, seen: dict[str, Any], stop: Any) -> None:
+    """Consume the pipeline's chunk rows (a few hundred bytes each): record, publish, count."""
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        seen["driver_bytes"] += sum(a.nbytes if a.dtype != object else sum(len(str(x)) for x in a)
+                                    for a in batch.values())
+        for row in _rows(batch):
+            _consume_chunk(by_index[int(row["request"])], row, store, bad_images)
+            bar.advance(int(row["images"]))
+            if seen["t_first"] is None:
+                seen["t_first"], seen["first_images"] = time.perf_counter(), int(row["images"])
+        if stop is not None and stop.is_set():
+            seen["stopped"] = True
+            log.info("extraction stopped after %d image(s)", bar.done)
+            return
 
 
 def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -462,6 +489,15 @@ def _fail(p: _PendingPool, message: str) -> None:
     p.failed = ExtractionError(*p.request.pair, message)
     log.error("%s", p.failed)
     _abandon(p)
+    _settle(p)
+
+
+def _settle(p: _PendingPool) -> None:
+    """Tell ``p.report`` (once) the pool's outcome: its key once published, else its error."""
+    if p.reported or p.report is None or not (p.committed or p.failed is not None):
+        return
+    p.reported = True
+    p.report(p.request.pair, p.key if p.committed else p.failed)
 
 
 def _consume_chunk(p: _PendingPool, row: dict[str, Any], store: PoolStore, bad_images: str) -> None:
@@ -512,5 +548,6 @@ def _consume_chunk(p: _PendingPool, row: dict[str, Any], store: PoolStore, bad_i
         return _fail(p, f"writing the pool failed: {type(exc).__name__}: {exc}")
     p.committed = True
     log.info("pool %s@%s: %d pixels from %d images -> %s", m, d, p.rows, p.images, p.key[:12])
+    _settle(p)
 
 

@@ -1,4 +1,5 @@
-"""Execute a plan: extract its missing pools, score its missing repetitions, write the matrix.
+"""Execute a plan: extract its missing pools while its missing repetitions are scored (a pair
+starts once both of its pools are published: :mod:`segotce_ray.job.overlap`), write the matrix.
 """
 
 
@@ -16,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from segotce_ray.cluster.runtime import init_ray
-from segotce_ray.extract.pipeline import extract_planned
 from segotce_ray.io import write_json
+from segotce_ray.job.overlap import ExtractionThread, scoring_limit, timeline
 from segotce_ray.metrics import registry
 from segotce_ray.job.derived import add_model_facts, capacity_rows, model_facts, recommended_rows
 from segotce_ray.job.plan import PROBS_SPACE, PairPlan, Plan
@@ -29,6 +30,7 @@ from segotce_ray.pools.views import ProbsView
 from segotce_ray.results.matrix import TransferabilityMatrix
 from segotce_ray.scoring.adapters import metric_spec
 from segotce_ray.scoring.adaptive import AdaptiveSettings, score_pairs_adaptive
+from segotce_ray.scoring.feed import PoolFeed
 from segotce_ray.scoring.rows import ScorePair, results_frame
 from segotce_ray.scoring.schedules import score_pairs
 from segotce_ray.seeds import repetition_seed
@@ -61,11 +63,14 @@ def _metric_specs(spec: JobSpec) -> dict[str, Any]:
 
 
 def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
-    """A failed row for repetition k of a pair that cannot run (its reason in ``error``)."""
+    """A failed row for repetition k of a pair that cannot run (its reason in ``error``;
+    ``started_at``/``finished_at``: now, as it never ran)."""
+    now = time.time()
 
     return {"model": p.model, "target": p.target, "metric": p.metric, "k": k,
             "score": math.nan, "w_t": math.nan, "w_d": math.nan, "iterations": None,
             "converged": None, "n_source": None, "n_target": None, "seconds": math.nan,
+            "started_at": now, "finished_at": now,
             "status": "unavailable" if p.not_applicable else "failed", "error": p.error,
             "source": p.source,
             "seed": repetition_seed(spec.seed, p.model, p.target, k)}
@@ -73,23 +78,34 @@ def _unavailable_row(spec: JobSpec, p: PairPlan, k: int) -> dict[str, Any]:
 
 def execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *,
             address: str | None, num_cpus: int | None, progress: bool | None,
-            on_row: Callable[[dict[str, Any]], None] | None) -> tuple[Any, dict[str, str], Any]:
-    """Run ``plan``: extract its missing pools, score its missing repetitions (each row
-    persisted as it arrives), write the matrix files.
+            on_row: Callable[[dict[str, Any]], None] | None,
+            when: dict[str, Any] | None = None, overlap: bool = True) -> tuple[Any, dict[str, str], Any]:
+    """Run ``plan``: extract its missing pools in a driver thread while its repetitions are
+    scored (a pair starts as soon as its pools are published; each row persisted as it
+    arrives), then write the matrix files.
 
-    Returns (long table, extraction errors, decisions of an adaptive schedule or None).
+    Returns (long table, extraction errors, decisions of an adaptive schedule or None);
+    ``timings`` gets the stages' seconds (``extract`` and ``score`` both from the start of
+    extraction: they overlap) and ``when`` the run's timeline
+    (:func:`segotce_ray.job.overlap.timeline`) with the extraction's ``driver_bytes`` and
+    ``pool_bytes``. ``overlap=False`` waits for every pool before scoring (the staged order).
     """
     t0 = time.perf_counter()
     init_ray(address=address, num_cpus=num_cpus)
     timings["ray_init"] = time.perf_counter() - t0
     store = PoolStore(spec.store)
     errors: dict[str, str] = {}
-    t0 = time.perf_counter()
-    pool_results = _extract(spec, plan, store, progress, errors)
-    timings["extract"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    table, decisions = _score(spec, plan, pool_results, store, progress, on_row)
-    timings["score"] = time.perf_counter() - t0
+    feed, orders = _pool_feed(spec, plan)
+    probs_models = {m for m, e in spec.models.items() if e.layer == PROBS_SPACE}
+    started = time.time()
+    with ExtractionThread(spec, orders, store, progress, feed, errors, probs_models) as extraction:
+        if not overlap:
+            extraction.join()
+        table, decisions = _score(spec, plan, feed, store, progress, on_row)
+        scored = time.time()
+    ended = extraction.finished_at if orders else started
+    timings["extract"] = ended - started
+    timings["score"] = scored - started
     t0 = time.perf_counter()
     table = add_model_facts(table, facts := model_facts(spec, plan, store))
     table = _calibrate(spec, table, run_dir, errors)
@@ -97,48 +113,40 @@ def execute(spec: JobSpec, plan: Plan, run_dir: Path, timings: dict[str, Any], *
     extra += recommended_rows(spec, table, run_dir, errors)
     if extra:
         table = results_frame([*table.to_dict("records"), *extra])
-    table = mark_degenerate(table, pool_checks(store, pool_results), spec.otce.n_pixels)
+    table = mark_degenerate(table, pool_checks(store, feed.known), spec.otce.n_pixels)
     schedule = _schedule_frame(decisions, plan) if spec.schedule.mode == "adaptive" else None
     TransferabilityMatrix(table).save(run_dir, ground_truth=spec.ground_truth, schedule=schedule)
     timings["matrix"] = time.perf_counter() - t0
+    if when is not None:
+        when.update(timeline(store, table, feed.known, (started, max(ended, scored))),
+                    **{k: extraction.stats.get(k) for k in ("driver_bytes", "pool_bytes")})
     return table, errors, schedule
 
 
-def _extract(spec: JobSpec, plan: Plan, store: PoolStore, progress: bool | None,
-             errors: dict[str, str]) -> dict[tuple[str, str], Any]:
-    """``{(model, dataset): store key | exception | ProbsView}`` of every pool of the plan:
-    the plan's orders that are not cached are extracted as they are."""
-    pool_results: dict[tuple[str, str], Any] = {}
+def _pool_feed(spec: JobSpec, plan: Plan) -> tuple[PoolFeed, list[Any]]:
+    """The feed of every pool of the plan — cached ones and those the plan already failed
+    known at once, the plan's orders to extract expected — and those orders."""
+    import ray
+
+    known: dict[tuple[str, str], Any] = {}
+    probs_models = {m for m, e in spec.models.items() if e.layer == PROBS_SPACE}
     for p in plan.pools:
         if p.error:
-            pool_results[(p.model, p.dataset)] = RuntimeError(p.error)
+            known[(p.model, p.dataset)] = RuntimeError(p.error)
         elif p.cached:
-            pool_results[(p.model, p.dataset)] = p.key
+            known[(p.model, p.dataset)] = ProbsView(p.key) if p.model in probs_models else p.key
     orders = plan.orders_to_extract()
-    if orders:
-        gpus = spec.resources.gpus_per_actor
-        got = extract_planned(
-            orders, store, batch_size=spec.extraction.batch_size,
-            num_actors=spec.resources.actors, use_gpu=None if gpus is None else gpus > 0,
-            cpu_threads=spec.resources.cpu_threads, bad_images=spec.extraction.bad_images,
-            progress=progress, n_draws=spec.otce.n_pixels,
-            autoscaling=spec.resources.autoscaling)
-        for (model, dataset), out in got.items():
-            pool_results[(model, dataset)] = out
-            if isinstance(out, BaseException):
-                errors[f"pool {model}@{dataset}"] = str(out)
-    probs_models = {m for m, e in spec.models.items() if e.layer == PROBS_SPACE}
-    for (model, dataset), src in list(pool_results.items()):  # layer: probs reads that column
-        if model in probs_models and not isinstance(src, BaseException):
-            pool_results[(model, dataset)] = ProbsView(src)
-    return pool_results
+    gpus = spec.resources.gpus_per_actor
+    limit = scoring_limit(ray.cluster_resources(), spec.resources.actors,
+                          bool(ray.cluster_resources().get("GPU")) if gpus is None else gpus > 0)
+    return PoolFeed(known, [o.request.pair for o in orders], limit=limit), orders
 
 
-def _score(spec: JobSpec, plan: Plan, pool_results: Mapping[tuple[str, str], Any],
-           store: PoolStore, progress: bool | None,
+def _score(spec: JobSpec, plan: Plan, feed: PoolFeed, store: PoolStore, progress: bool | None,
            on_row: Callable[[dict[str, Any]], None] | None) -> tuple[Any, list[Any]]:
     """The long table of every pair of the plan (rows of pairs that cannot run included) and
-    the adaptive decisions per metric (empty under the full schedule)."""
+    the adaptive decisions per metric (empty under the full schedule). Every metric shares
+    one fan-out, fed by ``feed`` as pools are published."""
     scores = ScoreLog(spec.store)
     key_of = {(p.model, p.target, p.metric): p.key for p in plan.pairs}
 
@@ -149,29 +157,34 @@ def _score(spec: JobSpec, plan: Plan, pool_results: Mapping[tuple[str, str], Any
         if on_row is not None:
             on_row(row)
 
-    common = dict(store=store, seed=spec.seed, on_result=persist, progress=progress,
-                  num_gpus=spec.resources.gpus_per_task, autoscaling=spec.resources.autoscaling)
-    tables, decisions = [], []
-    for metric, mspec in _metric_specs(spec).items():
+    specs = _metric_specs(spec)
+    work: dict[str, list[ScorePair]] = {}
+    done: list[dict[str, Any]] = []
+    for metric, mspec in specs.items():
         runnable = [p for p in plan.pairs if p.metric == metric and p.error is None]
-        if not runnable:
-            continue
-        done = [r for p in runnable for r in scores.rows(p.key) if int(r["k"]) < mspec.repetitions]
+        done += [r for p in runnable for r in scores.rows(p.key) if int(r["k"]) < mspec.repetitions]
         # metrics without source data (the peers) never read the source pool
-        pairs = [ScorePair(p.model, p.source or spec.models[p.model].source or "", p.target)
-                 for p in runnable]
-        if spec.schedule.mode == "adaptive":
-            sched = spec.schedule
-            run = score_pairs_adaptive(pairs, pool_results, metric=mspec, done=done, **common,
-                                       schedule=AdaptiveSettings(min_repetitions=sched.min_repetitions,
-                                                                 top_k=sched.top_k, alpha=float(sched.alpha)))
-            tables.append(run.table)
-            decisions.append(run.decisions.assign(repetitions_full=mspec.repetitions))
-        else:
-            tables.append(score_pairs(pairs, pool_results, metrics=[mspec], done=done, **common))
+        work[metric] = [ScorePair(p.model, p.source or spec.models[p.model].source or "", p.target)
+                        for p in runnable]
+    used = [specs[m] for m in specs if work[m]]
     unavailable = [_unavailable_row(spec, p, k) for p in plan.pairs if p.error
                    for k in range(p.repetitions)]
-    return results_frame([r for t in tables for r in t.to_dict("records")] + unavailable), decisions
+    if not used:
+        return results_frame(unavailable), []
+    common = dict(store=store, seed=spec.seed, on_result=persist, progress=progress, done=done,
+                  num_gpus=spec.resources.gpus_per_task, autoscaling=spec.resources.autoscaling,
+                  feed=feed)
+    work = {m: work[m] for m in specs if work[m]}
+    if spec.schedule.mode == "adaptive":
+        sched = spec.schedule
+        run = score_pairs_adaptive(work, dict(feed.known), metrics=used, **common,
+                                   schedule=AdaptiveSettings(min_repetitions=sched.min_repetitions,
+                                                             top_k=sched.top_k, alpha=float(sched.alpha)))
+        reps = {m.name: m.repetitions for m in used}
+        decisions = [run.decisions.assign(repetitions_full=run.decisions["metric"].map(reps))]
+        return results_frame([*run.table.to_dict("records"), *unavailable]), decisions
+    table = score_pairs(work, dict(feed.known), metrics=used, **common)
+    return results_frame([*table.to_dict("records"), *unavailable]), []
 
 
 def _calibrate(spec: JobSpec, table: Any, run_dir: Path, errors: dict[str, str]) -> Any:

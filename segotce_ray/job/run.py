@@ -1,4 +1,5 @@
-"""Running a job: plan → extract missing pools → score missing pairs → matrix → report.
+"""Running a job: plan → extract missing pools, scoring each pair once its pools are
+published → matrix → report.
 
 **Plan.** From the spec and what is on disk, list every pixel pool the job needs (per
 model: its source dataset and each target) with its content key (:func:`store.pool_key`),
@@ -197,10 +198,12 @@ def _counts(plan: Plan, table: Any, failed: Any, schedule: Any) -> dict[str, int
 def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
             run_id: str | None = None, progress: bool | None = None,
             on_row: Callable[[dict[str, Any]], None] | None = None,
-            num_cpus: int | None = None) -> JobResult:
+            num_cpus: int | None = None, overlap: bool = True) -> JobResult:
     """Plan and (unless ``dry_run``) run a job; see the module docstring.
 
     on_row: called after each scoring row is persisted (tests use it to simulate a kill).
+    overlap: score while extraction runs (default); False scores only once every pool is
+    extracted — the staged order, for benchmarks and debugging (same matrix either way).
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -219,11 +222,12 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     write_json(run_dir / "classes.json", {name: list(ds.class_names)
                                           for name, ds in sorted(plan.datasets.items())})
     write_json(run_dir / "run.json", info)
+    when: dict[str, Any] = {}
     try:
         with Heartbeat(run_dir / "run.json"):
             table, extraction_errors, schedule = execute(
                 spec, plan, run_dir, timings, address=address, num_cpus=num_cpus,
-                progress=progress, on_row=on_row)
+                progress=progress, on_row=on_row, when=when, overlap=overlap)
     except BaseException as exc:  # Ctrl-C or crash: say which, keep what finished
         info.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "error",
                     error=f"{type(exc).__name__}: {exc}",
@@ -238,7 +242,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     timings["total"] = time.perf_counter() - t_start
     info.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 counts=counts, errors=errors, timings={k: round(v, 3) for k, v in timings.items()},
-                skipped_images=skipped_images(spec, plan))
+                timeline=when, skipped_images=skipped_images(spec, plan))
     write_json(run_dir / "run.json", info)
     write_json(run_dir / "versions.json", info["versions"])
     write_json(run_dir / "timings.json", info["timings"])

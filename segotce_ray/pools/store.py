@@ -185,11 +185,14 @@ class PoolStore:
                 metadata: dict[str, str]) -> Path:
         """Write ``manifest.json`` last into ``folder`` (shards already there: ``{file, rows,
         sha256}``, in pool order) and publish it as ``key`` by one rename. A pool someone else
-        published first wins (this copy is dropped)."""
+        published first wins (this copy is dropped). The manifest records ``published_at``
+        (epoch seconds, float: the moment of publication, up to the rename)."""
         full = dict(manifest)
+        now = time.time()
         full.update(key=key, rows=sum(int(s["rows"]) for s in shards), shards=shards,
                     schema_version=POOL_SCHEMA_VERSION, metadata=metadata,
-                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                    published_at=now)
         write_text(folder / MANIFEST, json.dumps(full, indent=2, sort_keys=True, default=str))
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -556,6 +556,32 @@ def _changes_section(run_dir: Path, info: dict, ranks: pd.DataFrame, previous_ru
     return out
 
 
+def timeline_line(t: dict) -> str | None:
+    """One line on how extraction and scoring overlapped (``run.json``'s ``timeline``), or None.
+
+    Times are seconds from the start of extraction; "started before the last pool was
+    published" counts the repetitions computed in this run that started before the last
+    pool this run published.
+    """
+    try:
+        t0 = float(t["extract_started_at"])
+        ext = float(t["extract_finished_at"]) - t0
+        ran = int(t.get("repetitions_run") or 0)
+        s0, s1 = (float(t["score_started_at"]) - t0, float(t["score_finished_at"]) - t0) if ran \
+            else (0.0, 0.0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not t.get("last_pool_published_at"):
+        return (f"Timeline: every pool was cached; scoring {s0:.1f}–{s1:.1f} s, "
+                f"{ran} repetition(s) run.")
+    last = float(t["last_pool_published_at"]) - t0
+    before = int(t.get("started_before_last_pool") or 0)
+    share = f" ({100.0 * before / ran:.0f}%)" if ran else ""
+    return (f"Timeline: extraction 0.0–{ext:.1f} s (last pool published at {last:.1f} s), "
+            f"scoring {s0:.1f}–{s1:.1f} s, overlap {float(t.get('overlap_s') or 0):.1f} s; "
+            f"{before} of {ran} repetition(s){share} started before the last pool was published.")
+
+
 def _footer_section(run_dir: Path, info: dict, schedule: pd.DataFrame | None) -> list[str]:
     out: list[str] = []
     # -- timings
@@ -565,6 +591,10 @@ def _footer_section(run_dir: Path, info: dict, schedule: pd.DataFrame | None) ->
         out.append("## Timings")
         out.append("")
         out.append(_table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in timings.items()]))
+    line = timeline_line(info.get("timeline") or {})
+    if line:
+        out.append("")
+        out.append(line)
     versions = info.get("versions", {})
     if versions:
         out.append("")

@@ -85,7 +85,9 @@ from scipy import stats
 from segotce_ray.cluster.progress import Progress
 from segotce_ray.scoring.settings import OTCESettings
 from segotce_ray.scoring.adapters import MetricSpec, otce_metric
-from segotce_ray.scoring.executor import open_scorer, run_fanout
+from segotce_ray.scoring.executor import Interleave, open_scorer, run_fanout
+from segotce_ray.scoring.feed import PoolFeed
+from segotce_ray.scoring.schedules import metric_pairs
 from segotce_ray.scoring.rows import ScorePair, results_frame
 from segotce_ray.scoring.tasks import PairScorer
 from segotce_ray.seeds import pair_digest
@@ -459,29 +461,51 @@ def _decision(c: _Candidate, metric: str) -> dict[str, Any]:
             "snapshot": c.snapshot, "reason": c.reason}
 
 
-def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]],
+def score_pairs_adaptive(pairs: Iterable[ScorePair | Sequence[str]] | Mapping[str, Iterable[Any]],
                          pools: Mapping[tuple[str, str], Any] | None = None,
                          settings: OTCESettings | None = None, *,
                          schedule: AdaptiveSettings | None = None, store: Any = None,
                          seed: int = 0, metric: MetricSpec | None = None,
+                         metrics: Sequence[MetricSpec] | None = None,
                          done: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None,
                          on_result: Callable[[dict[str, Any]], None] | None = None,
                          max_in_flight: int | None = None, num_gpus: float | None = None,
                          max_retries: int = 3, fail_infeasible: bool = True,
-                         autoscaling: str = "auto", progress: bool | None = None) -> AdaptiveRun:
+                         autoscaling: str = "auto", progress: bool | None = None,
+                         feed: PoolFeed | None = None) -> AdaptiveRun:
     """Score pairs with the adaptive schedule (module docstring) on Ray.
 
-    Arguments as :func:`segotce_ray.scoring.schedules.score_pairs` (one metric: ``metric`` or
-    the OTCE ``settings``; K = its ``repetitions``); ``schedule``: :class:`AdaptiveSettings`.
-    ``done``: rows finished earlier (their ok repetitions are reused, not rerun; the decisions
-    come out the same). ``on_result`` sees each newly computed row as it arrives.
+    Arguments as :func:`segotce_ray.scoring.schedules.score_pairs`: one metric (``metric``,
+    or the OTCE ``settings``; K = its ``repetitions``) or several (``metrics``: one schedule
+    each, every decision its own, all in one fan-out; ``pairs`` may then map a metric name to
+    its pairs). ``schedule``: :class:`AdaptiveSettings`. ``done``: rows finished earlier (their
+    ok repetitions are reused, not rerun; the decisions come out the same). ``on_result``
+    sees each newly computed row as it arrives. ``feed``: pools still being extracted.
     """
-    spec = metric or otce_metric(settings)
-    pair_list, scorer, max_in_flight = open_scorer(
-        pairs, pools, store, seed=seed, ignore_index=int(spec.params.get("ignore_index", 255)),
+    specs = list(metrics) if metrics else [metric or otce_metric(settings)]
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"metric names repeat: {[s.name for s in specs]}")
+    work = metric_pairs(pairs, specs)
+    _, scorer, max_in_flight = open_scorer(
+        {p for _, plist in work for p in plist}, pools, store, seed=seed,
+        ignore_index=int(specs[0].params.get("ignore_index", 255)),
         num_gpus=num_gpus, max_retries=max_retries, fail_infeasible=fail_infeasible,
         max_in_flight=max_in_flight, autoscaling=autoscaling)
-    policy = AdaptiveSchedule(pair_list, spec, schedule or AdaptiveSettings(), done)
-    bar = Progress(len(pair_list) * spec.repetitions, "scoring (adaptive)", progress)
-    run_fanout(scorer, policy, max_in_flight=max_in_flight, on_result=on_result, bar=bar)
-    return policy.result(len(pair_list))
+    policies = {spec.name: AdaptiveSchedule(plist, spec, schedule or AdaptiveSettings(), done)
+                for spec, plist in work if plist}
+    runs = []
+    if policies:
+        total = sum(len(plist) * spec.repetitions for spec, plist in work)
+        bar = Progress(total, "scoring (adaptive)", progress)
+        policy = next(iter(policies.values())) if len(policies) == 1 else Interleave(policies)
+        run_fanout(scorer, policy, max_in_flight=max_in_flight, on_result=on_result, bar=bar,
+                   feed=feed)
+        runs = [policies[spec.name].result(len(plist)) for spec, plist in work if plist]
+    if len(runs) == 1:
+        return runs[0]
+    frames = [r.table for r in runs] or [results_frame([]).assign(schedule_status=None,
+                                                                  repetitions_done=None)]
+    return AdaptiveRun(pd.concat(frames, ignore_index=True),
+                       pd.concat([r.decisions for r in runs], ignore_index=True)
+                       if runs else pd.DataFrame(columns=DECISION_COLUMNS),
+                       sum(r.repetitions for r in runs), sum(r.full_repetitions for r in runs))

@@ -12,13 +12,18 @@ task with ``ray.wait``, and hands its rows — once, in one place — to the cal
 ``on_result`` (a job persists each row before anything else happens), to the progress bar and
 back to the policy. Policies: :class:`segotce_ray.scoring.schedules.FullSchedule` (every
 repetition of every pair) and :class:`segotce_ray.scoring.adaptive.AdaptiveSchedule` (early
-pruning of models that cannot reach a target's top-k). Tasks, pool references and task
-resources: :mod:`segotce_ray.scoring.tasks`.
+pruning of models that cannot reach a target's top-k); :class:`Interleave` runs several policies
+(one adaptive schedule per metric) in one loop. Given a :class:`segotce_ray.scoring.feed.PoolFeed`
+— pools still being extracted — the loop admits a unit only once every pool it reads has
+arrived, wakes up for each publication (it waits for tasks at most ``_Gate.POLL_S`` at a
+time while the feed is open) and keeps at most ``feed.limit`` tasks in flight until the feed
+closes. Tasks, pool references and task resources: :mod:`segotce_ray.scoring.tasks`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -27,15 +32,16 @@ import pandas as pd
 
 from segotce_ray.cluster.progress import Progress
 from segotce_ray.scoring.adapters import MetricSpec
+from segotce_ray.scoring.feed import PoolFeed
 from segotce_ray.scoring.rows import RESULT_COLUMNS, ScorePair, ROW_KEY
 from segotce_ray.scoring.tasks import PairScorer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SchedulePolicy", "done_rows", "open_scorer", "run_fanout"]
+__all__ = ["Interleave", "SchedulePolicy", "done_rows", "open_scorer", "run_fanout"]
 
 
-def _as_pair(p: ScorePair | Sequence[str]) -> ScorePair:
+def as_pair(p: ScorePair | Sequence[str]) -> ScorePair:
     if isinstance(p, ScorePair):
         return p
     if len(p) != 3:
@@ -69,7 +75,7 @@ def open_scorer(pairs: Iterable[ScorePair | Sequence[str]], pools: Mapping[str, 
                 autoscaling: str = "auto") -> tuple[list[ScorePair], "PairScorer", int]:
     """Sorted unique pairs (a (model, target) with two sources is a ValueError), a
     :class:`PairScorer` over ``pools``, and the in-flight bound (default 4 tasks per CPU, ≥ 16)."""
-    pair_list = sorted({_as_pair(p) for p in pairs})
+    pair_list = sorted({as_pair(p) for p in pairs})
     clash = pd.Series([(p.model, p.target) for p in pair_list], dtype=object).duplicated()
     if clash.any():
         m, t = [(p.model, p.target) for p in pair_list][int(np.argmax(clash.to_numpy()))]
@@ -107,13 +113,115 @@ class SchedulePolicy(Protocol):
     def close(self) -> None: ...
 
 
+class Interleave:
+    """Several policies as one — e.g. one adaptive schedule per metric — so that every metric
+    shares one fan-out: units are taken from each policy in turn, each row goes back to the
+    policy of its metric."""
+
+    def __init__(self, policies: Mapping[str, SchedulePolicy]) -> None:
+        if not policies:
+            raise ValueError("Interleave needs at least one policy")
+        self.policies = dict(policies)
+        self._order = list(self.policies)
+        self._turn = 0
+
+    def start(self, scorer: PairScorer) -> None:
+        for p in self.policies.values():
+            p.start(scorer)
+
+    def next_unit(self) -> tuple[ScorePair, MetricSpec, list[int]] | None:
+        for i in range(len(self._order)):
+            name = self._order[(self._turn + i) % len(self._order)]
+            unit = self.policies[name].next_unit()
+            if unit is not None:
+                self._turn = (self._turn + i + 1) % len(self._order)
+                return unit
+        return None
+
+    def on_rows(self, rows: list[dict[str, Any]]) -> None:
+        for name, p in self.policies.items():
+            mine = [r for r in rows if r["metric"] == name]
+            if mine:
+                p.on_rows(mine)
+
+    def waiting(self) -> bool:
+        return any(p.waiting() for p in self.policies.values())
+
+    def close(self) -> None:
+        for p in self.policies.values():
+            p.close()
+
+
+class _Gate:
+    """Units wait here until every pool they read has arrived through ``feed`` (none wait
+    without a feed: all pools were given up front). Released units go first, in the order
+    they were parked; the results never depend on that order (each repetition is seeded)."""
+
+    #: seconds the loop waits for a task before it looks at the feed again
+    POLL_S = 0.25
+
+    def __init__(self, scorer: PairScorer, feed: PoolFeed | None) -> None:
+        self.scorer, self.feed = scorer, feed
+        self.parked: list[tuple[Any, set[tuple[str, str]]]] = []
+        self.ready: deque[Any] = deque()
+        if feed is not None:
+            scorer.add_pools(feed.known)
+
+    def next(self, policy: SchedulePolicy) -> Any:
+        """The next unit whose pools are all in, or None."""
+        if self.ready:
+            return self.ready.popleft()
+        while (unit := policy.next_unit()) is not None:
+            missing = self._missing(unit)
+            if not missing:
+                return unit
+            self.parked.append((unit, missing))
+        return None
+
+    def _missing(self, unit: Any) -> set[tuple[str, str]]:
+        if self.feed is None or not self.feed.open:
+            return set()
+        return {p for p in self.scorer.pools_of(unit[0], unit[1]) if not self.feed.has(p)}
+
+    def bound(self, max_in_flight: int) -> int:
+        """Tasks in flight at most now: the feed's limit while extraction runs."""
+        if self.feed is not None and self.feed.open and self.feed.limit is not None:
+            return min(max_in_flight, self.feed.limit)
+        return max_in_flight
+
+    @property
+    def waiting(self) -> bool:
+        """Pools may still arrive."""
+        return self.feed is not None and self.feed.open
+
+    def poll(self, timeout: float | None) -> None:
+        """Take what arrived (waiting up to ``timeout`` for it), release the units it completes."""
+        if self.feed is None:
+            return
+        arrived = self.feed.take(timeout)
+        if not arrived and self.feed.open:
+            return
+        self.scorer.add_pools(arrived)
+        still = []
+        for unit, missing in self.parked:
+            missing = {p for p in missing if not self.feed.has(p)} if self.feed.open else set()
+            if missing:
+                still.append((unit, missing))
+            else:
+                self.ready.append(unit)
+        self.parked = still
+
+
 def run_fanout(scorer: PairScorer, policy: SchedulePolicy, *, max_in_flight: int,
                on_result: Callable[[dict[str, Any]], None] | None,
-               bar: Progress) -> list[dict[str, Any]]:
+               bar: Progress, feed: PoolFeed | None = None) -> list[dict[str, Any]]:
     """The one fan-out loop: submit what ``policy`` wants while fewer than ``max_in_flight``
     tasks run, collect each finished task, hand its rows to ``on_result`` (persisted first),
     the progress bar and the policy. A pair that cannot run comes back as failed rows at once.
-    Interrupted, it cancels what is still running. Returns the new rows in arrival order."""
+
+    feed: pools still being extracted (:class:`PoolFeed`): a unit waits until its pools have
+    arrived, and while the feed is open at most ``feed.limit`` tasks run. Interrupted, it
+    cancels what is still running. Returns the new rows in arrival order."""
     import ray
 
     new_rows: list[dict[str, Any]] = []
@@ -126,12 +234,13 @@ def run_fanout(scorer: PairScorer, policy: SchedulePolicy, *, max_in_flight: int
         bar.update(rows)
         policy.on_rows(rows)
 
+    gate = _Gate(scorer, feed)
     in_flight: list[Any] = []
     policy.start(scorer)
     try:
         while True:
-            while len(in_flight) < max_in_flight:
-                unit = policy.next_unit()
+            while len(in_flight) < gate.bound(max_in_flight):
+                unit = gate.next(policy)
                 if unit is None:
                     break
                 out = scorer.submit(*unit)
@@ -140,12 +249,17 @@ def run_fanout(scorer: PairScorer, policy: SchedulePolicy, *, max_in_flight: int
                 else:
                     in_flight.append(out)
             if not in_flight:
+                if gate.waiting:
+                    gate.poll(1.0)
+                    continue
                 if policy.waiting():
                     continue
                 break
-            ready, in_flight = ray.wait(in_flight, num_returns=1)
+            ready, in_flight = ray.wait(in_flight, num_returns=1,
+                                        timeout=gate.POLL_S if gate.waiting else None)
             for ref in ready:
                 finish(scorer.collect(ref))
+            gate.poll(0)
     finally:
         bar.close()
         for ref in in_flight:  # interrupted: do not leave work running for nobody

@@ -1,5 +1,12 @@
 """The long results table: one row per (model, target, metric, k), its columns and types.
 
+``started_at``/``finished_at`` are when the repetition ran on its worker (epoch seconds,
+float); a row that never ran (its pool failed, its pair could not be submitted) has both set
+to the moment it was recorded as failed. Like ``seconds``, they differ from run to run: the
+"same matrix" of a rerun, another worker count or an overlapped run is the same on the
+score columns (score, w_t, w_d, iterations, converged, n_source, n_target, status, seed,
+solver, passes), never on the times.
+
 :func:`long_schema` (the Arrow schema of ``matrix.parquet``) is the one source of the
 columns: :data:`RESULT_COLUMNS` is its field names.
 """
@@ -7,6 +14,7 @@ columns: :data:`RESULT_COLUMNS` is its field names.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +39,8 @@ def long_schema() -> pa.Schema:
         pa.field("n_source", pa.int64()),
         pa.field("n_target", pa.int64()),
         pa.field("seconds", pa.float64()),
+        pa.field("started_at", pa.float64()),
+        pa.field("finished_at", pa.float64()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
         pa.field("source", pa.string()),
@@ -46,6 +56,9 @@ def long_schema() -> pa.Schema:
 
 #: Columns of the long results table, in order (the schema's field names).
 RESULT_COLUMNS = long_schema().names
+#: The columns that say when and how long a repetition ran: they differ from run to run, the
+#: others do not (compare matrices without them).
+TIME_COLUMNS = ["seconds", "started_at", "finished_at"]
 ROW_KEY = ["model", "target", "metric", "k"]
 
 
@@ -68,7 +81,8 @@ def result_row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -
     row: dict[str, Any] = {"model": pair.model, "target": pair.target, "metric": metric,
                            "k": int(k), "score": math.nan, "w_t": math.nan, "w_d": math.nan,
                            "iterations": None, "converged": None, "n_source": None,
-                           "n_target": None, "seconds": math.nan, "status": "ok",
+                           "n_target": None, "seconds": math.nan, "started_at": math.nan,
+                           "finished_at": math.nan, "status": "ok",
                            "error": None, "source": pair.source, "seed": int(seed),
                            "solver": None, "passes": math.nan, "degenerate": None,
                            "joint": None}
@@ -76,8 +90,12 @@ def result_row(pair: ScorePair, metric: str, k: int, seed: int, **values: Any) -
     return row
 
 
-def failed_row(pair: ScorePair, metric: str, k: int, seed: int, error: str) -> dict[str, Any]:
-    return result_row(pair, metric, k, seed, status="failed", error=error)
+def failed_row(pair: ScorePair, metric: str, k: int, seed: int, error: str,
+               **times: float) -> dict[str, Any]:
+    """A failed row; ``started_at``/``finished_at`` default to now (it never ran)."""
+    now = time.time()
+    return result_row(pair, metric, k, seed, status="failed", error=error,
+                      **{"started_at": now, "finished_at": now, **times})
 
 
 def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:

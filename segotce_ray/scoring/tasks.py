@@ -40,7 +40,7 @@ def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool
         return [failed_row(pair, spec.name, k, s, str(exc)) for k, s in zip(ks, seeds)]
     rows = []
     for k, seed in zip(ks, seeds):
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         try:
             values = dict(spec.repetition(source, target, seed, **spec.params))
             score = float(values.get("score", math.nan))
@@ -48,16 +48,25 @@ def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool
                 raise FloatingPointError(f"non-finite score {score}")
         except Exception as exc:  # noqa: BLE001 - recorded, the other pairs go on
             row = failed_row(pair, spec.name, k, seed, f"{spec.name} repetition {k} of "
-                          f"{pair.model!r} → {pair.target!r}: {type(exc).__name__}: {exc}")
+                             f"{pair.model!r} → {pair.target!r}: {type(exc).__name__}: {exc}",
+                             started_at=started)
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             continue
         rows.append(result_row(pair, spec.name, k, seed, seconds=time.perf_counter() - t0,
-                         **{key: values[key] for key in ("score", "w_t", "w_d", "iterations",
-                                                         "converged", "n_source", "n_target",
-                                                         "solver", "passes", "joint")
-                            if key in values}))
+                               started_at=started, finished_at=time.time(),
+                               **{key: values[key] for key in ("score", "w_t", "w_d", "iterations",
+                                                               "converged", "n_source", "n_target",
+                                                               "solver", "passes")
+                                  if key in values}))
     return rows
+
+
+def _shape_on_worker(root: str, key: str) -> tuple[int, int]:
+    """(rows, dim) of a stored pool, read on a worker (the driver opens no shard)."""
+    from segotce_ray.pools.store import PoolStore
+
+    return PoolStore(root).shape(key)
 
 
 class _PoolRefs:
@@ -114,7 +123,15 @@ class _PoolRefs:
             return None
         if not self.store.has(src):
             raise LookupError("missing from the store")
-        self.info[key] = self.store.shape(src)
+        man = self.store.manifest(src)
+        dim = man.get("metadata", {}).get("dim")
+        if dim is None:   # a pool from before manifests named the dim: a worker reads its schema
+            import ray
+
+            self.info[key] = ray.get(ray.remote(num_cpus=0)(_shape_on_worker).remote(
+                str(self.store.root), src))
+        else:
+            self.info[key] = (int(man["rows"]), int(dim))
         return StoredPool(str(self.store.root), src, self.ignore_index, self.describe(key))
 
     def acquire(self, key: tuple[str, str]) -> Any:
@@ -201,6 +218,16 @@ class PairScorer:
         self.pool_refs = _PoolRefs(pools, store, ignore_index)
         self._remote = ray.remote(_run_repetitions)
         self._pending: dict[Any, _Unit] = {}
+
+    def add_pools(self, pools: Mapping[tuple[str, str], PoolSource]) -> None:
+        """Pools that became available (e.g. published while scoring runs); a pool already
+        given keeps its first outcome."""
+        for key, src in pools.items():
+            self.pool_refs.pools.setdefault(key, src)
+
+    def pools_of(self, pair: ScorePair, spec: MetricSpec) -> list[tuple[str, str]]:
+        """The (model, dataset) pools a unit of (pair, spec) reads."""
+        return self._keys(pair, spec)
 
     def seeds(self, pair: ScorePair, ks: Sequence[int]) -> list[int]:
         return [repetition_seed(self.seed, pair.model, pair.target, k) for k in ks]

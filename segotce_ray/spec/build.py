@@ -33,10 +33,11 @@ def build_spec(raw: dict, base_dir: str | Path, path: str | Path | None = None) 
     c = SpecChecker(base)
     otce_raw = dict(raw.get("otce", {}))
     legacy_layer = otce_raw.pop("layer", None)
+    if "epsilon" in otce_raw:
+        otce_raw["epsilon"] = float(otce_raw["epsilon"])
+    if otce_raw.get("calibration"):
+        otce_raw["calibration"] = str(c.resolve(otce_raw["calibration"]).absolute())
     otce = OTCESettings(**otce_raw)
-    otce.epsilon = float(otce.epsilon)
-    if otce.calibration:
-        otce.calibration = str(c.resolve(otce.calibration).absolute())
     sched_raw = raw.get("schedule", "full")
     schedule = Schedule(mode=sched_raw) if isinstance(sched_raw, str) else Schedule(**sched_raw)
     extraction = ExtractionSettings(**raw.get("extraction", {}))
