@@ -57,7 +57,7 @@ def _run_repetitions(source: "PixelPool | StoredPool | None", target: "PixelPool
                                started_at=started, finished_at=time.time(),
                                **{key: values[key] for key in ("score", "w_t", "w_d", "iterations",
                                                                "converged", "n_source", "n_target",
-                                                               "solver", "passes")
+                                                               "solver", "passes", "joint")
                                   if key in values}))
     return rows
 
