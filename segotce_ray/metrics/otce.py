@@ -246,7 +246,7 @@ def _chunked_joint(cost, pot: sot.Coupling, sc, tc, source_labels, target_labels
 
 def label_joint(coupling: torch.Tensor | sot.Coupling, source_labels: np.ndarray,
                 target_labels: np.ndarray, cost: torch.Tensor | None = None,
-                chunk_rows: int = 2048) -> tuple[np.ndarray, float]:
+                chunk_rows: int = 256) -> tuple[np.ndarray, float]:
     """Joint ``J = Sᵀ P T`` over (source class, target class), renormalised to sum 1.
 
     coupling: a dense P (N_s, N_t) or a :class:`~segotce_ray.ot.Coupling` — summed on its
