@@ -95,7 +95,10 @@ class _Schedule:
             self.passes += 2
             support = reduced_cost_support(cost, f, g, eps, self.theta, self.max_nnz)
             if support is not None:
-                return SparseKernel(support, f, g, eps, np.float64 if final else np.float32), support
+                # float32 in every stage: the values are formed in float64 from C's stored
+                # values and only stored in float32 (relative rounding 6e-8, no exponent
+                # error, unlike a float32 dense kernel); the final check is float64
+                return SparseKernel(support, f, g, eps, np.float32), support
         # the final dense stage runs a float64 kernel: in float32 the exponent of costs ~10³
         # at ε = 0.1 is off by ~10⁻³ relative, a floor above the tolerance
         dtype = torch.float64 if final else cost.dtype
