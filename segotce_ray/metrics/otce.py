@@ -343,17 +343,16 @@ def _check_arguments(n_pixels: int, solver: str, sampling: str, epsilon: float) 
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
 
 
-def _batch_size(batch: int | None, solver: str, device: torch.device, repetitions: int,
-                need: int, budget: int) -> int:
-    """Repetitions solved together by the batched log-domain Sinkhorn: ``batch`` when given
-    (0 = one by one through :func:`segotce_ray.ot.solve`); by default, on a GPU for the
-    entropic solvers, as many as the memory budget holds (one cost each plus a working set),
-    else 0."""
-    if batch is not None:
-        return max(0, int(batch))
-    if device.type == "cpu" or solver == "emd":
+def _batch_size(batch: int | None, solver: str, repetitions: int, need: int,
+                budget: int) -> int:
+    """Repetitions solved together by the batched log-domain Sinkhorn: 0 (one by one
+    through :func:`segotce_ray.ot.solve`) unless ``batch`` is given; then at most as many
+    as the memory budget holds (one cost each plus a working set) and never for ``emd``.
+    Opt-in until it has been timed on a GPU against the default path."""
+    if not batch or solver == "emd":
         return 0
-    return max(1, min(repetitions, (budget - need) // max(1, need // 3) + 1))
+    fits = max(1, (budget - need) // max(1, need // 3) + 1)
+    return max(1, min(int(batch), repetitions, fits))
 
 
 def _solve_batched(draws: list, batch: int, epsilon: float, cost_scale: str, tol: float,
@@ -419,9 +418,10 @@ def otce_score(source_features: Any, source_labels: Any, target_features: Any,
     :mod:`segotce_ray.ot.solvers`). A pool smaller than N is used whole (``used_whole_*``).
     ``device`` defaults to the features' device; ``dtype`` of the cost and kernel is float32
     (float64 for validation). ``memory_budget`` (bytes, default the free memory of the
-    device) bounds the N×N working set; a bigger N is a ValueError. ``batch``: repetitions
-    solved together by the dense log-domain Sinkhorn (the GPU path; default: on a GPU as
-    many as the budget holds for ``auto``/``sinkhorn``, on the CPU none — one by one).
+    device) bounds the N×N working set; a bigger N is a ValueError. ``batch``: solve up to
+    that many repetitions together by the batched dense log-domain Sinkhorn
+    (:mod:`segotce_ray.ot.batched`, the GPU path; capped by the memory budget; not for
+    ``emd``); default None: one by one through :func:`segotce_ray.ot.solve`.
     """
     _check_arguments(n_pixels, solver, sampling, epsilon)
     fs_all, ys_all = prepare_side(source_features, source_labels, ignore_index, "source")
@@ -449,8 +449,8 @@ def otce_score(source_features: Any, source_labels: Any, target_features: Any,
         j = sample_indices(yt_all, n_pixels, rng_t, sampling)
         draws.append((_torch_features(_index(fs_all, i), device, tdtype), ys_all[i],
                       _torch_features(_index(ft_all, j), device, tdtype), yt_all[j]))
-    size = _batch_size(batch, solver, device, len(ids), need, budget)
-    if size and solver != "emd":
+    size = _batch_size(batch, solver, len(ids), need, budget)
+    if size:
         rows = _solve_batched(draws, size, epsilon, cost_scale, tol, max_iter, eps_scaling)
     else:
         rows = [otce_repetition(*d, epsilon=epsilon, solver=solver, cost_scale=cost_scale,
