@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 import segotce_ray.ot as sot
+from segotce_ray.ot.batched import log_sinkhorn_batch
 from segotce_ray.ot.support import coupling_rows
 
 __all__ = [
@@ -359,8 +360,6 @@ def _solve_batched(draws: list, batch: int, epsilon: float, cost_scale: str, tol
                    max_iter: int, eps_scaling: float) -> list[dict[str, Any]]:
     """Repetitions ``draws = [(fs, ys, ft, yt)]`` in batches of ``batch`` by the batched
     dense log-domain Sinkhorn (:func:`segotce_ray.ot.batched.log_sinkhorn_batch`)."""
-    from segotce_ray.ot.batched import log_sinkhorn_batch
-
     rows = []
     for lo in range(0, len(draws), batch):
         part = draws[lo:lo + batch]
