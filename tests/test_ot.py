@@ -139,3 +139,27 @@ def test_no_dense_fallback_above_its_memory_cap():
     plan = network_simplex(cost, k=2, add=2, max_degree=3, dense_fallback_entries=0)
     assert plan.edges < 0.2 * 1600 * 1600
     check_exact(plan, cost)
+
+
+def test_solve_returns_one_result_type_for_every_solver():
+    from segotce_ray.ot import SOLVERS, Coupling
+
+    cost = cost_of(300, 250, seed=2)
+    for solver in SOLVERS:
+        r = solve(cost, 0.5, solver)
+        assert isinstance(r, Coupling), solver
+        assert r.exact == (solver == "emd")
+    rows, cols, mass, costs = solve(cost, 0.5, "emd").support_mass()
+    assert abs(mass.sum() - 1.0) < 1e-9
+    np.testing.assert_allclose(costs, cost.double().numpy()[rows, cols])
+
+
+def test_exact_duals_are_centred():
+    # the simplex's duals may come back offset by a large constant (~5e6 at costs ~400 on
+    # real pools), which swamps float32 reduced costs; the plan's duals have equal means
+    cost = cost_of(1600, 1600, seed=4)
+    plan = network_simplex(cost)
+    top = float(cost.max())
+    assert abs(float(plan.alpha.mean() - plan.beta.mean())) < 1e-6 * top
+    assert float(plan.alpha.abs().max()) < 10 * top and float(plan.beta.abs().max()) < 10 * top
+    check_exact(plan, cost)

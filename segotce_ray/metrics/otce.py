@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 import segotce_ray.ot as sot
+from segotce_ray.ot.batched import log_sinkhorn_batch
 from segotce_ray.ot.support import coupling_rows
 
 __all__ = [
@@ -251,7 +252,7 @@ def _chunked_joint(cost, pot: sot.Coupling, sc, tc, source_labels, target_labels
 
 def label_joint(coupling: torch.Tensor | sot.Coupling, source_labels: np.ndarray,
                 target_labels: np.ndarray, cost: torch.Tensor | None = None,
-                chunk_rows: int = 2048) -> tuple[np.ndarray, float]:
+                chunk_rows: int = 256) -> tuple[np.ndarray, float]:
     """Joint ``J = Sᵀ P T`` over (source class, target class), renormalised to sum 1.
 
     coupling: a dense P (N_s, N_t) or a :class:`~segotce_ray.ot.Coupling` — summed on its
@@ -352,25 +353,22 @@ def _check_arguments(n_pixels: int, solver: str, sampling: str, epsilon: float) 
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
 
 
-def _batch_size(batch: int | None, solver: str, device: torch.device, repetitions: int,
-                need: int, budget: int) -> int:
-    """Repetitions solved together by the batched log-domain Sinkhorn: ``batch`` when given
-    (0 = one by one through :func:`segotce_ray.ot.solve`); by default, on a GPU for the
-    entropic solvers, as many as the memory budget holds (one cost each plus a working set),
-    else 0."""
-    if batch is not None:
-        return max(0, int(batch))
-    if device.type == "cpu" or solver == "emd":
+def _batch_size(batch: int | None, solver: str, repetitions: int, need: int,
+                budget: int) -> int:
+    """Repetitions solved together by the batched log-domain Sinkhorn: 0 (one by one
+    through :func:`segotce_ray.ot.solve`) unless ``batch`` is given; then at most as many
+    as the memory budget holds (one cost each plus a working set) and never for ``emd``.
+    Opt-in until it has been timed on a GPU against the default path."""
+    if not batch or solver == "emd":
         return 0
-    return max(1, min(repetitions, (budget - need) // max(1, need // 3) + 1))
+    fits = max(1, (budget - need) // max(1, need // 3) + 1)
+    return max(1, min(int(batch), repetitions, fits))
 
 
 def _solve_batched(draws: list, batch: int, epsilon: float, cost_scale: str, tol: float,
                    max_iter: int, eps_scaling: float) -> list[dict[str, Any]]:
     """Repetitions ``draws = [(fs, ys, ft, yt)]`` in batches of ``batch`` by the batched
     dense log-domain Sinkhorn (:func:`segotce_ray.ot.batched.log_sinkhorn_batch`)."""
-    from segotce_ray.ot.batched import log_sinkhorn_batch
-
     rows = []
     for lo in range(0, len(draws), batch):
         part = draws[lo:lo + batch]
@@ -430,9 +428,10 @@ def otce_score(source_features: Any, source_labels: Any, target_features: Any,
     :mod:`segotce_ray.ot.solvers`). A pool smaller than N is used whole (``used_whole_*``).
     ``device`` defaults to the features' device; ``dtype`` of the cost and kernel is float32
     (float64 for validation). ``memory_budget`` (bytes, default the free memory of the
-    device) bounds the N×N working set; a bigger N is a ValueError. ``batch``: repetitions
-    solved together by the dense log-domain Sinkhorn (the GPU path; default: on a GPU as
-    many as the budget holds for ``auto``/``sinkhorn``, on the CPU none — one by one).
+    device) bounds the N×N working set; a bigger N is a ValueError. ``batch``: solve up to
+    that many repetitions together by the batched dense log-domain Sinkhorn
+    (:mod:`segotce_ray.ot.batched`, the GPU path; capped by the memory budget; not for
+    ``emd``); default None: one by one through :func:`segotce_ray.ot.solve`.
     """
     _check_arguments(n_pixels, solver, sampling, epsilon)
     fs_all, ys_all = prepare_side(source_features, source_labels, ignore_index, "source")
@@ -460,8 +459,8 @@ def otce_score(source_features: Any, source_labels: Any, target_features: Any,
         j = sample_indices(yt_all, n_pixels, rng_t, sampling)
         draws.append((_torch_features(_index(fs_all, i), device, tdtype), ys_all[i],
                       _torch_features(_index(ft_all, j), device, tdtype), yt_all[j]))
-    size = _batch_size(batch, solver, device, len(ids), need, budget)
-    if size and solver != "emd":
+    size = _batch_size(batch, solver, len(ids), need, budget)
+    if size:
         rows = _solve_batched(draws, size, epsilon, cost_scale, tol, max_iter, eps_scaling)
     else:
         rows = [otce_repetition(*d, epsilon=epsilon, solver=solver, cost_scale=cost_scale,

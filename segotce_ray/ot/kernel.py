@@ -38,9 +38,13 @@ class DenseKernel:
     def _absorb_potentials(self, f: torch.Tensor, g: torch.Tensor):
         self.f, u = split_potential(f, self.eps, self.dtype)
         self.g, v = split_potential(g, self.eps, self.dtype)
-        k = self.kernel
-        torch.sub(self.f.to(self.dtype)[:, None], self.cost, out=k)
-        k.add_(self.g.to(self.dtype)[None, :]).mul_(1.0 / self.eps).exp_()
+        k, f_d, g_d = self.kernel, self.f.to(self.dtype)[:, None], self.g.to(self.dtype)[None, :]
+        # in row chunks: a float32 C against a float64 kernel would otherwise be promoted
+        # to a whole float64 temporary (N²·8 bytes beyond the budget)
+        for lo in range(0, k.shape[0], 256):
+            part = k[lo:lo + 256]
+            torch.sub(f_d[lo:lo + 256], self.cost[lo:lo + 256].to(self.dtype), out=part)
+            part.add_(g_d).mul_(1.0 / self.eps).exp_()
         self.entries += k.numel()
         return u.to(self.dtype), v.to(self.dtype)
 

@@ -61,11 +61,12 @@ def feature_groups(fs: torch.Tensor, ft: torch.Tensor, groups: int = 64):
 
 
 def polish(cost: torch.Tensor, epsilon: float, *, tol: float = 1e-3, max_iter: int = 20_000,
-           features=None, sparse_fraction: float = 0.2) -> Coupling:
+           features=None, sparse_fraction: float = 0.1) -> Coupling:
     """Entropic coupling at ``epsilon`` from the exact duals (``exact+polish``): the ε
     schedule from ``POLISH_START``·ε down, each stage on the support of reduced costs within
     θε of the current potentials (kept while it holds at most ``sparse_fraction`` of the
-    entries), with coarse corrections between feature groups when ``features`` are given."""
+    entries: a support costs ~60 bytes an entry, so beyond ~N²/8 entries it would not fit
+    the 3·N²·4-byte working set beside C, where the dense kernel does), with coarse corrections between feature groups when ``features`` are given."""
     plan = network_simplex(cost)
     groups = feature_groups(*features) if features is not None else None
     # straight at ε from the exact duals (POLISH_START = 1): a stage at 4ε first cost more

@@ -88,7 +88,7 @@ def coupling_rows(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: flo
 
 
 def full_marginals(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
-                   chunk_rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                   chunk_rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column sums of the full coupling (float64, row chunks)."""
     row = torch.empty(cost.shape[0], dtype=torch.float64, device=cost.device)
     col = torch.zeros(cost.shape[1], dtype=torch.float64, device=cost.device)
