@@ -106,6 +106,13 @@ class DomainStyle:
         return out
 
 
+#: the sources of the default (demo, ``paper``) world: one per eighth of the hue circle
+#: (``alderbrook`` at 0, then 1/8, 2/8, ...), all else the standard style, so each target
+#: (at its own hue) has sources at graded distances from it
+HUE_SOURCES: tuple[str, ...] = ("alderbrook", "ambergate", "fernhill", "tealmouth", "azurine",
+                                "violetmoor", "rosehaven", "copperfield")
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     """Which domains exist, what each is for, and how many images each split holds.
@@ -117,11 +124,10 @@ class WorldConfig:
     """
 
     seed: int = 0
-    sources: tuple[str, ...] = ("alderbrook", "brightwater", "cinderfall", "duskmoor",
-                                "emberton", "frostholm", "glimmerport")
-    targets: tuple[str, ...] = ("ironvale", "juniper", "kestrel", "lumen")
+    sources: tuple[str, ...] = HUE_SOURCES
+    targets: tuple[str, ...] = ("mossgate", "kestrel", "larkspur")
     n_source: int = 48
-    n_target_train: int = 16
+    n_target_train: int = 8
     n_target_val: int = 32
     image_size: tuple[int, int] = IMAGE_SIZE
 
@@ -144,7 +150,7 @@ class WorldConfig:
 
 def _domains() -> dict[str, DomainStyle]:
     d = [
-        # sources: a spread from "close to every target" to "far from all of them"
+        # legacy sources: a spread from "close to every target" to "far from all of them"
         DomainStyle("alderbrook"),                                        # clear, standard
         DomainStyle("brightwater", fog=0.55, gain=1.05, texture_amp=0.06),  # foggy day
         DomainStyle("cinderfall", gain=0.35, gamma=1.3, tint=(0.8, 0.85, 1.2), noise=0.04,
@@ -157,7 +163,14 @@ def _domains() -> dict[str, DomainStyle]:
                     object_scale=1.3, trees=(0, 1)),                         # dense, washed out
         DomainStyle("glimmerport", hue_shift=0.12, trees=(3, 6), building_height=(0.2, 0.5),
                     cars=(0, 2), persons=(0, 1), object_scale=0.8, horizon=0.5),  # leafy suburb
-        # targets
+        # the hue-grid sources of the default world (alderbrook is the one at hue 0)
+        *[DomainStyle(name, hue_shift=k / 8) for k, name in enumerate(HUE_SOURCES) if k],
+        # targets of the default world: each at its own hue, with its own look
+        DomainStyle("mossgate", hue_shift=0.03, fog=0.35, saturation=0.9, texture_amp=0.08,
+                    persons=(2, 4)),                                          # hazy, crowded
+        DomainStyle("larkspur", hue_shift=0.71, gain=0.5, gamma=1.2, tint=(0.85, 0.85, 1.15),
+                    noise=0.035, cars=(2, 4), windows=0.8),                    # dusk, busy road
+        # targets of the legacy world (kestrel is a target of both)
         DomainStyle("ironvale", fog=0.4, saturation=0.8, texture_amp=0.08),     # hazy city
         DomainStyle("juniper", gain=0.45, gamma=1.2, tint=(0.85, 0.85, 1.15), noise=0.035,
                     cars=(2, 4), windows=0.8),                                  # dusk/night
@@ -172,6 +185,15 @@ def _domains() -> dict[str, DomainStyle]:
 
 #: every domain the demo world knows, by name
 DOMAINS: dict[str, DomainStyle] = _domains()
+
+#: the world of the first demo and of the legacy benchmark worlds (same_arch, few_shot,
+#: long_ft): seven sources of assorted looks, four targets (one with coarse labels), 16
+#: labelled target images
+LEGACY_WORLD = WorldConfig(
+    sources=("alderbrook", "brightwater", "cinderfall", "duskmoor", "emberton", "frostholm",
+             "glimmerport"),
+    targets=("ironvale", "juniper", "kestrel", "lumen"), n_source=48, n_target_train=16,
+    n_target_val=32)
 
 
 # ----------------------------------------------------------------------------- rendering
