@@ -1,62 +1,78 @@
-"""Quality benchmark over several worlds: which SEG-OTCE setting predicts fine-tuned transfer?
+"""Quality benchmark over several worlds: can a user trust the rankings?
 
-Evaluation protocol (fixed in this docstring and committed before any score was looked at)
+Evaluation protocol (issue 18; fixed in this docstring and committed before any score of
+it was looked at)
 ----------------------------------------------------------------------------------------
 
-Worlds. Four worlds from the demo generator (``segotce_ray.demo``: world, zoo, fine-tuning
-ground truth), each defined by a :class:`segotce_ray.demo.worlds.WorldProtocol`:
+Worlds. The worlds of the demo generator (``segotce_ray.demo.worlds.WORLDS``), each a
+:class:`~segotce_ray.demo.worlds.WorldProtocol` (generated world, zoo, fine-tuning recipe,
+labelled target images, fine-tuning seeds):
 
-- ``demo``       — the demo as shipped: world seed 0, zoo = 7 tiny nets (one per source
-  domain) + 1 LR-ASPP (a capacity outlier); ground truth = fine-tune 20 steps (batch 8,
-  lr 1e-3) on the 16 labelled target images, mIoU (%) on 32 held-out images.
-- ``same_arch``  — world seed 1 (new images of every domain, same domain styles), zoo = the
-  7 tiny nets only (no capacity outlier), ground truth as ``demo``.
-- ``few_shot``   — world and zoo of ``demo``; the user has only the first 4 labelled images
-  of each target: they are the fine-tuning set (10 steps, batch 4, lr 1e-3) and the scoring
-  pool; mIoU on the same 32 held-out images.
-- ``long_ft``    — world and zoo of ``demo``; ground truth = fine-tune 60 steps (3x demo;
-  batch 8, lr 1e-3) on the 16 labelled images.
+- ``paper``     — the paper regime: one architecture (8 tiny nets, one per source; the
+  sources sit on a hue grid, so each of the 3 targets has sources at graded distances),
+  8 labelled target images, fine-tune 15 steps (batch 4, lr 1e-3), mIoU on 32 held-out
+  images; best source ≥ 10 mIoU points above training from scratch on every target.
+- ``demo``      — ``paper`` plus one LR-ASPP (another architecture) trained on the first
+  source: what ``segotce-ray demo`` builds.
+- ``same_arch`` — legacy world (7 assorted sources, 4 targets, one with coarse labels),
+  seed 1, the 7 tiny nets; fine-tune 20 steps (batch 8) on 16 images.
+- ``few_shot``  — legacy world seed 0, 7 tiny nets + 1 LR-ASPP; 4 labelled images, 10 steps.
+- ``long_ft``   — legacy world seed 0, same zoo; 60 steps (batch 8) on 16 images.
 
-Each world's ground truth ships in ``segotce_ray/demo/data/worlds/<world>.csv`` with a
-``.json`` holding the fingerprint of what produced it (generator/zoo/ground-truth versions,
-world config and seeds, zoo weights hashes, recipe, image count) and the command that
-regenerates it (``python -m segotce_ray.demo.worlds --world <name>``).
+Every world's ground truth has ≥ 3 fine-tuning seeds per (model, target) and ships in
+``segotce_ray/demo/data/`` (``ground_truth.csv`` for ``demo``, ``worlds/<world>.csv``
+otherwise) with its fingerprint, the from-scratch reference and the command that
+regenerates it. The ground truth a ranker is measured against is the mean over the seeds.
 
 Pools. Per (model, dataset) 1000 pixels per labelled image (uniform among valid pixels,
-seeded per image), features float16 as in the store, extracted in-process with the
-pipeline's own pieces; each pool keeps the penultimate features, the logits and the source
-head's softmax (``probs``).
+seeded per image), float16 as in the store, extracted in-process with the pipeline's own
+pieces: penultimate features, logits and the source head's softmax (``probs``).
 
-Grid (SEG-OTCE, N = 1000 pixels per side, K = 3 repetitions, job seed 0; every world is
-scored with the same grid):
+Rankers (scored on the same pools of every world):
 
-- layer (feature space) in {penultimate, logits, probs}
-- cost_scale in {none, mean, max}
-- epsilon in {0.01, 0.1, 1.0} (solver sinkhorn)
-- sampling in {uniform, class_balanced}
+- SEG-OTCE at the job defaults (penultimate, cost_scale none, ε 0.1, uniform sampling,
+  sinkhorn), N = 1000 pixels per side, K = 3 repetitions, job seed 0.
+- The 8 peers (LogME, LEEP, NCE, N-LEEP, H-score, shrunk H-score, GBC, TransRate) on K = 3
+  draws of N = 1000 target pixels; feature peers on each of penultimate / logits / probs,
+  NCE and LEEP on probs. A peer's headline row is its penultimate input (probs for NCE and
+  LEEP); the other inputs are candidates of the recommended ranker.
+- Baselines: ``capacity`` (score = parameter count: more = higher) and ``random`` (the
+  expectation over uniformly random rankings: Pearson 0, Kendall τ_b 0, regret = mean over
+  models of best − value, computed exactly, no sampling).
+- The recommended ranker, chosen among the SEG-OTCE default and every peer input (not the
+  baselines): ``loto`` — per world, for each held-out target, the candidate with the
+  highest mean Pearson over the world's other targets (ties: lower mean regret, then the
+  order above), measured on the held-out target; ``nested`` — leave one world out: the
+  candidate with the highest mean-over-the-other-worlds Pearson (each world = the mean
+  over its targets; ties as above), measured on the held-out world.
 
-(54 settings) plus, per (layer, sampling), the exact coupling (solver emd) as a reference
-row; emd rows are printed but are not eligible as the default. ``--quick``: sampling uniform
-only and epsilon in {0.1, 1.0} (18 settings + 3 emd rows).
-Peers (LogME, LEEP, NCE, N-LEEP, H-score, shrunk H-score, GBC, TransRate) on the same
-target pools, K = 3 draws of N = 1000 target pixels; feature peers on each of the three
-feature spaces, NCE/LEEP on probs.
+Measures. Per target: Pearson r, Kendall τ_b and top-1 regret (mIoU points: true best −
+ground truth of the top-scored model) between the K-mean scores and the seed-mean ground
+truth; per world: the mean over its targets; over worlds: the unweighted mean of the
+per-world means. Noise ceiling per target: split-half reliability of the ground truth
+over its seeds, Spearman–Brown corrected (every distinct split of the seeds;
+``segotce_ray.demo.reliability.noise_ceiling``), per world its mean over targets.
 
-Measures. Per target: Pearson r, Kendall tau_b and top-1 regret (mIoU points of the true
-best minus the ground truth of the top-scored model) between the K-mean scores and the
-ground truth. Per world: the mean over its targets. Over worlds: the unweighted mean of the
-per-world means (each world counts once). Seconds per pair: mean wall time of the K
-repetitions of one (model, target) pair on this machine.
+Intervals. 90% percentile bootstrap, B = 1000 replicates, seeded: each replicate resamples
+the fine-tuning seeds of the ground truth (with replacement, per world) and, per target,
+the models (with replacement; a replicate whose draw makes a measure undefined leaves
+that target out of its mean). The same replicates serve every ranker, so the paired
+difference SEG-OTCE − ranker has its own interval; over-worlds intervals take the mean of
+the per-world replicates.
 
-How the default is picked. Among the eligible (sinkhorn) settings, the one with the highest
-mean-over-worlds Pearson; settings within 0.01 of it are separated by the lower
-mean-over-worlds regret, then by fewer seconds per pair. Never the best on a single world.
-Its (layer, cost_scale, epsilon, sampling) become the defaults of ``otce:`` in job specs.
-The report states, per world, the default's Pearson and regret and whether its Pearson
-reaches that of the best peer (metric, input) of the same world.
+What the report states, per world and over worlds: every ranker's Pearson, τ_b and regret
+with their intervals, the noise ceiling, SEG-OTCE − ranker (Pearson) with its interval,
+and the recommended ranker's picks. "Better" is claimed only where that 90% interval
+excludes 0. Tables are written as CSV (``truth.csv``: world, model, target, seed, value;
+``scores.csv``: world, ranker, model, target, score; ``summary.csv``; ``paired.csv``;
+``picks.csv``), so every statistic can be recomputed from them.
+
+``--grid quick|full`` also scores the SEG-OTCE settings grid of issue 12 (layer ×
+cost_scale × ε × sampling, plus exact-transport references) as extra candidates of the
+recommended ranker; off by default.
 
     PYTHONPATH=. python benchmarks/bench_quality.py --workdir /tmp/segotce-worlds
-    PYTHONPATH=. python benchmarks/bench_quality.py --quick --worlds demo same_arch
+    PYTHONPATH=. python benchmarks/bench_quality.py --worlds paper demo
 """
 
 from __future__ import annotations
