@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segotce_ray.datasets import open_dataset
-from segotce_ray.demo.world import (COARSE_CLASSES, DOMAINS, TRAIN_IDS, WorldConfig,
+from segotce_ray.demo.world import (COARSE_CLASSES, DOMAINS, HUE_SOURCES, TRAIN_IDS, WorldConfig,
                                     _image_rng, dataset_specs, load_split, render, write_world)
 
 SMALL = WorldConfig(sources=("alderbrook", "cinderfall"), targets=("kestrel", "lumen"),
@@ -111,3 +111,25 @@ def test_render_is_a_pure_function_of_the_rng():
 def test_missing_split_names_the_domain(tmp_path):
     with pytest.raises(FileNotFoundError, match="alderbrook"):
         load_split(tmp_path, SMALL, "alderbrook", "val")
+
+
+def test_default_world_has_sources_at_graded_hue_distances():
+    """Each default target sees its sources at distinct hue distances (no two tie within
+    0.02 of a turn), with the nearest within 1/16 turn: a graded, unambiguous ranking."""
+    from segotce_ray.demo.world import LEGACY_WORLD
+
+    config = WorldConfig()
+    assert config.sources == HUE_SOURCES and len(config.sources) == 8
+    assert all(DOMAINS[t].label_space == "cityscapes" for t in config.targets)
+    for t in config.targets:
+        d = sorted(min(abs(DOMAINS[s].hue_shift - DOMAINS[t].hue_shift) % 1,
+                       1 - abs(DOMAINS[s].hue_shift - DOMAINS[t].hue_shift) % 1)
+                   for s in config.sources)
+        assert d[0] < 1 / 16 and min(np.diff(d)) > 0.02, (t, d)
+    # the legacy world keeps its identity: its shipped ground truths name it
+    import json
+
+    from segotce_ray.demo.worlds import WORLDS
+
+    meta = json.loads(WORLDS["few_shot"].shipped.with_suffix(".json").read_text())
+    assert LEGACY_WORLD.fingerprint() == meta["generator"]["world"]

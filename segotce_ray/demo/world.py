@@ -4,9 +4,13 @@ Every image is drawn from a :class:`DomainStyle` (a "city"): palette, textures,
 lighting and fog, object scale and density, class frequencies. Labels use the
 Cityscapes train ids of the eight classes the world draws (road 0, sidewalk 1,
 building 2, traffic sign 7, vegetation 8, sky 10, person 11, car 13; sign poles are
-void, 255), so the Cityscapes reader loads the world as it is. One target domain
-changes the label granularity (person and car merge into ``dynamic``) and is written
-in the folder layout with its own label map.
+void, 255), so the Cityscapes reader loads the world as it is. One target domain of the
+legacy world (``lumen``) changes the label granularity (person and car merge into
+``dynamic``) and is written in the folder layout with its own label map.
+
+Two worlds are defined: the default one (the demo's and the ``paper`` benchmark world:
+eight sources on a grid of hue rotations, three targets each at its own hue, few labelled
+target images) and :data:`LEGACY_WORLD` (the first demo's: seven sources of assorted looks).
 
 Layouts written under ``root``::
 
