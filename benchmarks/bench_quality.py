@@ -427,6 +427,23 @@ def statistics(truth: pd.DataFrame, scores: pd.DataFrame, candidates: list[str],
 # ----------------------------------------------------------------------------- running
 
 
+def superset_key(spec, loaded: dict) -> str | None:
+    """The key of already extracted pools that hold every (model, dataset) of ``spec``
+    extracted the same way (same model and dataset entries), else None."""
+    def norm(x):  # "<workdir>/../zoo/x.pth" and "<other>/../zoo/x.pth" are one file
+        if isinstance(x, dict):
+            return {k: norm(v) for k, v in x.items()}
+        return os.path.normpath(x) if isinstance(x, str) and os.sep in x else x
+
+    d = norm(spec.to_dict())
+    for key, other in loaded.items():
+        o = norm(other.to_dict())
+        if (all(o["models"].get(m) == v for m, v in d["models"].items())
+                and all(o["datasets"].get(n) == v for n, v in d["datasets"].items())):
+            return key
+    return None
+
+
 def build_worlds(names: list[str], root: Path, device: str, workers: int | None) -> dict:
     """name -> (spec, per-seed truth, pools key, pools); worlds sharing pools share arrays."""
     worlds, by_key = {}, {}
@@ -436,8 +453,11 @@ def build_worlds(names: list[str], root: Path, device: str, workers: int | None)
         spec = load_spec(path)
         truth = pd.DataFrame(read_gt(path.parent / "ground_truth.csv"),
                              columns=["model", "target", "seed", "value"]).assign(world=name)
-        key, pools = world_pools(spec, root, device)
-        pools = by_key.setdefault(key, pools)
+        key = superset_key(spec, {k: w[0] for k, w in by_key.items()})
+        if key is None:
+            key, pools = world_pools(spec, root, device)
+            by_key[key] = (spec, pools)
+        pools = by_key[key][1]
         worlds[name] = (spec, truth, key, pools)
         print(f"world {name}: {len(spec.models)} models x {len(spec.targets)} targets x "
               f"{truth.seed.nunique()} seeds, ready in {time.perf_counter() - t0:.0f}s", flush=True)
