@@ -245,8 +245,8 @@ def peer_scores(spec, pools) -> pd.DataFrame:
 def capacity_scores(spec) -> pd.DataFrame:
     """The capacity baseline: score = parameter count (more = higher)."""
     recs = []
-    for name, m in spec.models.items():
-        n = sum(p.numel() for p in build_architecture(m.constructor, m.num_classes).parameters())
+    for name, m in spec.to_dict()["models"].items():
+        n = sum(p.numel() for p in build_architecture(m["architecture"], m["num_classes"]).parameters())
         recs += [{"ranker": "capacity", "model": name, "target": t, "score": float(n)}
                  for t in spec.targets]
     return pd.DataFrame(recs)
@@ -470,11 +470,11 @@ def score_worlds(worlds: dict, device: str, settings: list[dict], peers: bool) -
     for w, (spec, _, key, pools) in worlds.items():
         t0 = time.perf_counter()
         if key not in cache:  # worlds with the same pools share the scores
-            tabs = [score_table(spec, pools, dict(PREVIOUS_DEFAULT), device, SEG_OTCE)]
+            tabs = [capacity_scores(spec),
+                    score_table(spec, pools, dict(PREVIOUS_DEFAULT), device, SEG_OTCE)]
             tabs += [score_table(spec, pools, st, device, setting_name(st)) for st in settings]
             if peers:
                 tabs.append(peer_scores(spec, pools))
-            tabs.append(capacity_scores(spec))
             cache[key] = pd.concat(tabs, ignore_index=True)
         sc = cache[key]
         sc = sc[sc.model.isin(list(spec.models)) & sc.target.isin(spec.targets)]
