@@ -408,9 +408,10 @@ def statistics(truth: pd.DataFrame, scores: pd.DataFrame, candidates: list[str],
             if w == "mean":
                 if not all(r in wm_all[v] for v in worlds):
                     continue
-                with np.errstate(all="ignore"):
-                    ms = {m: np.nanmean([wm_all[v][r][m] for v in worlds], axis=0) for m in SHOWN}
-                base = np.nanmean([wm_all[v][SEG_OTCE]["pearson"] for v in worlds], axis=0)
+                # every world counts once: undefined on one world (e.g. capacity on a
+                # one-architecture world) = undefined over worlds
+                ms = {m: np.mean([wm_all[v][r][m] for v in worlds], axis=0) for m in SHOWN}
+                base = np.mean([wm_all[v][SEG_OTCE]["pearson"] for v in worlds], axis=0)
             else:
                 if r not in wm_all[w]:
                     continue
