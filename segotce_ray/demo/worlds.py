@@ -159,6 +159,17 @@ def provenance(protocol: WorldProtocol, zoo: Zoo, seconds: float,
             "regenerate": f"python -m segotce_ray.demo.worlds --world {protocol.name}"}
 
 
+def shipped_is_current(protocol: WorldProtocol) -> bool:
+    """Whether the shipped ground truth was made by this generator version with this
+    protocol's seeds (older ones have one value per pair and no scratch reference)."""
+    meta_path = protocol.shipped.with_suffix(".json")
+    if not meta_path.exists():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return (meta.get("generator", {}).get("gt_version") == GT_VERSION
+            and meta.get("seeds") == list(protocol.seeds))
+
+
 def shipped_scratch(protocol: WorldProtocol) -> dict[str, dict[int, float]]:
     """The from-scratch reference ``{target: {seed: mIoU}}`` of a shipped ground truth."""
     meta = json.loads(protocol.shipped.with_suffix(".json").read_text())
