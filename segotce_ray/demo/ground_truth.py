@@ -264,8 +264,9 @@ def ground_truth_csv(zoo: Zoo, world_root: str | Path, config: WorldConfig, out:
             rows = read_csv(shipped)
             write_csv(rows, out)
             write_mean_csv(rows, mean_csv_path(out))
+            scratch = info.get("scratch", {})  # shipped: {"architecture", "miou": {...}}
             meta.write_text(json.dumps({"fingerprint": fp, "source": "shipped",
-                                        "scratch": info.get("scratch", {})}))
+                                        "scratch": scratch.get("miou", scratch)}))
             return out
         log.info("shipped ground truth does not match this zoo (other torch build or recipe): "
                  "recomputing")
