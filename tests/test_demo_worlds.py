@@ -77,7 +77,7 @@ def test_demo_spec_selects_the_same_first_target_images(small_zoo, tmp_path):
 
 #: worlds whose shipped ground truth still predates the fine-tuning seeds (regenerate with
 #: ``python -m segotce_ray.demo.worlds --world NAME``, then drop the name here)
-NOT_YET_REGENERATED: set[str] = {"long_ft"}
+NOT_YET_REGENERATED: set[str] = set()
 
 
 def test_only_the_listed_worlds_wait_for_regeneration():
