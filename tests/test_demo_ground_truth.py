@@ -43,36 +43,55 @@ def test_regenerating_reproduces_the_ground_truth(small_zoo, tmp_path):
     a = gt.compute_ground_truth(zoo, layout.root, SMALL, seed=0, recipe=FEW, workers=1)
     b = gt.compute_ground_truth(zoo, layout.root, SMALL, seed=0, recipe=FEW, workers=2)
     assert a == b
-    assert [(m, t) for m, t, _ in a] == [("tiny_alderbrook", "juniper"), ("tiny_alderbrook", "lumen")]
-    assert all(0.0 <= v <= 100.0 for *_, v in a)
+    rows, scratch = a
+    assert [r[:3] for r in rows] == [("tiny_alderbrook", t, s) for t in ("juniper", "lumen")
+                                     for s in gt.SEEDS]
+    assert all(0.0 <= v <= 100.0 for *_, v in rows)
+    assert set(scratch) == {"juniper", "lumen"} and all(set(v) == set(gt.SEEDS) for v in scratch.values())
+    # the fine-tuning seed matters (head, batches, flips), so the repeats are not copies
+    assert len({v for m, t, s, v in rows if t == "lumen"}) == len(gt.SEEDS)
     # the CSV round-trips and the cached copy is reused while its fingerprint matches
     out = gt.ground_truth_csv(zoo, layout.root, SMALL, tmp_path / "gt.csv", seed=0, recipe=FEW,
                               workers=1, use_shipped=False)
-    assert gt.read_csv(out) == a
+    assert gt.read_csv(out) == rows
+    assert [r[:2] for r in gt.read_csv(gt.mean_csv_path(out))] == sorted({r[:2] for r in rows})
+    assert json.loads(out.with_suffix(".json").read_text())["scratch"]["lumen"]["0"] == scratch["lumen"][0]
     mtime = out.stat().st_mtime_ns
     gt.ground_truth_csv(zoo, layout.root, SMALL, out, seed=0, recipe=FEW, workers=1, use_shipped=False)
     assert out.stat().st_mtime_ns == mtime
-    other = gt.gt_fingerprint(zoo, SMALL, 1, FEW)
-    assert other != json.loads(out.with_suffix(".json").read_text())["fingerprint"]
+    fp = json.loads(out.with_suffix(".json").read_text())["fingerprint"]
+    assert gt.gt_fingerprint(zoo, SMALL, 1, FEW) != fp
+    assert gt.gt_fingerprint(zoo, SMALL, 0, FEW, seeds=(0, 1)) != fp
 
 
-def test_shipped_ground_truth_covers_the_default_zoo():
+def test_mean_over_seeds_and_the_old_layout(tmp_path):
+    rows = [("a", "t", 0, 10.0), ("a", "t", 1, 20.0), ("b", "t", 0, 5.0)]
+    assert gt.mean_over_seeds(rows) == [("a", "t", 15.0), ("b", "t", 5.0)]
+    old = tmp_path / "old.csv"
+    old.write_text("model,target,value\na,t,1.5\n")
+    assert gt.read_csv(old) == [("a", "t", 0, 1.5)]   # no seed column: one seed, 0
+
+
+def test_shipped_ground_truth_covers_the_default_zoo_with_repeats():
     config = WorldConfig()
-    with gt.SHIPPED_CSV.open() as fh:
-        rows = list(csv.DictReader(fh))
+    rows = gt.read_csv(gt.SHIPPED_CSV)
     names = {m.name for m in default_members(config)}
-    assert {(r["model"], r["target"]) for r in rows} == {(m, t) for m in names for t in config.targets}
-    values = np.array([float(r["value"]) for r in rows])
+    meta = json.loads(gt.SHIPPED_META.read_text())
+    assert len(meta["fingerprint"]) == 16 and len(meta["seeds"]) >= 3
+    assert sorted((m, t, s) for m, t, s, _ in rows) == sorted(
+        (m, t, s) for m in names for t in config.targets for s in meta["seeds"])
+    values = np.array([v for *_, v in rows])
     assert ((values > 0) & (values <= 100)).all()
     # transfer quality varies widely across sources for every target
+    means = gt.mean_over_seeds(rows)
     for t in config.targets:
-        v = [float(r["value"]) for r in rows if r["target"] == t]
+        v = [x for _, tt, x in means if tt == t]
         assert max(v) - min(v) > 5.0, t
-    meta = json.loads(gt.SHIPPED_META.read_text())
-    assert len(meta["fingerprint"]) == 16
 
 
 def test_build_demo_writes_a_valid_job_spec(tmp_path):
+    from segotce_ray.demo.build import READER_AVERAGES_SEEDS
+    from segotce_ray.results.matrix import read_ground_truth
     from segotce_ray.spec.build import load_spec
 
     recipes = {TINY_FACTORY: TrainRecipe(steps=1, batch=2), LRASPP: TrainRecipe(steps=1, batch=2)}
@@ -83,8 +102,18 @@ def test_build_demo_writes_a_valid_job_spec(tmp_path):
     assert set(spec.models) == {"tiny_alderbrook", "lraspp_alderbrook"}
     assert spec.models["tiny_alderbrook"].source == "alderbrook"
     assert spec.datasets["lumen"].format == "folder"
-    truth = gt.read_csv(spec.ground_truth)
-    assert {(m, t) for m, t, _ in truth} == {(m, t) for m in spec.models for t in spec.targets}
+    per_seed = gt.read_csv(tmp_path / "ground_truth.csv")
+    assert {(m, t, s) for m, t, s, _ in per_seed} == {(m, t, s) for m in spec.models
+                                                     for t in spec.targets for s in gt.SEEDS}
+    # the spec names a file the job's reader takes: the seed means unless it averages seeds
+    truth = read_ground_truth(spec.ground_truth)
+    if READER_AVERAGES_SEEDS:                 # the per-seed rows, read as they are
+        assert "seed" in truth.columns and len(truth) == len(per_seed)
+    else:
+        expect = {(m, t): v for m, t, v in gt.mean_over_seeds(per_seed)}
+        got = {(r.model, r.target): r.value for r in truth.itertuples()}
+        assert got.keys() == expect.keys()
+        assert all(abs(got[k] - expect[k]) < 1e-3 for k in got)
     # cached: building again changes nothing
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pth")}
     assert build_demo(tmp_path, config=SMALL, zoo_recipes=recipes, finetune_recipe=FEW, workers=1) == path
@@ -93,11 +122,14 @@ def test_build_demo_writes_a_valid_job_spec(tmp_path):
 
 @pytest.mark.slow
 def test_full_regeneration_matches_the_shipped_csv(tmp_path):
-    """`python -m segotce_ray.demo.ground_truth` reproduces the shipped CSV (same torch build)."""
+    """`python -m segotce_ray.demo.worlds --world demo` reproduces the shipped CSV (same torch
+    build)."""
+    from segotce_ray.demo.worlds import main
+
     out = tmp_path / "gt.csv"
-    assert gt.main(["--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
-    shipped = {(m, t): v for m, t, v in gt.read_csv(gt.SHIPPED_CSV)}
-    fresh = {(m, t): v for m, t, v in gt.read_csv(out)}
+    assert main(["--world", "demo", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    shipped = {(m, t, s): v for m, t, s, v in gt.read_csv(gt.SHIPPED_CSV)}
+    fresh = {(m, t, s): v for m, t, s, v in gt.read_csv(out)}
     assert fresh.keys() == shipped.keys()
     meta = json.loads(gt.SHIPPED_META.read_text())
     if json.loads(out.with_suffix(".json").read_text())["fingerprint"] == meta["fingerprint"]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segotce_ray.inputs.datasets import open_dataset
-from segotce_ray.demo.world import (COARSE_CLASSES, DOMAINS, TRAIN_IDS, WorldConfig,
+from segotce_ray.demo.world import (COARSE_CLASSES, DOMAINS, HUE_SOURCES, TRAIN_IDS, WorldConfig,
                                     _image_rng, dataset_specs, load_split, render, write_world)
 
 SMALL = WorldConfig(sources=("alderbrook", "cinderfall"), targets=("kestrel", "lumen"),
@@ -68,25 +68,29 @@ def test_layout_is_readable_by_the_dataset_readers(tmp_path):
     assert (lab == COARSE_CLASSES.index("dynamic")).any()
 
 
-def _stats(domain: str, n: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """Mean RGB and class frequencies (over the 8 world classes) of n rendered images."""
+def _stats(domain: str, n: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean RGB, class frequencies (over the 8 world classes) and per-class mean RGB
+    (8, 3) of n rendered images."""
     ims, labs = zip(*(render(DOMAINS[domain], _image_rng(0, domain, "train", i)) for i in range(n)))
-    rgb = np.stack(ims).reshape(-1, 3).mean(0) / 255
+    pix = np.stack(ims).reshape(-1, 3) / 255
     ids = sorted(TRAIN_IDS.values())
     lab = np.stack(labs).ravel()
     freq = np.array([(lab == i).mean() for i in ids])
-    return rgb, freq
+    per_class = np.array([pix[lab == i].mean(0) if (lab == i).any() else np.zeros(3) for i in ids])
+    return pix.mean(0), freq, per_class
 
 
 def test_domains_differ_in_colour_and_class_statistics():
     names = list(DOMAINS)
     stats = {n: _stats(n) for n in names}
-    # every pair of domains differs in colour statistics or class frequencies
+    # every pair of domains differs in colour statistics, class colours or class frequencies
+    # (hue rotations of +-1/8 turn have nearly the same mean colour, not the same classes')
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             d_rgb = np.abs(stats[a][0] - stats[b][0]).max()
             d_freq = np.abs(stats[a][1] - stats[b][1]).sum()
-            assert d_rgb > 0.02 or d_freq > 0.05, (a, b, d_rgb, d_freq)
+            d_cls = np.abs(stats[a][2] - stats[b][2]).max()
+            assert d_rgb > 0.02 or d_freq > 0.05 or d_cls > 0.1, (a, b, d_rgb, d_freq, d_cls)
     # the controlled shifts point the right way
     brightness = {n: stats[n][0].mean() for n in names}
     assert brightness["cinderfall"] < 0.6 * brightness["alderbrook"]   # night
@@ -111,3 +115,25 @@ def test_render_is_a_pure_function_of_the_rng():
 def test_missing_split_names_the_domain(tmp_path):
     with pytest.raises(FileNotFoundError, match="alderbrook"):
         load_split(tmp_path, SMALL, "alderbrook", "val")
+
+
+def test_default_world_has_sources_at_graded_hue_distances():
+    """Each default target sees its sources at distinct hue distances (no two tie within
+    0.02 of a turn), with the nearest within 1/16 turn: a graded, unambiguous ranking."""
+    from segotce_ray.demo.world import LEGACY_WORLD
+
+    config = WorldConfig()
+    assert config.sources == HUE_SOURCES and len(config.sources) == 8
+    assert all(DOMAINS[t].label_space == "cityscapes" for t in config.targets)
+    for t in config.targets:
+        d = sorted(min(abs(DOMAINS[s].hue_shift - DOMAINS[t].hue_shift) % 1,
+                       1 - abs(DOMAINS[s].hue_shift - DOMAINS[t].hue_shift) % 1)
+                   for s in config.sources)
+        assert d[0] < 1 / 16 and min(np.diff(d)) > 0.02, (t, d)
+    # the legacy world keeps its identity: its shipped ground truths name it
+    import json
+
+    from segotce_ray.demo.worlds import WORLDS
+
+    meta = json.loads(WORLDS["few_shot"].shipped.with_suffix(".json").read_text())
+    assert LEGACY_WORLD.fingerprint() == meta["generator"]["world"]

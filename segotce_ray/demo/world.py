@@ -4,9 +4,13 @@ Every image is drawn from a :class:`DomainStyle` (a "city"): palette, textures,
 lighting and fog, object scale and density, class frequencies. Labels use the
 Cityscapes train ids of the eight classes the world draws (road 0, sidewalk 1,
 building 2, traffic sign 7, vegetation 8, sky 10, person 11, car 13; sign poles are
-void, 255), so the Cityscapes reader loads the world as it is. One target domain
-changes the label granularity (person and car merge into ``dynamic``) and is written
-in the folder layout with its own label map.
+void, 255), so the Cityscapes reader loads the world as it is. One target domain of the
+legacy world (``lumen``) changes the label granularity (person and car merge into
+``dynamic``) and is written in the folder layout with its own label map.
+
+Two worlds are defined: the default one (the demo's and the ``paper`` benchmark world:
+eight sources on a grid of hue rotations, three targets each at its own hue, few labelled
+target images) and :data:`LEGACY_WORLD` (the first demo's: seven sources of assorted looks).
 
 Layouts written under ``root``::
 
@@ -106,6 +110,13 @@ class DomainStyle:
         return out
 
 
+#: the sources of the default (demo, ``paper``) world: one per eighth of the hue circle
+#: (``alderbrook`` at 0, then 1/8, 2/8, ...), all else the standard style, so each target
+#: (at its own hue) has sources at graded distances from it
+HUE_SOURCES: tuple[str, ...] = ("alderbrook", "ambergate", "fernhill", "tealmouth", "azurine",
+                                "violetmoor", "rosehaven", "copperfield")
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     """Which domains exist, what each is for, and how many images each split holds.
@@ -117,11 +128,10 @@ class WorldConfig:
     """
 
     seed: int = 0
-    sources: tuple[str, ...] = ("alderbrook", "brightwater", "cinderfall", "duskmoor",
-                                "emberton", "frostholm", "glimmerport")
-    targets: tuple[str, ...] = ("ironvale", "juniper", "kestrel", "lumen")
+    sources: tuple[str, ...] = HUE_SOURCES
+    targets: tuple[str, ...] = ("mossgate", "kestrel", "larkspur")
     n_source: int = 48
-    n_target_train: int = 16
+    n_target_train: int = 8
     n_target_val: int = 32
     image_size: tuple[int, int] = IMAGE_SIZE
 
@@ -144,7 +154,7 @@ class WorldConfig:
 
 def _domains() -> dict[str, DomainStyle]:
     d = [
-        # sources: a spread from "close to every target" to "far from all of them"
+        # legacy sources: a spread from "close to every target" to "far from all of them"
         DomainStyle("alderbrook"),                                        # clear, standard
         DomainStyle("brightwater", fog=0.55, gain=1.05, texture_amp=0.06),  # foggy day
         DomainStyle("cinderfall", gain=0.35, gamma=1.3, tint=(0.8, 0.85, 1.2), noise=0.04,
@@ -157,7 +167,14 @@ def _domains() -> dict[str, DomainStyle]:
                     object_scale=1.3, trees=(0, 1)),                         # dense, washed out
         DomainStyle("glimmerport", hue_shift=0.12, trees=(3, 6), building_height=(0.2, 0.5),
                     cars=(0, 2), persons=(0, 1), object_scale=0.8, horizon=0.5),  # leafy suburb
-        # targets
+        # the hue-grid sources of the default world (alderbrook is the one at hue 0)
+        *[DomainStyle(name, hue_shift=k / 8) for k, name in enumerate(HUE_SOURCES) if k],
+        # targets of the default world: each at its own hue, with its own look
+        DomainStyle("mossgate", hue_shift=0.03, fog=0.35, saturation=0.9, texture_amp=0.08,
+                    persons=(2, 4)),                                          # hazy, crowded
+        DomainStyle("larkspur", hue_shift=0.71, gain=0.5, gamma=1.2, tint=(0.85, 0.85, 1.15),
+                    noise=0.035, cars=(2, 4), windows=0.8),                    # dusk, busy road
+        # targets of the legacy world (kestrel is a target of both)
         DomainStyle("ironvale", fog=0.4, saturation=0.8, texture_amp=0.08),     # hazy city
         DomainStyle("juniper", gain=0.45, gamma=1.2, tint=(0.85, 0.85, 1.15), noise=0.035,
                     cars=(2, 4), windows=0.8),                                  # dusk/night
@@ -172,6 +189,15 @@ def _domains() -> dict[str, DomainStyle]:
 
 #: every domain the demo world knows, by name
 DOMAINS: dict[str, DomainStyle] = _domains()
+
+#: the world of the first demo and of the legacy benchmark worlds (same_arch, few_shot,
+#: long_ft): seven sources of assorted looks, four targets (one with coarse labels), 16
+#: labelled target images
+LEGACY_WORLD = WorldConfig(
+    sources=("alderbrook", "brightwater", "cinderfall", "duskmoor", "emberton", "frostholm",
+             "glimmerport"),
+    targets=("ironvale", "juniper", "kestrel", "lumen"), n_source=48, n_target_train=16,
+    n_target_val=32)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -199,6 +225,146 @@ def _jitter(rng: np.random.Generator, rgb: np.ndarray, amount: float) -> np.ndar
     return np.clip(rgb * (1.0 + rng.uniform(-amount, amount, 3)), 0.0, 1.0).astype(np.float32)
 
 
+class _Canvas:
+    """One scene being painted: colours ``img`` (H, W, 3) float, labels ``lab`` (H, W),
+    the pixel grid, the style's palette, the horizon row and the road's vanishing point."""
+
+    def __init__(self, style: DomainStyle, rng: np.random.Generator, size: tuple[int, int]) -> None:
+        h, w = size
+        self.style, self.rng, self.h, self.w = style, rng, h, w
+        self.pal = style.palette()
+        self.img = np.zeros((h, w, 3), np.float32)
+        self.lab = np.full((h, w), TRAIN_IDS["sky"], np.uint8)
+        self.rows = np.arange(h, dtype=np.float32)[:, None]
+        self.cols = np.arange(w, dtype=np.float32)[None, :]
+        self.hz = int(np.clip(round(h * (style.horizon + rng.uniform(-0.05, 0.05))), 8, h - 12))
+        self.vx = self.half_bottom = 0.0  # set by _paint_ground
+
+    def paint(self, mask: np.ndarray, cls: str | int, colour: np.ndarray) -> None:
+        self.lab[mask] = TRAIN_IDS[cls] if isinstance(cls, str) else cls
+        self.img[mask] = colour
+
+    def count(self, bounds: tuple[int, int]) -> int:
+        return int(self.rng.integers(bounds[0], bounds[1] + 1))
+
+    def ground_point(self) -> tuple[int, float]:
+        """A random ground row and its depth (0 at the horizon, 1 at the bottom)."""
+        yb = int(self.rng.integers(self.hz + 2, self.h))
+        return yb, (yb - self.hz) / (self.h - self.hz)
+
+    def road_centre(self, d: float) -> float:
+        return self.vx + d * (self.w / 2 - self.vx)
+
+
+def _paint_sky_and_buildings(c: _Canvas) -> None:
+    """Sky (a vertical gradient toward a paler horizon), then a skyline of boxes."""
+    rng, rows, cols, hz, h, w = c.rng, c.rows, c.cols, c.hz, c.h, c.w
+    t = (rows / max(hz, 1)).clip(0, 1)[..., None]
+    sky = _jitter(rng, c.pal["sky"], 0.08)
+    c.img[:] = sky * (1 - 0.35 * t) + 0.35 * t * np.array([0.9, 0.9, 0.9], np.float32)
+    x = int(rng.integers(-10, 0))
+    while x < w:
+        bw = int(rng.integers(10, 30))
+        bh = int(hz * rng.uniform(*c.style.building_height))
+        if rng.random() < 0.85:
+            top = max(hz - bh, 0)
+            col = _jitter(rng, c.pal["building"], 0.25)
+            m = np.zeros((h, w), bool); m[top:hz + 2, max(x, 0):min(x + bw, w)] = True
+            c.paint(m, "building", col)
+            if rng.random() < c.style.windows:  # window grid, still "building"
+                win = np.clip(col * rng.uniform(0.4, 1.8), 0, 1)
+                wm = m & ((rows - top) % 5 < 2) & ((cols - x) % 4 < 2) & (rows < hz - 1)
+                c.img[wm] = win
+        x += bw
+
+
+def _paint_trees(c: _Canvas) -> None:
+    """Trunk + canopy, both vegetation."""
+    rng, rows, cols, hz = c.rng, c.rows, c.cols, c.hz
+    for _ in range(c.count(c.style.trees)):
+        cx = rng.uniform(0, c.w); r = rng.uniform(5, 12); cy = hz - rng.uniform(r * 0.6, r * 1.6)
+        col = _jitter(rng, c.pal["vegetation"], 0.2)
+        m = ((rows - cy) / (r * 0.9)) ** 2 + ((cols - cx) / r) ** 2 < 1.0
+        m |= (np.abs(cols - cx) < max(1.0, r / 6)) & (rows >= cy) & (rows < hz + 3)
+        c.paint(m, "vegetation", col)
+
+
+def _paint_ground(c: _Canvas) -> None:
+    """Sidewalk everywhere below the horizon, road as a trapezoid to a vanishing point."""
+    rng, rows, cols, hz, h, w = c.rng, c.rows, c.cols, c.hz, c.h, c.w
+    c.vx = w * rng.uniform(0.35, 0.65)
+    c.half_bottom = w * rng.uniform(0.30, 0.45)
+    depth = ((rows - hz) / (h - hz)).clip(0, 1)  # 0 at horizon, 1 at the bottom
+    ground = rows >= hz
+    c.paint(ground & np.ones((1, w), bool), "sidewalk", _jitter(rng, c.pal["sidewalk"], 0.1))
+    half = 1.0 + depth * c.half_bottom
+    centre = c.vx + depth * (w / 2 - c.vx)
+    road = ground & (np.abs(cols - centre) < half)
+    c.paint(road, "road", _jitter(rng, c.pal["road"], 0.1))
+    curb = ground & (np.abs(cols - centre) >= half * (1 + c.style.sidewalk)) & (depth > 0.05)
+    c.img[curb] = np.clip(c.img[curb] * 0.85, 0, 1)  # the far side of the sidewalk, darker
+    lane = road & (np.abs(cols - centre) < 0.5 + depth * 1.2) & (((rows - hz) // 3) % 2 == 0)
+    c.img[lane] = np.array([0.92, 0.92, 0.88], np.float32)
+
+
+def _paint_signs(c: _Canvas) -> None:
+    """A plate on a void pole at the sidewalk."""
+    rng, rows, cols, st = c.rng, c.rows, c.cols, c.style
+    for _ in range(c.count(st.signs)):
+        yb, d = c.ground_point()
+        side = rng.choice([-1, 1])
+        xb = c.road_centre(d) + side * (1.0 + d * c.half_bottom) * (1 + st.sidewalk / 2)
+        ph = max(4, int(6 + 18 * d)); pw = max(2, int(2 + 6 * d))
+        pole = (np.abs(cols - xb) < 0.6 + 0.4 * d) & (rows > yb - ph) & (rows <= yb)
+        c.paint(pole, IGNORE, np.array([0.5, 0.5, 0.5], np.float32))
+        plate = (np.abs(cols - xb) < pw) & (rows > yb - ph - pw) & (rows <= yb - ph + pw // 2)
+        c.paint(plate, "traffic sign", _jitter(rng, c.pal["traffic sign"], 0.1))
+
+
+def _paint_persons(c: _Canvas) -> None:
+    """Body + head on the sidewalk, nearer = bigger."""
+    rng, rows, cols, st = c.rng, c.rows, c.cols, c.style
+    for _ in range(c.count(st.persons)):
+        yb, d = c.ground_point()
+        side = rng.choice([-1, 1])
+        xb = c.road_centre(d) + side * (1.0 + d * c.half_bottom) * rng.uniform(1.05, 1.3)
+        ph = max(3.0, (4 + 20 * d) * st.object_scale); pw = max(1.0, ph / 5)
+        col = _jitter(rng, c.pal["person"], 0.5)
+        body = (np.abs(cols - xb) < pw) & (rows > yb - ph * 0.8) & (rows <= yb)
+        head = ((rows - (yb - ph * 0.88)) ** 2 + (cols - xb) ** 2) < (pw * 0.9) ** 2
+        c.paint(body, "person", col)
+        c.paint(head, "person", np.clip(np.array([0.85, 0.7, 0.6], np.float32) * col.mean() * 2, 0, 1))
+
+
+def _paint_cars(c: _Canvas) -> None:
+    """Box + darker window band, on the road, nearer = bigger."""
+    rng, rows, cols, st = c.rng, c.rows, c.cols, c.style
+    for _ in range(c.count(st.cars)):
+        yb, d = c.ground_point()
+        xb = c.road_centre(d) + rng.uniform(-0.7, 0.7) * (1.0 + d * c.half_bottom)
+        cw = max(2.0, (3 + 22 * d) * st.object_scale); ch = cw * 0.55
+        col = _jitter(rng, c.pal["car"], 0.6)
+        body = (np.abs(cols - xb) < cw / 2) & (rows > yb - ch) & (rows <= yb)
+        c.paint(body, "car", col)
+        band = body & (rows > yb - ch * 0.85) & (rows < yb - ch * 0.5)
+        c.img[band] = col * 0.35
+
+
+def _finish(c: _Canvas) -> np.ndarray:
+    """Texture, lighting, distance fog and sensor noise (colours only) -> uint8 image."""
+    rng, rows, st, h, w, hz = c.rng, c.rows, c.style, c.h, c.w, c.hz
+    img = c.img
+    img *= 1.0 + st.texture_amp * _noise_field(rng, h, w, st.texture_cell)[..., None]
+    img *= 1.0 + 0.5 * st.texture_amp * _noise_field(rng, h, w, max(1, st.texture_cell // 3))[..., None]
+    img = np.clip(img, 0, 1) ** st.gamma * st.gain * np.asarray(st.tint, np.float32)
+    if st.fog > 0:
+        dist = np.where(rows >= hz, 1.0 - ((rows - hz) / (h - hz)).clip(0, 1), 1.0)
+        fw = (st.fog * dist ** 1.5)[..., None].astype(np.float32)
+        img = img * (1 - fw) + fw * np.asarray(st.fog_colour, np.float32)
+    img += rng.normal(0.0, st.noise, img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def render(style: DomainStyle, rng: np.random.Generator,
            size: tuple[int, int] = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Draw one scene: ``image`` (H, W, 3) uint8 and ``label`` (H, W) uint8 train ids.
@@ -207,106 +373,11 @@ def render(style: DomainStyle, rng: np.random.Generator,
     signs on void poles, persons on the sidewalk, cars on the road. Then per-pixel texture,
     lighting, distance fog and sensor noise are applied to the colours only.
     """
-    h, w = size
-    pal = style.palette()
-    img = np.zeros((h, w, 3), np.float32)
-    lab = np.full((h, w), TRAIN_IDS["sky"], np.uint8)
-    rows = np.arange(h, dtype=np.float32)[:, None]
-    cols = np.arange(w, dtype=np.float32)[None, :]
-
-    hz = int(np.clip(round(h * (style.horizon + rng.uniform(-0.05, 0.05))), 8, h - 12))
-    # sky: vertical gradient toward a paler horizon
-    t = (rows / max(hz, 1)).clip(0, 1)[..., None]
-    sky = _jitter(rng, pal["sky"], 0.08)
-    img[:] = sky * (1 - 0.35 * t) + 0.35 * t * np.array([0.9, 0.9, 0.9], np.float32)
-
-    def paint(mask: np.ndarray, cls: str | int, colour: np.ndarray) -> None:
-        lab[mask] = TRAIN_IDS[cls] if isinstance(cls, str) else cls
-        img[mask] = colour
-
-    # buildings: a skyline of boxes standing on the horizon
-    x = int(rng.integers(-10, 0))
-    while x < w:
-        bw = int(rng.integers(10, 30))
-        bh = int(hz * rng.uniform(*style.building_height))
-        if rng.random() < 0.85:
-            top = max(hz - bh, 0)
-            col = _jitter(rng, pal["building"], 0.25)
-            m = np.zeros((h, w), bool); m[top:hz + 2, max(x, 0):min(x + bw, w)] = True
-            paint(m, "building", col)
-            if rng.random() < style.windows:  # window grid, still "building"
-                win = np.clip(col * rng.uniform(0.4, 1.8), 0, 1)
-                wm = m & ((rows - top) % 5 < 2) & ((cols - x) % 4 < 2) & (rows < hz - 1)
-                img[wm] = win
-        x += bw
-    # trees: trunk + canopy, both vegetation
-    for _ in range(int(rng.integers(style.trees[0], style.trees[1] + 1))):
-        cx = rng.uniform(0, w); r = rng.uniform(5, 12); cy = hz - rng.uniform(r * 0.6, r * 1.6)
-        col = _jitter(rng, pal["vegetation"], 0.2)
-        m = ((rows - cy) / (r * 0.9)) ** 2 + ((cols - cx) / r) ** 2 < 1.0
-        m |= (np.abs(cols - cx) < max(1.0, r / 6)) & (rows >= cy) & (rows < hz + 3)
-        paint(m, "vegetation", col)
-    # ground: sidewalk everywhere below the horizon, road as a trapezoid to a vanishing point
-    vx = w * rng.uniform(0.35, 0.65)
-    half_bottom = w * rng.uniform(0.30, 0.45)
-    depth = ((rows - hz) / (h - hz)).clip(0, 1)  # 0 at horizon, 1 at the bottom
-    ground = rows >= hz
-    paint(ground & np.ones((1, w), bool), "sidewalk", _jitter(rng, pal["sidewalk"], 0.1))
-    half = 1.0 + depth * half_bottom
-    centre = vx + depth * (w / 2 - vx)
-    road = ground & (np.abs(cols - centre) < half)
-    paint(road, "road", _jitter(rng, pal["road"], 0.1))
-    curb = ground & (np.abs(cols - centre) >= half * (1 + style.sidewalk)) & (depth > 0.05)
-    img[curb] = np.clip(img[curb] * 0.85, 0, 1)  # the far side of the sidewalk, darker
-    lane = road & (np.abs(cols - centre) < 0.5 + depth * 1.2) & (((rows - hz) // 3) % 2 == 0)
-    img[lane] = np.array([0.92, 0.92, 0.88], np.float32)
-
-    def ground_row() -> int:
-        return int(rng.integers(hz + 2, h))
-
-    # signs: a plate on a void pole at the sidewalk
-    for _ in range(int(rng.integers(style.signs[0], style.signs[1] + 1))):
-        yb = ground_row(); d = (yb - hz) / (h - hz)
-        side = rng.choice([-1, 1])
-        xb = vx + d * (w / 2 - vx) + side * (1.0 + d * half_bottom) * (1 + style.sidewalk / 2)
-        ph = max(4, int(6 + 18 * d)); pw = max(2, int(2 + 6 * d))
-        pole = (np.abs(cols - xb) < 0.6 + 0.4 * d) & (rows > yb - ph) & (rows <= yb)
-        paint(pole, IGNORE, np.array([0.5, 0.5, 0.5], np.float32))
-        plate = (np.abs(cols - xb) < pw) & (rows > yb - ph - pw) & (rows <= yb - ph + pw // 2)
-        paint(plate, "traffic sign", _jitter(rng, pal["traffic sign"], 0.1))
-    # persons: body + head on the sidewalk, nearer = bigger
-    for _ in range(int(rng.integers(style.persons[0], style.persons[1] + 1))):
-        yb = ground_row(); d = (yb - hz) / (h - hz)
-        side = rng.choice([-1, 1])
-        xb = vx + d * (w / 2 - vx) + side * (1.0 + d * half_bottom) * rng.uniform(1.05, 1.3)
-        ph = max(3.0, (4 + 20 * d) * style.object_scale); pw = max(1.0, ph / 5)
-        col = _jitter(rng, pal["person"], 0.5)
-        body = (np.abs(cols - xb) < pw) & (rows > yb - ph * 0.8) & (rows <= yb)
-        head = ((rows - (yb - ph * 0.88)) ** 2 + (cols - xb) ** 2) < (pw * 0.9) ** 2
-        paint(body, "person", col)
-        paint(head, "person", np.clip(np.array([0.85, 0.7, 0.6], np.float32) * col.mean() * 2, 0, 1))
-    # cars: box + darker window band, on the road, nearer = bigger
-    for _ in range(int(rng.integers(style.cars[0], style.cars[1] + 1))):
-        yb = ground_row(); d = (yb - hz) / (h - hz)
-        xb = vx + d * (w / 2 - vx) + rng.uniform(-0.7, 0.7) * (1.0 + d * half_bottom)
-        cw = max(2.0, (3 + 22 * d) * style.object_scale); ch = cw * 0.55
-        col = _jitter(rng, pal["car"], 0.6)
-        body = (np.abs(cols - xb) < cw / 2) & (rows > yb - ch) & (rows <= yb)
-        paint(body, "car", col)
-        band = body & (rows > yb - ch * 0.85) & (rows < yb - ch * 0.5)
-        img[band] = col * 0.35
-
-    # texture, lighting, fog, noise (colours only)
-    img *= 1.0 + style.texture_amp * _noise_field(rng, h, w, style.texture_cell)[..., None]
-    img *= 1.0 + 0.5 * style.texture_amp * _noise_field(rng, h, w, max(1, style.texture_cell // 3))[..., None]
-    img = np.clip(img, 0, 1) ** style.gamma * style.gain * np.asarray(style.tint, np.float32)
-    if style.fog > 0:
-        dist = np.where(rows >= hz, 1.0 - ((rows - hz) / (h - hz)).clip(0, 1), 1.0)
-        fw = (style.fog * dist ** 1.5)[..., None].astype(np.float32)
-        img = img * (1 - fw) + fw * np.asarray(style.fog_colour, np.float32)
-    img += rng.normal(0.0, style.noise, img.shape).astype(np.float32)
-    image = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return image, lab
+    c = _Canvas(style, rng, size)
+    for step in (_paint_sky_and_buildings, _paint_trees, _paint_ground, _paint_signs,
+                 _paint_persons, _paint_cars):
+        step(c)
+    return _finish(c), c.lab
 
 
 # ----------------------------------------------------------------------------- layouts

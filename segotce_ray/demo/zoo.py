@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from segotce_ray.demo.workers import run_jobs
 from segotce_ray.demo.world import IGNORE, WorldConfig, load_split, num_classes_of
 
 log = logging.getLogger(__name__)
@@ -263,6 +264,14 @@ class Zoo:
     hashes: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def subset(self, members: list[ZooMember]) -> "Zoo":
+        """The same zoo restricted to ``members`` (checkpoints, hashes and times kept)."""
+        names = [m.name for m in members]
+        return Zoo(self.root, self.fingerprint, list(members),
+                   {n: self.checkpoints[n] for n in names},
+                   {n: self.hashes[n] for n in names if n in self.hashes},
+                   {n: self.seconds[n] for n in names if n in self.seconds})
+
     def load(self, name: str) -> nn.Module:
         """The member ``name`` as an eval-mode module (weights_only load)."""
         member = next(m for m in self.members if m.name == name)
@@ -308,12 +317,10 @@ def build_zoo(store: str | Path, world_root: str | Path, config: WorldConfig = W
         log.info("training %d demo zoo models (%s)", len(todo), ", ".join(m.name for m in todo))
         # slowest first so the two workers finish together
         todo.sort(key=lambda m: m.architecture != LRASPP)
-        from segotce_ray.demo.workers import run_jobs
-
-        results = run_jobs("train_member", [
-            {"member": asdict(m), "world_root": str(world_root), "config": config.to_dict(),
-             "seed": seed, "out_path": str(ckpts[m.name]),
-             "recipe": asdict(recipes[m.architecture])} for m in todo], workers)
+        results = run_jobs([(train_member_job, {
+            "member": asdict(m), "world_root": str(world_root), "config": config.to_dict(),
+            "seed": seed, "out_path": str(ckpts[m.name]),
+            "recipe": asdict(recipes[m.architecture])}) for m in todo], workers)
     hashes = {r["name"]: r["sha256"] for r in results}
     seconds = {r["name"]: r["seconds"] for r in results}
     cpu = {r["name"]: r["cpu_seconds"] for r in results}
