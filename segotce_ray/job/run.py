@@ -212,7 +212,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, dry_run: bool = False,
     timings["plan"] = time.perf_counter() - t0
     if dry_run:
         return JobResult(None, "planned", plan, plan.counts(), timings=timings)
-    log.info("plan:\n%s", plan.render())
+    text = plan.render()     # the counts at INFO; every pool and pair at DEBUG (-vv)
+    log.info("plan:\n%s", text.split("\n\n", 1)[0])
+    log.debug("plan in full:\n%s", text)
     mark_abandoned(spec.job_dir)      # earlier runs left 'running' by a killed driver
     previous = latest_run(spec.job_dir)
     run_dir = _new_run_dir(spec.job_dir, run_id)
