@@ -168,6 +168,7 @@ class PoolStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         (self.root / "pools").mkdir(parents=True, exist_ok=True)
+        self._manifests: dict[str, dict[str, Any]] = {}   # published ones never change
 
     def path(self, key: str) -> Path:
         """Folder of a published pool (it may not exist)."""
@@ -214,10 +215,14 @@ class PoolStore:
         return (self.path(key) / MANIFEST).is_file()
 
     def manifest(self, key: str) -> dict[str, Any]:
-        path = self.path(key) / MANIFEST
-        if not path.is_file():
-            raise StoreError(f"pool {key} is not in the store at {self.root}")
-        return json.loads(path.read_text())
+        """A published pool's manifest (a copy); read once per store object, since a key
+        names one content and a published pool is never rewritten."""
+        if key not in self._manifests:
+            path = self.path(key) / MANIFEST
+            if not path.is_file():
+                raise StoreError(f"pool {key} is not in the store at {self.root}")
+            self._manifests[key] = json.loads(path.read_text())
+        return dict(self._manifests[key])
 
     def shard_paths(self, key: str) -> list[Path]:
         folder = self.path(key)
